@@ -1,0 +1,239 @@
+import Foundation
+
+extension Configuration {
+    /// The configuration path that `--config` falls back to: `$TOKENPROXY_CONFIG`, then
+    /// `/etc/tokenproxy/config.json`.
+    public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let path = environment["TOKENPROXY_CONFIG"], !path.isEmpty { return path }
+        return "/etc/tokenproxy/config.json"
+    }
+
+    /// Reads and validates the file at `path`.
+    /// - Throws: ``ConfigurationError`` listing every problem found.
+    public static func load(path: String) throws(ConfigurationError) -> Configuration {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigurationError(path: path, problems: [
+                .init(keyPath: "", message: "cannot read \(path): \(Self.reason(error)); pass --config PATH or set TOKENPROXY_CONFIG"),
+            ])
+        }
+        return try parse(data, path: path)
+    }
+
+    /// Validates configuration JSON; `path` names the file in messages and anchors relative paths.
+    public static func parse(_ data: Data, path: String) throws(ConfigurationError) -> Configuration {
+        let document: JSONValue
+        do {
+            document = try JSONValue.parse(data)
+        } catch let error as DecodingError {
+            throw ConfigurationError(path: path, problems: [.init(keyPath: "", message: "not valid JSON: \(error.shortDescription)")])
+        } catch {
+            throw ConfigurationError(path: path, problems: [.init(keyPath: "", message: "not valid JSON")])
+        }
+        guard case .object(let root) = document else {
+            throw ConfigurationError(path: path, problems: [.init(keyPath: "", message: "the top level must be a JSON object")])
+        }
+        let problems = ConfigurationReader.ProblemList()
+        let reader = ConfigurationReader(object: root, problems: problems)
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let configuration = read(reader, folder: folder, sourcePath: path)
+        reader.finish()
+        guard problems.items.isEmpty else { throw ConfigurationError(path: path, problems: problems.items) }
+        return configuration
+    }
+
+    private static func read(_ root: ConfigurationReader, folder: String, sourcePath: String) -> Configuration {
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") ? path : URL(fileURLWithPath: folder).appendingPathComponent(path).standardized.path
+        }
+        func listenAddress(_ reader: ConfigurationReader, _ key: String, default defaultValue: String, mayBeExposed: Bool) -> ListenAddress {
+            let text = reader.string(key, default: defaultValue) ?? defaultValue
+            switch ListenAddress.parse(text) {
+            case .failure(let error):
+                reader.report(key, "\"\(text)\": \(error.reason)")
+                return .tcp(host: "127.0.0.1", port: 0)
+            case .success(.unix(let socketPath)):
+                return .unix(path: resolve(socketPath))
+            case .success(let address):
+                if !address.isLoopback, !mayBeExposed {
+                    reader.report(key, "\"\(text)\" is not a loopback address; tokenproxy attaches credentials to every request it forwards, so it listens on 127.0.0.1, [::1] or a unix socket unless \"allowNonLoopback\": true is set")
+                }
+                return address
+            }
+        }
+
+        let allowNonLoopback = root.bool("allowNonLoopback", default: false)
+        let listen = listenAddress(root, "listen", default: "127.0.0.1:8787", mayBeExposed: allowNonLoopback)
+
+        let upstreamReader = root.object("upstream")
+        if upstreamReader == nil, !root.isPresent("upstream") { root.report("upstream", "is required: an object with at least \"url\"") }
+        var upstream = Upstream(
+            url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""),
+            connectTimeout: .seconds(2),
+            readTimeout: .seconds(60)
+        )
+        if let reader = upstreamReader {
+            if let text = reader.string("url", required: true) {
+                switch UpstreamURL.parse(text) {
+                case .success(let url): upstream.url = url
+                case .failure(let error): reader.report("url", "\"\(text)\" \(error.reason)")
+                }
+            }
+            upstream.connectTimeout = reader.duration("connectTimeout", default: .seconds(2), atLeast: .milliseconds(1))
+            upstream.readTimeout = reader.duration("readTimeout", default: .seconds(60), atLeast: .milliseconds(1))
+            reader.finish()
+        }
+
+        let token = readToken(root, resolve: resolve)
+        let retry = readRetry(root)
+
+        var admin: Admin? = Admin(listen: .tcp(host: "127.0.0.1", port: 8788))
+        if case .null? = root.value("admin") {
+            admin = nil
+        } else if let reader = root.object("admin") {
+            admin = Admin(listen: listenAddress(reader, "listen", default: "127.0.0.1:8788", mayBeExposed: false))
+            reader.finish()
+        }
+
+        var faults = Faults(enabled: false, upstream401Percent: 0)
+        if let reader = root.object("faults") {
+            faults.enabled = reader.bool("enabled", default: false)
+            faults.upstream401Percent = reader.number("upstream401Percent", default: 0, range: 0...100)
+            reader.finish()
+        }
+
+        var log = Log(level: "info", format: .json)
+        if let reader = root.object("log") {
+            let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+            if let level = reader.string("level") {
+                if levels.contains(level) { log.level = level } else {
+                    reader.report("level", "\"\(level)\" is not one of \(levels.joined(separator: ", "))")
+                }
+            }
+            log.format = reader.choice("format", default: .json)
+            reader.finish()
+        }
+
+        return Configuration(
+            listen: listen, allowNonLoopback: allowNonLoopback, upstream: upstream, token: token, retry: retry,
+            admin: admin, faults: faults, log: log, sourcePath: sourcePath
+        )
+    }
+
+    private static func readToken(_ root: ConfigurationReader, resolve: (String) -> String) -> Token {
+        var token = Token(
+            endpoint: "", grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic, scope: nil,
+            extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
+            store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
+            lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), requestTimeout: .seconds(10)
+        )
+        guard let reader = root.object("token") else {
+            if !root.isPresent("token") { root.report("token", "is required: an object with at least \"endpoint\"") }
+            return token
+        }
+        if let endpoint = reader.string("endpoint", required: true) {
+            switch UpstreamURL.parse(endpoint) {
+            case .failure(let error): reader.report("endpoint", "\"\(endpoint)\" \(error.reason)")
+            case .success(let url):
+                let loopback = ListenAddress.tcp(host: url.host, port: url.port).isLoopback
+                if url.scheme == .http, !loopback {
+                    reader.report("endpoint", "plain http would send credentials in clear text; use https (http is accepted for loopback hosts only)")
+                }
+            }
+            token.endpoint = endpoint
+        }
+        token.grant = reader.choice("grant", default: .refreshToken)
+        token.clientID = reader.string("clientId")
+        let secretFile = reader.string("clientSecretFile")
+        let secretEnv = reader.string("clientSecretEnv")
+        switch (secretFile, secretEnv) {
+        case (let file?, nil): token.clientSecret = .file(resolve(file))
+        case (nil, let name?): token.clientSecret = .environment(name)
+        case (_?, _?): reader.report("clientSecretEnv", "set either token.clientSecretFile or token.clientSecretEnv, not both")
+        case (nil, nil): break
+        }
+        token.clientAuth = reader.choice("clientAuth", default: token.clientSecret == nil ? .none : .basic)
+        if token.clientAuth != .none {
+            if token.clientID == nil { reader.report("clientId", "is required when token.clientAuth is \"\(token.clientAuth.rawValue)\"") }
+            if token.clientSecret == nil, secretFile == nil, secretEnv == nil {
+                reader.report("clientSecretFile", "token.clientAuth \"\(token.clientAuth.rawValue)\" needs a secret: set token.clientSecretFile or token.clientSecretEnv")
+            }
+        }
+        if token.grant == .clientCredentials, token.clientAuth == .none {
+            reader.report("clientAuth", "the client_credentials grant needs client authentication: \"basic\" or \"body\"")
+        }
+        token.scope = reader.string("scope")
+        token.extraParams = reader.stringMap("extraParams")
+        for name in token.extraParams.keys.sorted() where Token.reservedParams.contains(name) {
+            root.report("token.extraParams.\(name)", "is set by tokenproxy itself and may not be overridden")
+        }
+        token.refreshBefore = reader.duration("refreshBefore", default: token.refreshBefore, atLeast: .seconds(1))
+        token.minValidity = reader.duration("minValidity", default: token.minValidity)
+        if token.minValidity >= token.refreshBefore {
+            reader.report("minValidity", "(\(token.minValidity.configString)) must be shorter than token.refreshBefore (\(token.refreshBefore.configString)), or no request could be served while the token is refreshed ahead of time")
+        }
+        token.defaultLifetime = reader.duration("defaultLifetime", default: token.defaultLifetime, atLeast: .seconds(1))
+        if let store = reader.string("store") {
+            token.store = resolve(store)
+            token.lockFile = (token.store.hasSuffix(".json") ? String(token.store.dropLast(5)) : token.store) + ".lock"
+        }
+        if let lockFile = reader.string("lockFile") { token.lockFile = resolve(lockFile) }
+        if token.lockFile == token.store { reader.report("lockFile", "must not be the store file itself") }
+        token.lockTimeout = reader.duration("lockTimeout", default: token.lockTimeout, atLeast: .milliseconds(1))
+        token.minRefreshInterval = reader.duration("minRefreshInterval", default: token.minRefreshInterval)
+        token.requestTimeout = reader.duration("requestTimeout", default: token.requestTimeout, atLeast: .milliseconds(100))
+        reader.finish()
+        return token
+    }
+
+    private static func readRetry(_ root: ConfigurationReader) -> Retry {
+        var retry = Retry(attempts: 3, backoff: .milliseconds(100), maxBackoff: .seconds(2), replayBuffer: 1_048_576)
+        guard let reader = root.object("retry") else { return retry }
+        retry.attempts = reader.integer("attempts", default: 3, range: 1...10)
+        retry.backoff = reader.duration("backoff", default: retry.backoff)
+        retry.maxBackoff = reader.duration("maxBackoff", default: retry.maxBackoff)
+        if retry.maxBackoff < retry.backoff {
+            reader.report("maxBackoff", "(\(retry.maxBackoff.configString)) must not be shorter than retry.backoff (\(retry.backoff.configString))")
+        }
+        retry.replayBuffer = reader.integer("replayBuffer", default: retry.replayBuffer, range: 0...(64 << 20))
+        reader.finish()
+        return retry
+    }
+
+    static func reason(_ error: any Error) -> String {
+        let nsError = error as NSError
+        if let posix = nsError.userInfo[NSUnderlyingErrorKey] as? NSError, posix.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(posix.code)))
+        }
+        if nsError.domain == NSCocoaErrorDomain, nsError.code == NSFileReadNoSuchFileError { return "no such file" }
+        if nsError.domain == NSCocoaErrorDomain, nsError.code == NSFileReadNoPermissionError { return "permission denied" }
+        return nsError.localizedDescription
+    }
+}
+
+extension Configuration {
+    /// Problems that do not make the file invalid but will stop tokenproxy from working as it is
+    /// now (a secret file that cannot be read, a store folder that does not exist).
+    public func environmentWarnings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigurationProblem] {
+        var warnings: [ConfigurationProblem] = []
+        switch token.clientSecret {
+        case .file(let path)?:
+            if !FileManager.default.isReadableFile(atPath: path) {
+                warnings.append(.init(keyPath: "token.clientSecretFile", message: "\(path) cannot be read now; create it (mode 0600) before starting tokenproxy"))
+            }
+        case .environment(let name)?:
+            if environment[name] == nil {
+                warnings.append(.init(keyPath: "token.clientSecretEnv", message: "the environment variable \(name) is not set in this shell"))
+            }
+        case nil:
+            break
+        }
+        let storeFolder = URL(fileURLWithPath: token.store).deletingLastPathComponent().path
+        if !FileManager.default.fileExists(atPath: storeFolder) {
+            warnings.append(.init(keyPath: "token.store", message: "the folder \(storeFolder) does not exist yet; tokenproxy creates it (mode 0700) on first use"))
+        }
+        return warnings
+    }
+}

@@ -1,0 +1,84 @@
+/// A validated tokenproxy configuration (SPEC §2). Build one with ``Configuration/load(path:environment:)``.
+///
+/// Paths are absolute: relative paths in the file were resolved against the file's folder.
+public struct Configuration: Sendable, Equatable {
+    public var listen: ListenAddress
+    public var allowNonLoopback: Bool
+    public var upstream: Upstream
+    public var token: Token
+    public var retry: Retry
+    /// `nil` when the configuration sets `"admin": null`.
+    public var admin: Admin?
+    public var faults: Faults
+    public var log: Log
+    /// The file this configuration was read from.
+    public var sourcePath: String
+
+    public struct Upstream: Sendable, Equatable {
+        /// Scheme, host, port and an optional path prefix; never a query or fragment.
+        public var url: UpstreamURL
+        public var connectTimeout: Duration
+        public var readTimeout: Duration
+    }
+
+    public struct Token: Sendable, Equatable {
+        public enum Grant: String, Sendable, CaseIterable { case refreshToken = "refresh_token", clientCredentials = "client_credentials" }
+        public enum ClientAuth: String, Sendable, CaseIterable { case basic, body, none }
+
+        public var endpoint: String
+        public var grant: Grant
+        public var clientID: String?
+        public var clientSecret: ClientSecretSource?
+        public var clientAuth: ClientAuth
+        public var scope: String?
+        public var extraParams: [String: String]
+        public var refreshBefore: Duration
+        public var minValidity: Duration
+        public var defaultLifetime: Duration
+        public var store: String
+        public var lockFile: String
+        public var lockTimeout: Duration
+        public var minRefreshInterval: Duration
+        /// How long one call to the token endpoint may take (connect included).
+        public var requestTimeout: Duration
+
+        /// The form fields that `extraParams` may not set, because the proxy sets them itself.
+        public static let reservedParams: Set<String> = ["grant_type", "refresh_token", "client_id", "client_secret", "scope"]
+    }
+
+    public struct Retry: Sendable, Equatable {
+        public var attempts: Int
+        public var backoff: Duration
+        public var maxBackoff: Duration
+        public var replayBuffer: Int
+    }
+
+    public struct Admin: Sendable, Equatable {
+        public var listen: ListenAddress
+    }
+
+    public struct Faults: Sendable, Equatable {
+        public var enabled: Bool
+        public var upstream401Percent: Double
+    }
+
+    public struct Log: Sendable, Equatable {
+        public enum Format: String, Sendable, CaseIterable { case json, text }
+        public var level: String
+        public var format: Format
+    }
+}
+
+/// Where the client secret comes from. It is read when the token endpoint is called, so that a
+/// rotated secret file is picked up without a restart.
+public enum ClientSecretSource: Sendable, Equatable, CustomStringConvertible {
+    case file(String)
+    case environment(String)
+
+    public var description: String {
+        switch self {
+        case .file(let path): "file \(path) (token.clientSecretFile)"
+        case .environment(let name): "environment variable \(name) (token.clientSecretEnv)"
+        }
+    }
+}

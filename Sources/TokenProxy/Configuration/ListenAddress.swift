@@ -1,0 +1,53 @@
+/// A listener address: `HOST:PORT` (IPv6 as `[::1]:PORT`) or `unix:/path/to.sock`.
+public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// Parses `text`; the error says what is wrong with it.
+    public static func parse(_ text: String) -> Result<ListenAddress, ListenAddressError> {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst("unix:".count))
+            guard !path.isEmpty else { return .failure(.init(reason: "unix: needs a socket path, e.g. unix:/run/tokenproxy.sock")) }
+            return .success(.unix(path: path))
+        }
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                return .failure(.init(reason: "expected [IPv6]:PORT"))
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else {
+                return .failure(.init(reason: "expected HOST:PORT (e.g. 127.0.0.1:8787) or unix:/path"))
+            }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty else { return .failure(.init(reason: "the host is missing")) }
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            return .failure(.init(reason: "the port must be a number from 0 to 65535"))
+        }
+        return .success(.tcp(host: String(host), port: port))
+    }
+
+    /// Whether only processes on this host can connect.
+    public var isLoopback: Bool {
+        switch self {
+        case .unix: true
+        case .tcp(let host, _): host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .unix(let path): "unix:\(path)"
+        case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        }
+    }
+}
+
+public struct ListenAddressError: Error, Sendable {
+    public var reason: String
+}

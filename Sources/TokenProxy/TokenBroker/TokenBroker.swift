@@ -1,0 +1,182 @@
+import Foundation
+import Logging
+
+/// Hands out access tokens and refreshes them through the store-and-lock protocol of SPEC §3, so
+/// that every process sharing a store causes one token-endpoint call per expiry.
+///
+/// Concurrent needs inside a process share one refresh (single flight). A refresh reads the
+/// store, then takes the lock, reads the store again, and only then calls the endpoint and writes
+/// the result before unlocking. Blocking calls run on the blocking-I/O pool.
+public actor TokenBroker {
+    /// What a caller needs the token for.
+    public enum Need: Sendable, Equatable {
+        /// A token that may be sent now (outside the mandatory window). A token inside the
+        /// advisory window is returned at once and refreshed in the background.
+        case usable
+        /// A token outside the advisory window, for callers that keep it a while (`token --print`).
+        case fresh
+        /// The upstream refused `rejected` with 401: a different usable token. When the store
+        /// already holds a newer token, that one is used; no refresh happens twice for one token.
+        case replacing(rejected: String)
+        /// A refresh whatever the store holds (`tokenproxy refresh`, `POST /token/refresh`).
+        case forced
+    }
+
+    let configuration: Configuration.Token
+    let windows: RefreshWindows
+    let store: TokenStore
+    let endpoint: TokenEndpointClient
+    let backoff: RefreshBackoff
+    let logger: Logger
+
+    /// The token last read from the store or received from the endpoint.
+    private(set) var current: TokenSet?
+    private var refreshInFlight: Task<Result<TokenSet, TokenBrokerError>, Never>?
+    var failure: FailureState = .none
+    /// When the last 401-caused refresh happened (`token.minRefreshInterval` spaces them out).
+    private var lastReactiveRefresh: ContinuousClock.Instant?
+    var lastRefresh: RefreshRecord?
+
+    enum FailureState: Sendable {
+        case none
+        /// The endpoint failed `count` times in a row; no call before `retryAt`.
+        case transient(count: Int, retryAt: ContinuousClock.Instant, reason: String)
+        /// The credentials were refused; nothing is tried until the store changes.
+        case permanent(reason: String, storeVersion: TokenStore.Fingerprint?)
+    }
+
+    /// The outcome of the last refresh attempt, for status reports.
+    public struct RefreshRecord: Sendable {
+        public var at: Date
+        public var succeeded: Bool
+        public var detail: String
+    }
+
+    public init(
+        configuration: Configuration.Token,
+        endpoint: TokenEndpointClient,
+        logger: Logger,
+        backoff: RefreshBackoff = RefreshBackoff()
+    ) {
+        self.configuration = configuration
+        self.windows = RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity)
+        self.store = TokenStore(path: configuration.store)
+        self.endpoint = endpoint
+        self.backoff = backoff
+        self.logger = logger
+    }
+
+    /// A token that meets `need`, refreshing it if necessary.
+    public func token(for need: Need) async throws(TokenBrokerError) -> TokenSet {
+        if let current, satisfies(current, need) {
+            startBackgroundRefreshIfAdvised(current)
+            return current
+        }
+        if case .replacing(let rejected) = need, let current, current.accessToken == rejected, isReactiveRefreshThrottled(),
+            windows.freshness(of: current, at: Date()) >= .refreshAdvised
+        {
+            // A backend that keeps answering 401 must not turn into a refresh storm: the caller
+            // replays once with the token it has.
+            return current
+        }
+        try await checkFailureState(for: need)
+        if case .replacing = need { lastReactiveRefresh = ContinuousClock.now }
+        // Join a refresh already under way; if its result does not meet this need (it adopted
+        // the very token this caller saw rejected), run one more.
+        if let refreshInFlight {
+            let tokens = try await refreshInFlight.value.get()
+            if satisfies(tokens, need) { return tokens }
+        }
+        return try await refresh(reason: need).get()
+    }
+
+    /// Whether `tokens` can be handed out for `need` without a refresh.
+    func satisfies(_ tokens: TokenSet, _ need: Need) -> Bool {
+        let freshness = windows.freshness(of: tokens, at: Date())
+        switch need {
+        case .usable: return freshness >= .refreshAdvised
+        case .fresh: return freshness == .fresh
+        case .replacing(let rejected): return tokens.accessToken != rejected && freshness >= .refreshAdvised
+        case .forced: return false
+        }
+    }
+
+    private func isReactiveRefreshThrottled() -> Bool {
+        guard let lastReactiveRefresh else { return false }
+        return ContinuousClock.now < lastReactiveRefresh.advanced(by: configuration.minRefreshInterval)
+    }
+
+    /// Fails fast while the endpoint is known to fail, unless another process has meanwhile put
+    /// a usable token into the store.
+    private func checkFailureState(for need: Need) async throws(TokenBrokerError) {
+        switch failure {
+        case .none:
+            return
+        case .permanent(let reason, let storeVersion):
+            let store = self.store
+            let version = await BlockingIO.run { store.fingerprint() }
+            guard version == storeVersion else {
+                logger.info("token store changed since the credentials were refused; trying again", metadata: ["store": "\(store.path)"])
+                failure = .none
+                return
+            }
+            throw .reauthenticationRequired(reason: reason)
+        case .transient(_, let retryAt, let reason):
+            let now = ContinuousClock.now
+            guard now < retryAt, need != .forced else { return }
+            if let stored = try? await readStore(quarantineCorrupt: false).tokens, satisfies(stored, need) {
+                adopt(stored)
+                return
+            }
+            throw .unavailable(reason: reason, retryAfter: now.duration(to: retryAt))
+        }
+    }
+
+    private func startBackgroundRefreshIfAdvised(_ tokens: TokenSet) {
+        guard refreshInFlight == nil, windows.freshness(of: tokens, at: Date()) == .refreshAdvised else { return }
+        if case .transient(_, let retryAt, _) = failure, ContinuousClock.now < retryAt { return }
+        if case .permanent = failure { return }
+        _ = refresh(reason: .fresh)
+    }
+
+    /// Starts the single refresh of this process (or returns the one under way) and awaits it.
+    @discardableResult
+    private func refresh(reason: Need) -> Task<Result<TokenSet, TokenBrokerError>, Never> {
+        if let refreshInFlight { return refreshInFlight }
+        let task = Task { await self.runRefresh(reason: reason) }
+        refreshInFlight = task
+        return task
+    }
+
+    private func refresh(reason: Need) async -> Result<TokenSet, TokenBrokerError> {
+        await refresh(reason: reason).value
+    }
+
+    private func runRefresh(reason: Need) async -> Result<TokenSet, TokenBrokerError> {
+        let started = ContinuousClock.now
+        let result: Result<TokenSet, TokenBrokerError>
+        do {
+            result = .success(try await acquire(reason: reason))
+        } catch {
+            result = .failure(error)
+        }
+        refreshInFlight = nil
+        record(result, reason: reason, started: started)
+        return result
+    }
+
+    func adopt(_ tokens: TokenSet) {
+        current = tokens
+        failure = .none
+    }
+
+    func readStore(quarantineCorrupt: Bool) async throws(TokenBrokerError) -> TokenStore.Contents {
+        let store = self.store
+        let logger = self.logger
+        do {
+            return try await BlockingIO.run { () throws(TokenStoreError) in try store.read(quarantineCorrupt: quarantineCorrupt, logger: logger) }
+        } catch {
+            throw .unavailable(reason: error.description, retryAfter: nil)
+        }
+    }
+}

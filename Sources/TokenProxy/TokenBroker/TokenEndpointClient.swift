@@ -1,0 +1,114 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Calls the OAuth 2.0 token endpoint (RFC 6749 §4.4, §6) with async-http-client.
+///
+/// Few calls, TLS with certificate verification, redirects refused (a token endpoint that
+/// redirects is misconfigured, and following it could hand the credentials to another host).
+public final class TokenEndpointClient: Sendable {
+    private let client: HTTPClient
+    private let configuration: Configuration.Token
+    private let environment: [String: String]
+
+    public init(configuration: Configuration.Token, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.configuration = configuration
+        self.environment = environment
+        var clientConfiguration = HTTPClient.Configuration(
+            certificateVerification: .fullVerification,
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .milliseconds(configuration.requestTimeout.milliseconds))
+        )
+        clientConfiguration.connectionPool.idleTimeout = .seconds(30)
+        self.client = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: clientConfiguration)
+    }
+
+    /// Closes the client's connections; call once before the process exits.
+    public func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    /// The credentials a request would use now, the client secret read afresh.
+    func credentials(refreshToken: String?) throws(TokenBrokerError) -> TokenCredentials {
+        TokenCredentials(
+            grant: configuration.grant,
+            clientID: configuration.clientID,
+            clientSecret: try TokenCredentials.readSecret(configuration.clientAuth == .none ? nil : configuration.clientSecret, environment: environment),
+            refreshToken: configuration.grant == .refreshToken ? refreshToken : nil
+        )
+    }
+
+    /// Sends one token request and interprets the answer. Never throws: failures are transient.
+    func requestToken(_ credentials: TokenCredentials) async -> TokenResponse {
+        var request = HTTPClientRequest(url: configuration.endpoint)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "User-Agent", value: "tokenproxy/\(TokenProxyVersion.current)")
+        var form: [(String, String)] = [("grant_type", credentials.grant.rawValue)]
+        if let refreshToken = credentials.refreshToken { form.append(("refresh_token", refreshToken)) }
+        if let scope = configuration.scope { form.append(("scope", scope)) }
+        switch configuration.clientAuth {
+        case .basic:
+            // RFC 6749 §2.3.1: the id and secret are form-encoded before they are Base64-encoded.
+            let pair = "\(Self.formEncode(credentials.clientID ?? "")):\(Self.formEncode(credentials.clientSecret ?? ""))"
+            request.headers.add(name: "Authorization", value: "Basic \(Data(pair.utf8).base64EncodedString())")
+        case .body:
+            form.append(("client_id", credentials.clientID ?? ""))
+            form.append(("client_secret", credentials.clientSecret ?? ""))
+        case .none:
+            if let clientID = credentials.clientID { form.append(("client_id", clientID)) }
+        }
+        for name in configuration.extraParams.keys.sorted() { form.append((name, configuration.extraParams[name]!)) }
+        request.body = .bytes(ByteBuffer(string: form.map { "\(Self.formEncode($0.0))=\(Self.formEncode($0.1))" }.joined(separator: "&")))
+
+        do {
+            let response = try await client.execute(request, timeout: .milliseconds(configuration.requestTimeout.milliseconds))
+            let body = try await response.body.collect(upTo: 1 << 20)
+            return TokenResponse.interpret(
+                status: Int(response.status.code),
+                retryAfter: response.headers.first(name: "Retry-After"),
+                body: Data(body.readableBytesView),
+                receivedAt: Date(),
+                defaultLifetime: configuration.defaultLifetime
+            )
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+            return .transient(reason: "token endpoint did not answer within token.requestTimeout (\(configuration.requestTimeout.configString))", retryAfter: nil)
+        } catch let error as NIOTooManyBytesError {
+            _ = error
+            return .transient(reason: "token endpoint answered with more than 1 MiB", retryAfter: nil)
+        } catch {
+            return .transient(reason: "token endpoint \(configuration.endpoint) could not be reached: \(error)", retryAfter: nil)
+        }
+    }
+
+    /// `application/x-www-form-urlencoded` per the WHATWG URL standard.
+    static func formEncode(_ text: String) -> String {
+        var result = ""
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "*"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"):
+                result.unicodeScalars.append(Unicode.Scalar(byte))
+            case UInt8(ascii: " "):
+                result += "+"
+            default:
+                result += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return result
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
+
+/// The version that `tokenproxy --version` prints and the token endpoint sees as User-Agent.
+public enum TokenProxyVersion {
+    public static let current = "0.1.0"
+}

@@ -1,0 +1,157 @@
+import Foundation
+import NIOConcurrencyHelpers
+
+/// A stand-in OAuth 2.0 token endpoint: issues access tokens of a set lifetime, rotates refresh
+/// tokens (each one is accepted once; reuse gets `invalid_grant`), and records every call.
+public final class MockTokenIssuer: Sendable {
+    public struct Behavior: Sendable {
+        /// `expires_in` of issued access tokens.
+        public var lifetime: Duration = .seconds(20)
+        /// How long each call takes before it is answered.
+        public var delay: Duration = .zero
+        /// Issue a new refresh token with every refresh and reject reused ones.
+        public var rotateRefreshTokens = true
+        /// Leave `expires_in` out of the answer (expiry then comes from a JWT or the default).
+        public var omitExpiresIn = false
+        /// Issue access tokens as unsigned JWTs carrying `exp`.
+        public var issueJWTs = false
+        /// The client id and secret that client authentication must present, if any.
+        public var expectedClient: (id: String, secret: String)?
+        /// Every `failEvery`-th call is answered with 503 (0: never).
+        public var failEvery = 0
+
+        public init() {}
+    }
+
+    /// One call the endpoint received.
+    public struct Call: Sendable {
+        public var at: Date
+        public var form: [String: String]
+        public var authorization: String?
+        public var status: Int
+    }
+
+    private struct State {
+        var behavior: Behavior
+        var calls: [Call] = []
+        var validRefreshTokens: Set<String> = []
+        var scripted: [MockHTTPResponse] = []
+        var counter = 0
+    }
+
+    private let state: NIOLockedValueBox<State>
+    private let server: MockHTTPServer
+
+    public var url: String { server.baseURL + "/oauth/token" }
+    public var port: Int { server.port }
+
+    public static func start(behavior: Behavior = Behavior(), port: Int = 0) async throws -> MockTokenIssuer {
+        let state = NIOLockedValueBox(State(behavior: behavior))
+        let server = try await MockHTTPServer.start(port: port) { request in
+            await Self.handle(request, state: state)
+        }
+        return MockTokenIssuer(state: state, server: server)
+    }
+
+    private init(state: NIOLockedValueBox<State>, server: MockHTTPServer) {
+        self.state = state
+        self.server = server
+    }
+
+    public func shutdown() async { await server.shutdown() }
+
+    /// Makes `token` a refresh token the issuer accepts (as a login would).
+    public func grantRefreshToken(_ token: String) {
+        state.withLockedValue { _ = $0.validRefreshTokens.insert(token) }
+    }
+
+    /// Answers the next calls with these responses, in order, before normal behaviour resumes.
+    public func script(_ responses: [MockHTTPResponse]) {
+        state.withLockedValue { $0.scripted += responses }
+    }
+
+    public func update(_ change: @Sendable (inout Behavior) -> Void) {
+        state.withLockedValue { change(&$0.behavior) }
+    }
+
+    public var calls: [Call] { state.withLockedValue { $0.calls } }
+    public var callCount: Int { state.withLockedValue { $0.calls.count } }
+    /// How many calls were refused because the refresh token had already been used or was unknown.
+    public var invalidGrantCount: Int {
+        state.withLockedValue { $0.calls.filter { $0.status == 400 }.count }
+    }
+
+    private static func handle(_ request: MockHTTPRequest, state: NIOLockedValueBox<State>) async -> MockHTTPResponse {
+        let delay = state.withLockedValue { $0.behavior.delay }
+        if delay > .zero { try? await Task.sleep(for: delay) }
+        let form = parseForm(request.bodyText)
+        return state.withLockedValue { state in
+            let response = respond(to: request, form: form, state: &state)
+            state.calls.append(Call(at: Date(), form: form, authorization: request.header("Authorization"), status: response.status))
+            return response
+        }
+    }
+
+    private static func respond(to request: MockHTTPRequest, form: [String: String], state: inout State) -> MockHTTPResponse {
+        state.counter += 1
+        if !state.scripted.isEmpty { return state.scripted.removeFirst() }
+        let behavior = state.behavior
+        if behavior.failEvery > 0, state.counter % behavior.failEvery == 0 {
+            return .json(503, #"{"error":"temporarily_unavailable"}"#)
+        }
+        guard request.method == "POST", request.header("Content-Type")?.hasPrefix("application/x-www-form-urlencoded") == true else {
+            return .json(400, #"{"error":"invalid_request","error_description":"expected a form POST"}"#)
+        }
+        if let expected = behavior.expectedClient {
+            let basic = "Basic " + Data("\(expected.id):\(expected.secret)".utf8).base64EncodedString()
+            let viaBasic = request.header("Authorization") == basic
+            let viaBody = form["client_id"] == expected.id && form["client_secret"] == expected.secret
+            guard viaBasic || viaBody else { return .json(401, #"{"error":"invalid_client"}"#) }
+        }
+        var refreshToken: String?
+        switch form["grant_type"] {
+        case "refresh_token":
+            guard let presented = form["refresh_token"], state.validRefreshTokens.contains(presented) else {
+                return .json(400, #"{"error":"invalid_grant","error_description":"refresh token unknown or already used"}"#)
+            }
+            if behavior.rotateRefreshTokens {
+                state.validRefreshTokens.remove(presented)
+                refreshToken = "rt-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
+                state.validRefreshTokens.insert(refreshToken!)
+            }
+        case "client_credentials":
+            break
+        default:
+            return .json(400, #"{"error":"unsupported_grant_type"}"#)
+        }
+        let seconds = Double(behavior.lifetime.components.seconds) + Double(behavior.lifetime.components.attoseconds) / 1e18
+        var accessToken = "at-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
+        if behavior.issueJWTs {
+            let exp = Int(Date().timeIntervalSince1970 + seconds)
+            accessToken = [#"{"alg":"none"}"#, "{\"exp\":\(exp),\"jti\":\"\(accessToken)\"}"]
+                .map { base64URL(Data($0.utf8)) }.joined(separator: ".") + ".sig"
+        }
+        var fields = ["\"access_token\":\"\(accessToken)\"", "\"token_type\":\"Bearer\""]
+        if !behavior.omitExpiresIn { fields.append("\"expires_in\":\(seconds)") }
+        if let refreshToken { fields.append("\"refresh_token\":\"\(refreshToken)\"") }
+        if let scope = form["scope"] { fields.append("\"scope\":\"\(scope)\"") }
+        return .json(200, "{" + fields.joined(separator: ",") + "}")
+    }
+
+    private static func base64URL(_ data: Data) -> String {
+        data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    static func parseForm(_ text: String) -> [String: String] {
+        var form: [String: String] = [:]
+        for pair in text.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ part: Substring) -> String {
+                String(part).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(part)
+            }
+            form[decode(parts[0])] = parts.count > 1 ? decode(parts[1]) : ""
+        }
+        return form
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TokenProxy
+
+/// The `--config` option shared by every command, and loading what it names.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The configuration file.", discussion: "Defaults to $TOKENPROXY_CONFIG, then /etc/tokenproxy/config.json.", valueName: "path"))
+    var config: String?
+
+    var path: String { config ?? Configuration.defaultPath() }
+
+    /// The validated configuration; on problems, prints all of them to stderr and exits 2.
+    func load() throws -> Configuration {
+        do {
+            return try Configuration.load(path: path)
+        } catch {
+            printError(error.description)
+            throw ExitCode(2)
+        }
+    }
+}
+
+/// Exit codes of SPEC §1.
+enum ExitStatus {
+    static let runtimeFailure = ExitCode(1)
+    static let configurationError = ExitCode(2)
+    static let reauthenticationRequired = ExitCode(3)
+
+    static func forBrokerError(_ error: TokenBrokerError) -> ExitCode {
+        switch error {
+        case .reauthenticationRequired: reauthenticationRequired
+        case .unavailable: runtimeFailure
+        }
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Runs `body` with a broker for `configuration`, shutting the endpoint client down afterwards.
+func withTokenBroker<T: Sendable>(
+    _ configuration: Configuration, _ body: (TokenBroker) async throws -> T
+) async throws -> T {
+    StderrLogHandler.bootstrap(level: configuration.log.level, format: configuration.log.format)
+    let endpoint = TokenEndpointClient(configuration: configuration.token)
+    let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: Logger(label: "tokenproxy"))
+    do {
+        let result = try await body(broker)
+        await endpoint.shutdown()
+        return result
+    } catch {
+        await endpoint.shutdown()
+        throw error
+    }
+}

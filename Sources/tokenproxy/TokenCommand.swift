@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TokenProxy
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token",
+        abstract: "Show the token state from the store (never a secret), or print a fresh access token.",
+        discussion: "Exit 0, or 3 when re-authentication is needed (1 when --print finds the token endpoint failing)."
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Flag(help: "Make sure the access token is fresh (refreshing through the shared lock if needed) and print only it.")
+    var print = false
+
+    func run() async throws {
+        let configuration = try options.load()
+        if print {
+            try await printFreshToken(configuration)
+        } else {
+            try showStatus(configuration)
+        }
+    }
+
+    private func printFreshToken(_ configuration: Configuration) async throws {
+        try await withTokenBroker(configuration) { broker in
+            do throws(TokenBrokerError) {
+                let tokens = try await broker.token(for: .fresh)
+                Swift.print(tokens.accessToken ?? "")
+            } catch .unavailable(let reason, _) {
+                // A token that is still usable beats no token while the endpoint is down.
+                let stored = try? TokenStore(path: configuration.token.store).read(quarantineCorrupt: false, logger: Logger(label: "tokenproxy")).tokens
+                let windows = RefreshWindows(refreshBefore: configuration.token.refreshBefore, minValidity: configuration.token.minValidity)
+                guard let stored, windows.freshness(of: stored, at: Date()) >= .refreshAdvised, let accessToken = stored.accessToken else {
+                    printError("tokenproxy token: no token available: \(reason)")
+                    throw ExitStatus.runtimeFailure
+                }
+                printError("tokenproxy token: warning: could not refresh (\(reason)); printing the current token, valid until \(RFC3339.format(stored.expiresAt!))")
+                Swift.print(accessToken)
+            } catch {
+                printError("tokenproxy token: \(error)")
+                throw ExitStatus.forBrokerError(error)
+            }
+        }
+    }
+
+    private func showStatus(_ configuration: Configuration) throws {
+        let token = configuration.token
+        let contents: TokenStore.Contents
+        do {
+            contents = try TokenStore(path: token.store).read(quarantineCorrupt: false, logger: Logger(label: "tokenproxy"))
+        } catch {
+            printError("tokenproxy token: \(error)")
+            throw ExitStatus.runtimeFailure
+        }
+        let report = TokenStatusReport(contents: contents, configuration: token, now: Date())
+        Swift.print(report.lines.joined(separator: "\n"))
+        if report.reauthenticationRequired {
+            printError("tokenproxy token: re-authentication required: \(report.remedy)")
+            throw ExitStatus.reauthenticationRequired
+        }
+    }
+}
