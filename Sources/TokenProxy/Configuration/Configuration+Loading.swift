@@ -151,13 +151,15 @@ extension Configuration {
         switch (secretFile, secretEnv) {
         case (let file?, nil): token.clientSecret = .file(resolve(file))
         case (nil, let name?): token.clientSecret = .environment(name)
-        case (_?, _?): reader.report("clientSecretEnv", "set either token.clientSecretFile or token.clientSecretEnv, not both")
+        case (let file?, _?):
+            token.clientSecret = .file(resolve(file))
+            reader.report("clientSecretEnv", "set either token.clientSecretFile or token.clientSecretEnv, not both")
         case (nil, nil): break
         }
         token.clientAuth = reader.choice("clientAuth", default: token.clientSecret == nil ? .none : .basic)
         if token.clientAuth != .none {
             if token.clientID == nil { reader.report("clientId", "is required when token.clientAuth is \"\(token.clientAuth.rawValue)\"") }
-            if token.clientSecret == nil, secretFile == nil, secretEnv == nil {
+            if token.clientSecret == nil {
                 reader.report("clientSecretFile", "token.clientAuth \"\(token.clientAuth.rawValue)\" needs a secret: set token.clientSecretFile or token.clientSecretEnv")
             }
         }

@@ -23,11 +23,12 @@ extension TokenBroker {
             attempts += 1
             let credentials = try endpoint.credentials(refreshToken: stored?.refreshToken)
             if let rejection = stored?.rejection, rejection.credential == credentials.fingerprint {
-                throw try await permanentFailure("the token endpoint refused these credentials with \(rejection.error) at \(RFC3339.format(rejection.at))")
+                throw await permanentFailure("the token endpoint refused these credentials with \(rejection.error) at \(RFC3339.format(rejection.at))")
             }
             if configuration.grant == .refreshToken, credentials.refreshToken == nil {
-                throw try await permanentFailure("the store \(store.path) holds no refresh token")
+                throw await permanentFailure("the store \(store.path) holds no refresh token")
             }
+            if case .replacing = reason { lastReactiveRefresh = .now }
             switch await endpoint.requestToken(credentials) {
             case .granted(var tokens):
                 // Rotation replaces the refresh token; an answer without one keeps the old one.
@@ -54,18 +55,18 @@ extension TokenBroker {
                 marked.rejection = .init(error: error, errorDescription: description, credential: credentials.fingerprint, at: Date())
                 try await write(marked)
                 let detail = description.map { " (\($0))" } ?? ""
-                throw try await permanentFailure("the token endpoint refused the credentials: \(error)\(detail)")
+                throw await permanentFailure("the token endpoint refused the credentials: \(error)\(detail)")
             }
         }
     }
 
     /// Records a permanent failure against the store as it is now, and builds the error that
     /// tells the operator how to recover.
-    private func permanentFailure(_ reason: String) async throws(TokenBrokerError) -> TokenBrokerError {
-        let store = self.store
-        let version = await BlockingIO.run { store.fingerprint() }
+    private func permanentFailure(_ reason: String) async -> TokenBrokerError {
+        let (store, endpoint) = (self.store, self.endpoint)
+        let (version, client) = await BlockingIO.run { (store.fingerprint(), try? endpoint.credentials(refreshToken: nil).fingerprint) }
         let message = "\(reason); \(configuration.reauthenticationRemedy)"
-        failure = .permanent(reason: message, storeVersion: version)
+        failure = .permanent(reason: message, storeVersion: version, clientVersion: client)
         return .reauthenticationRequired(reason: message)
     }
 

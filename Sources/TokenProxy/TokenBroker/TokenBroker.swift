@@ -34,15 +34,15 @@ public actor TokenBroker {
     private var refreshInFlight: Task<Result<TokenSet, TokenBrokerError>, Never>?
     var failure: FailureState = .none
     /// When the last 401-caused refresh happened (`token.minRefreshInterval` spaces them out).
-    private var lastReactiveRefresh: ContinuousClock.Instant?
+    var lastReactiveRefresh: ContinuousClock.Instant?
     var lastRefresh: RefreshRecord?
 
     enum FailureState: Sendable {
         case none
         /// The endpoint failed `count` times in a row; no call before `retryAt`.
         case transient(count: Int, retryAt: ContinuousClock.Instant, reason: String)
-        /// The credentials were refused; nothing is tried until the store changes.
-        case permanent(reason: String, storeVersion: TokenStore.Fingerprint?)
+        /// The credentials were refused; nothing is tried until the store or the client secret changes.
+        case permanent(reason: String, storeVersion: TokenStore.Fingerprint?, clientVersion: String?)
     }
 
     /// The outcome of the last refresh attempt, for status reports.
@@ -80,7 +80,6 @@ public actor TokenBroker {
             return current
         }
         try await checkFailureState(for: need)
-        if case .replacing = need { lastReactiveRefresh = ContinuousClock.now }
         // Join a refresh already under way; if its result does not meet this need (it adopted
         // the very token this caller saw rejected), run one more.
         if let refreshInFlight {
@@ -112,11 +111,11 @@ public actor TokenBroker {
         switch failure {
         case .none:
             return
-        case .permanent(let reason, let storeVersion):
-            let store = self.store
-            let version = await BlockingIO.run { store.fingerprint() }
-            guard version == storeVersion else {
-                logger.info("token store changed since the credentials were refused; trying again", metadata: ["store": "\(store.path)"])
+        case .permanent(let reason, let storeVersion, let clientVersion):
+            let (store, endpoint) = (self.store, self.endpoint)
+            let (version, client) = await BlockingIO.run { (store.fingerprint(), try? endpoint.credentials(refreshToken: nil).fingerprint) }
+            guard version == storeVersion, client == clientVersion else {
+                logger.info("the token store or the client secret changed since the credentials were refused; trying again", metadata: ["store": "\(store.path)"])
                 failure = .none
                 return
             }
