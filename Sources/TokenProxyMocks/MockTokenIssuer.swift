@@ -37,6 +37,7 @@ public final class MockTokenIssuer: Sendable {
         var validRefreshTokens: Set<String> = []
         var scripted: [MockHTTPResponse] = []
         var counter = 0
+        var received = 0
     }
 
     private let state: NIOLockedValueBox<State>
@@ -76,13 +77,18 @@ public final class MockTokenIssuer: Sendable {
 
     public var calls: [Call] { state.withLockedValue { $0.calls } }
     public var callCount: Int { state.withLockedValue { $0.calls.count } }
+    /// Calls received, including those still being answered.
+    public var receivedCount: Int { state.withLockedValue { $0.received } }
     /// How many calls were refused because the refresh token had already been used or was unknown.
     public var invalidGrantCount: Int {
         state.withLockedValue { $0.calls.filter { $0.status == 400 }.count }
     }
 
     private static func handle(_ request: MockHTTPRequest, state: NIOLockedValueBox<State>) async -> MockHTTPResponse {
-        let delay = state.withLockedValue { $0.behavior.delay }
+        let delay = state.withLockedValue {
+            $0.received += 1
+            return $0.behavior.delay
+        }
         if delay > .zero { try? await Task.sleep(for: delay) }
         let form = parseForm(request.bodyText)
         return state.withLockedValue { state in

@@ -1,7 +1,7 @@
 import ArgumentParser
+import Foundation
 import TokenProxy
 
-@main
 struct TokenProxyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tokenproxy",
@@ -13,4 +13,27 @@ struct TokenProxyCommand: AsyncParsableCommand {
         version: TokenProxyVersion.current,
         subcommands: [CheckConfigCommand.self, TokenCommand.self, RefreshCommand.self]
     )
+}
+
+@main
+enum Main {
+    /// Like `AsyncParsableCommand.main()`, but usage errors exit 2 as SPEC §1 says, not 64.
+    static func main() async {
+        do {
+            var command = try TokenProxyCommand.parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            var code = TokenProxyCommand.exitCode(for: error)
+            if code == .validationFailure { code = ExitStatus.configurationError }
+            let message = TokenProxyCommand.fullMessage(for: error)
+            if !message.isEmpty {
+                if code == .success { print(message) } else { printError(message) }
+            }
+            exit(code.rawValue)
+        }
+    }
 }

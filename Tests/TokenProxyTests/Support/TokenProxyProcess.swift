@@ -1,12 +1,16 @@
 import Foundation
+import Glibc
 
 /// Runs the built `tokenproxy` binary as a separate process, as a user or a script would.
-struct TokenProxyProcess {
+///
+/// Spawned with `posix_spawn` (Foundation's `Process` is not safe to start from several tasks
+/// at once); stdout and stderr go to files, so a chatty child can never block on a full pipe.
+final class TokenProxyProcess: @unchecked Sendable {
     struct Outcome: Sendable {
         var status: Int32
         var stdout: String
         var stderr: String
-        /// How the process ended: by exit, or by a signal.
+        /// Whether the process was ended by a signal rather than by exiting.
         var signaled: Bool
     }
 
@@ -17,50 +21,67 @@ struct TokenProxyProcess {
         return executable.deletingLastPathComponent().appendingPathComponent("tokenproxy").path
     }()
 
-    let process = Process()
+    private let arguments: [String]
+    private let environment: [String: String]
     private let stdoutFile: String
     private let stderrFile: String
+    private(set) var pid: pid_t = 0
 
     init(_ arguments: [String], environment: [String: String] = [:]) {
+        self.arguments = arguments
+        var merged = ProcessInfo.processInfo.environment
+        merged.removeValue(forKey: "TOKENPROXY_CONFIG")
+        merged.removeValue(forKey: "NOTIFY_SOCKET")
+        merged.merge(environment) { $1 }
+        self.environment = merged
         let id = UUID().uuidString
         stdoutFile = NSTemporaryDirectory() + "/tokenproxy-out-\(id)"
         stderrFile = NSTemporaryDirectory() + "/tokenproxy-err-\(id)"
-        _ = FileManager.default.createFile(atPath: stdoutFile, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderrFile, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = arguments
-        var merged = ProcessInfo.processInfo.environment
-        merged.removeValue(forKey: "TOKENPROXY_CONFIG")
-        merged.merge(environment) { $1 }
-        process.environment = merged
-        process.standardOutput = FileHandle(forWritingAtPath: stdoutFile)
-        process.standardError = FileHandle(forWritingAtPath: stderrFile)
-        process.standardInput = FileHandle.nullDevice
     }
 
     func start() throws {
-        try process.run()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let argv = ([Self.binary] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        let result = posix_spawn(&pid, Self.binary, &actions, nil, argv, envp)
+        guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EIO) }
     }
 
-    var pid: Int32 { process.processIdentifier }
+    func signal(_ signal: Int32) {
+        kill(pid, signal)
+    }
 
     /// Waits for the process to end, killing it after `timeout`.
     func wait(timeout: Duration = .seconds(60)) async -> Outcome {
         let deadline = ContinuousClock.now.advanced(by: timeout)
-        while process.isRunning {
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 {
             if ContinuousClock.now > deadline { kill(pid, SIGKILL) }
             try? await Task.sleep(for: .milliseconds(5))
         }
+        let signaled = (status & 0x7f) != 0
         let outcome = Outcome(
-            status: process.terminationStatus,
+            status: signaled ? 128 + (status & 0x7f) : (status >> 8) & 0xff,
             stdout: (try? String(contentsOfFile: stdoutFile, encoding: .utf8)) ?? "",
             stderr: (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "",
-            signaled: process.terminationReason == .uncaughtSignal
+            signaled: signaled
         )
-        try? FileManager.default.removeItem(atPath: stdoutFile)
-        try? FileManager.default.removeItem(atPath: stderrFile)
+        unlink(stdoutFile)
+        unlink(stderrFile)
         return outcome
     }
+
+    /// What the process has written to stderr so far.
+    var stderrSoFar: String { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
 
     /// Runs `tokenproxy ARGUMENTS` to completion.
     static func run(_ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> Outcome {
