@@ -88,7 +88,7 @@ struct TokenBrokerTests {
         let broker = harness.broker
         let need = Task { try await broker.token(for: .usable) }
         // While the endpoint is busy refusing rt-revoked, a person hands over a new refresh token.
-        try await Task.sleep(for: .milliseconds(150))
+        while harness.issuer.receivedCount == 0 { try await Task.sleep(for: .milliseconds(5)) }
         try harness.handOverRefreshToken("rt-new")
         let tokens = try await need.value
         #expect(tokens.accessToken != nil)

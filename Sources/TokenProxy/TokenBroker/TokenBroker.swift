@@ -28,6 +28,8 @@ public actor TokenBroker {
     let endpoint: TokenEndpointClient
     let backoff: RefreshBackoff
     let logger: Logger
+    /// Where the data path reads the current token without asking the actor.
+    public nonisolated let publisher = TokenPublisher()
 
     /// The token last read from the store or received from the endpoint.
     private(set) var current: TokenSet?
@@ -167,6 +169,7 @@ public actor TokenBroker {
     func adopt(_ tokens: TokenSet) {
         current = tokens
         failure = .none
+        publisher.publish(tokens, windows: windows)
     }
 
     func readStore(quarantineCorrupt: Bool) async throws(TokenBrokerError) -> TokenStore.Contents {

@@ -1,0 +1,63 @@
+import Atomics
+import Foundation
+import NIOCore
+
+/// The token as the data path sees it: the ready-made `Authorization` value and the instant it
+/// stops being usable. Immutable, so that handlers can hold one for the length of a request.
+public final class PublishedToken: AtomicReference, Sendable {
+    /// `Bearer <token>`, built once per token.
+    public let authorization: String
+    public let accessToken: String
+    /// Wall-clock nanoseconds since the Unix epoch at which the mandatory window begins.
+    let mustRefreshAtNanoseconds: Int64
+
+    init(authorization: String, accessToken: String, mustRefreshAt: Date) {
+        self.authorization = authorization
+        self.accessToken = accessToken
+        self.mustRefreshAtNanoseconds = Int64(mustRefreshAt.timeIntervalSince1970 * 1e9)
+    }
+
+    /// Whether the token may still be sent (outside its mandatory window), read from the clock
+    /// without Foundation.
+    @inline(__always)
+    public var isUsable: Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec) < mustRefreshAtNanoseconds
+    }
+}
+
+/// Publishes the broker's current token for lock-free reads by the channel handlers: one atomic
+/// load per request, no actor hop, no lock.
+public final class TokenPublisher: Sendable {
+    private let current = ManagedAtomic<PublishedToken?>(nil)
+
+    public init() {}
+
+    /// The current token, if it may be sent now.
+    @inline(__always)
+    public func usableToken() -> PublishedToken? {
+        guard let token = current.load(ordering: .acquiring), token.isUsable else { return nil }
+        return token
+    }
+
+    /// The current token, whatever its validity.
+    public func latest() -> PublishedToken? {
+        current.load(ordering: .acquiring)
+    }
+
+    func publish(_ tokens: TokenSet, windows: RefreshWindows) {
+        guard let authorization = tokens.authorizationValue, let accessToken = tokens.accessToken,
+            let deadlines = windows.deadlines(of: tokens)
+        else {
+            current.store(nil, ordering: .releasing)
+            return
+        }
+        if current.load(ordering: .acquiring)?.accessToken == accessToken,
+            current.load(ordering: .acquiring)?.mustRefreshAtNanoseconds == Int64(deadlines.mustRefreshAt.timeIntervalSince1970 * 1e9)
+        {
+            return
+        }
+        current.store(PublishedToken(authorization: authorization, accessToken: accessToken, mustRefreshAt: deadlines.mustRefreshAt), ordering: .releasing)
+    }
+}
