@@ -21,6 +21,22 @@ public struct MockHTTPResponse: Sendable {
     public var status: Int
     public var headers: [(name: String, value: String)]
     public var body: [UInt8]
+    /// When set, the body is streamed (chunked) by this closure instead of `body`.
+    public var stream: (@Sendable (MockBodyWriter) async -> Void)?
+    /// Close the connection without answering, as a crashing or resetting upstream would.
+    public var dropConnection = false
+
+    public static let drop: MockHTTPResponse = {
+        var response = MockHTTPResponse(status: 500)
+        response.dropConnection = true
+        return response
+    }()
+
+    public static func streaming(_ status: Int = 200, headers: [(name: String, value: String)] = [], _ stream: @escaping @Sendable (MockBodyWriter) async -> Void) -> MockHTTPResponse {
+        var response = MockHTTPResponse(status: status, headers: headers)
+        response.stream = stream
+        return response
+    }
 
     public init(status: Int, headers: [(name: String, value: String)] = [], body: String = "") {
         self.status = status
@@ -30,6 +46,24 @@ public struct MockHTTPResponse: Sendable {
 
     public static func json(_ status: Int, _ body: String) -> MockHTTPResponse {
         MockHTTPResponse(status: status, headers: [("Content-Type", "application/json")], body: body)
+    }
+}
+
+/// Writes parts of a streamed response body; each write waits until the bytes are handed to
+/// the socket, so a slow reader slows the writer down.
+public struct MockBodyWriter: Sendable {
+    let channel: any Channel
+
+    public func write(_ text: String) async throws {
+        try await write(Array(text.utf8))
+    }
+
+    public func write(_ bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: bytes))))
+    }
+
+    public func write(_ buffer: ByteBuffer) async throws {
+        try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)))
     }
 }
 
@@ -93,23 +127,32 @@ public final class MockHTTPServer: Sendable {
                 )
                 let keepAlive = head.isKeepAlive
                 let handler = self.handler
-                let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
-                let eventLoop = context.eventLoop
                 let channel = context.channel
                 Task {
                     let response = await handler(request)
-                    eventLoop.execute {
-                        let (context, _) = loopBound.value
-                        var headers = HTTPHeaders(response.headers.map { ($0.name, $0.value) })
-                        headers.replaceOrAdd(name: "Content-Length", value: "\(response.body.count)")
-                        if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
-                        let responseHead = HTTPResponseHead(version: .http1_1, status: .init(statusCode: response.status), headers: headers)
-                        context.write(NIOAny(HTTPServerResponsePart.head(responseHead)), promise: nil)
-                        context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
-                        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in
-                            if !keepAlive { channel.close(promise: nil) }
-                        }
+                    if response.dropConnection {
+                        // SO_LINGER 0 makes the close a reset (RST), not an orderly FIN.
+                        try? await (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+                        try? await channel.close()
+                        return
                     }
+                    var headers = HTTPHeaders(response.headers.map { ($0.name, $0.value) })
+                    if response.stream == nil {
+                        headers.replaceOrAdd(name: "Content-Length", value: "\(response.body.count)")
+                    } else if !headers.contains(name: "content-length") {
+                        headers.replaceOrAdd(name: "Transfer-Encoding", value: "chunked")
+                    }
+                    if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
+                    let responseHead = HTTPResponseHead(version: .http1_1, status: .init(statusCode: response.status), headers: headers)
+                    let body = response.body
+                    try? await channel.writeAndFlush(HTTPServerResponsePart.head(responseHead))
+                    if let stream = response.stream {
+                        await stream(MockBodyWriter(channel: channel))
+                    } else if !body.isEmpty {
+                        try? await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))))
+                    }
+                    try? await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+                    if !keepAlive { try? await channel.close() }
                 }
             }
         }

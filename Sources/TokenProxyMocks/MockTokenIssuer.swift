@@ -38,6 +38,7 @@ public final class MockTokenIssuer: Sendable {
         var scripted: [MockHTTPResponse] = []
         var counter = 0
         var received = 0
+        var issued: [String: Date] = [:]
     }
 
     private let state: NIOLockedValueBox<State>
@@ -76,6 +77,11 @@ public final class MockTokenIssuer: Sendable {
     }
 
     public var calls: [Call] { state.withLockedValue { $0.calls } }
+
+    /// Whether `accessToken` was issued here and has not expired: what a resource server checks.
+    public func isValid(accessToken: String) -> Bool {
+        state.withLockedValue { $0.issued[accessToken].map { $0 > Date() } ?? false }
+    }
     public var callCount: Int { state.withLockedValue { $0.calls.count } }
     /// Calls received, including those still being answered.
     public var receivedCount: Int { state.withLockedValue { $0.received } }
@@ -137,6 +143,7 @@ public final class MockTokenIssuer: Sendable {
             accessToken = [#"{"alg":"none"}"#, "{\"exp\":\(exp),\"jti\":\"\(accessToken)\"}"]
                 .map { base64URL(Data($0.utf8)) }.joined(separator: ".") + ".sig"
         }
+        state.issued[accessToken] = Date() + seconds
         var fields = ["\"access_token\":\"\(accessToken)\"", "\"token_type\":\"Bearer\""]
         if !behavior.omitExpiresIn { fields.append("\"expires_in\":\(seconds)") }
         if let refreshToken { fields.append("\"refresh_token\":\"\(refreshToken)\"") }

@@ -11,7 +11,8 @@ struct TokenProxyCommand: AsyncParsableCommand {
             --config defaults to $TOKENPROXY_CONFIG, then /etc/tokenproxy/config.json.
             """,
         version: TokenProxyVersion.current,
-        subcommands: [CheckConfigCommand.self, TokenCommand.self, RefreshCommand.self]
+        subcommands: [RunCommand.self, CheckConfigCommand.self, TokenCommand.self, RefreshCommand.self, DemoCommand.self],
+        defaultSubcommand: RunCommand.self
     )
 }
 

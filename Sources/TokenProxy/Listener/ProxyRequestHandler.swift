@@ -1,0 +1,468 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Serves one client connection: carries out what ``RequestStateMachine`` decides for each
+/// request, on the connection's own event loop, with the upstream connection leased from that
+/// loop's pool. Reads are held back in both directions while the other side cannot take more.
+final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let shared: ProxyContext
+    private let pool: UpstreamConnectionPool
+    private var context: ChannelHandlerContext?
+    private var machine: RequestStateMachine?
+    private var upstream: UpstreamConnection?
+    /// Bumped per request, so that late callbacks of a finished request are ignored.
+    private var generation = 0
+    private var clientReadPending = false
+    private var needsFlush = false
+    private var readTimeout: Scheduled<Void>?
+    private var lastUpstreamActivity = NIODeadline.now()
+    private var retryTimer: Scheduled<Void>?
+    private var requestStarted = NIODeadline.now()
+    private var clientAddress = "unknown"
+    private var currentURI = ""
+    private var currentStatus: UInt = 0
+
+    /// The most body bytes held for a request that has no upstream connection yet.
+    private static let maximumUnsentBytes = 256 * 1024
+
+    init(shared: ProxyContext, pool: UpstreamConnectionPool) {
+        self.shared = shared
+        self.pool = pool
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        switch context.channel.remoteAddress {
+        case .v4(let address)?: clientAddress = address.host
+        case .v6(let address)?: clientAddress = address.host
+        default: clientAddress = "unix"
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancelTimers()
+        self.context = nil
+    }
+
+    // MARK: Client side
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            startRequest(head, context: context)
+        case .body(let buffer):
+            guard var machine else { return }
+            let action = machine.clientBodyPart(buffer)
+            self.machine = machine
+            perform(action)
+        case .end:
+            guard var machine else { return }
+            let action = machine.clientBodyEnd(jitter: .random(in: 0..<1))
+            self.machine = machine
+            perform(action)
+            finishIfDone()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        upstream?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if shouldHoldClientReads {
+            clientReadPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private var shouldHoldClientReads: Bool {
+        if let upstream { return !upstream.isWritable }
+        return (machine?.body.unsentBytes ?? 0) > Self.maximumUnsentBytes
+    }
+
+    private func resumeClientReadsIfPossible() {
+        guard clientReadPending, !shouldHoldClientReads, let context else { return }
+        clientReadPending = false
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { upstream?.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    var clientIsWritable: Bool { context?.channel.isWritable ?? false }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if var machine {
+            let action = machine.clientClosed()
+            self.machine = machine
+            perform(action)
+        }
+        cancelTimers()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError, machine == nil || machine?.state == .waitingForToken || machine?.state == .connecting {
+            // The request cannot be framed, so the connection cannot be trusted after the answer.
+            discardUpstream()
+            respond(with: .badRequest("malformed HTTP request: \(error)"), keepAlive: false)
+            machine = nil
+            return
+        }
+        if var machine {
+            let action = machine.clientClosed()
+            self.machine = machine
+            perform(action)
+        }
+        context.close(promise: nil)
+    }
+
+    private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        generation &+= 1
+        requestStarted = .now()
+        currentURI = head.uri
+        shared.statistics.requests.wrappingIncrement(ordering: .relaxed)
+        let faultsEnabled = shared.faults.enabled
+        switch shared.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
+        case .failure(let error):
+            shared.statistics.proxyErrors.wrappingIncrement(ordering: .relaxed)
+            respond(with: error, keepAlive: false)
+            log(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
+        case .success(let prepared):
+            if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            }
+            machine = RequestStateMachine(
+                request: prepared, policy: shared.retryPolicy, replayLimit: shared.replayLimit,
+                injectFirst401: faultsEnabled && shared.faults.drawUpstream401()
+            )
+            perform(.obtainToken)
+        }
+    }
+
+    // MARK: Actions
+
+    private func perform(_ action: RequestStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+
+        case .obtainToken:
+            if let token = shared.publisher.usableToken() {
+                apply { $0.tokenObtained(token) }
+            } else {
+                awaitToken(.usable)
+            }
+
+        case .refreshAndReplay(let rejected, let discard):
+            if discard { discardUpstream() }
+            cancelReadTimeout()
+            shared.statistics.replaysAfter401.wrappingIncrement(ordering: .relaxed)
+            awaitToken(.replacing(rejected: rejected))
+
+        case .connect:
+            if let connection = pool.lease() {
+                attach(connection)
+                apply { $0.connected() }
+            } else {
+                let generation = self.generation
+                pool.connect().assumeIsolated().whenComplete { result in
+                    guard generation == self.generation, self.machine?.state == .connecting else {
+                        if case .success(let connection) = result { self.pool.release(connection) }
+                        return
+                    }
+                    switch result {
+                    case .success(let connection):
+                        self.attach(connection)
+                        self.apply { $0.connected() }
+                    case .failure(let error):
+                        self.apply { $0.upstreamFailed(reason: Self.describe(error), jitter: .random(in: 0..<1)) }
+                    }
+                }
+            }
+
+        case .injectFault(let kind):
+            shared.statistics.faultsInjected.wrappingIncrement(ordering: .relaxed)
+            shared.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "method": "\(machine?.method.rawValue ?? "")"])
+            apply { $0.injectedFaultReady(jitter: .random(in: 0..<1)) }
+
+        case .sendRequest(let head, let body, let end):
+            guard let upstream else { return }
+            upstream.write(.head(head))
+            for part in body { upstream.write(.body(.byteBuffer(part))) }
+            if end { writeRequestEnd(to: upstream) }
+            upstream.flush()
+            armReadTimeout()
+            resumeClientReadsIfPossible()
+
+        case .sendBodyPart(let buffer):
+            upstream?.write(.body(.byteBuffer(buffer)))
+
+        case .sendEnd:
+            if let upstream {
+                writeRequestEnd(to: upstream)
+                upstream.flush()
+            }
+
+        case .forwardResponseHead(let head):
+            currentStatus = head.status.code
+            context?.write(wrapOutboundOut(.head(head)), promise: nil)
+            needsFlush = true
+
+        case .forwardResponseBodyPart(let buffer):
+            context?.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            needsFlush = true
+
+        case .forwardResponseEnd(let reuse):
+            cancelReadTimeout()
+            if let upstream {
+                self.upstream = nil
+                if reuse { pool.release(upstream) } else { upstream.close() }
+            }
+            let keepAlive = machine?.clientKeepAlive ?? false
+            log(status: currentStatus)
+            writeResponseEnd(keepAlive: keepAlive && machine?.body.isComplete == true)
+            finishIfDone()
+
+        case .respondInjected(let head):
+            discardUpstream()
+            var head = head
+            let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
+            if !keepAlive { head.headers.add(name: "Connection", value: "close") }
+            context?.write(wrapOutboundOut(.head(head)), promise: nil)
+            log(status: head.status.code)
+            writeResponseEnd(keepAlive: keepAlive)
+            finishIfDone()
+
+        case .respond(let error, let discard):
+            if discard { discardUpstream() }
+            cancelReadTimeout()
+            shared.statistics.proxyErrors.wrappingIncrement(ordering: .relaxed)
+            let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
+            respond(with: error, keepAlive: keepAlive)
+            log(status: error.code.status.code, error: error)
+            finishIfDone()
+
+        case .retry(let delay, let discard):
+            if discard { discardUpstream() }
+            cancelReadTimeout()
+            shared.statistics.retries.wrappingIncrement(ordering: .relaxed)
+            guard let context else { return }
+            let generation = self.generation
+            retryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+                guard generation == self.generation else { return }
+                self.retryTimer = nil
+                self.apply { $0.retryDue() }
+            }
+
+        case .abort:
+            discardUpstream()
+            cancelTimers()
+            machine = nil
+            context?.close(promise: nil)
+        }
+    }
+
+    /// Runs one event on the machine and performs what it returns.
+    private func apply(_ event: (inout RequestStateMachine) -> RequestStateMachine.Action) {
+        guard var machine else { return }
+        let action = event(&machine)
+        self.machine = machine
+        perform(action)
+    }
+
+    private func awaitToken(_ need: TokenBroker.Need) {
+        guard let context else { return }
+        let generation = self.generation
+        let broker = shared.broker
+        let publisher = shared.publisher
+        context.eventLoop.makeFutureWithTask { () -> Result<PublishedToken, TokenBrokerError> in
+            do throws(TokenBrokerError) {
+                _ = try await broker.token(for: need)
+                // The broker published what it returned; a token it could not publish (no
+                // expiry) is refused like any unusable one.
+                guard let token = publisher.latest() else {
+                    return .failure(.unavailable(reason: "the token has no usable expiry", retryAfter: nil))
+                }
+                return .success(token)
+            } catch {
+                return .failure(error)
+            }
+        }.assumeIsolated().whenSuccess { result in
+            guard generation == self.generation else { return }
+            switch result {
+            case .success(let token):
+                self.apply { $0.tokenObtained(token) }
+            case .failure(let error):
+                self.apply { $0.tokenFailed(error, fallback: self.shared.publisher.latest()) }
+            }
+        }
+    }
+
+    private func writeRequestEnd(to upstream: UpstreamConnection) {
+        let promise = upstream.channel.eventLoop.makePromise(of: Void.self)
+        let generation = self.generation
+        promise.futureResult.assumeIsolated().whenSuccess {
+            guard generation == self.generation else { return }
+            self.machine?.requestEndWritten()
+        }
+        upstream.write(.end(nil), promise: promise)
+    }
+
+    private func writeResponseEnd(keepAlive: Bool) {
+        guard let context else { return }
+        needsFlush = false
+        if keepAlive {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    private func respond(with error: ProxyError, keepAlive: Bool) {
+        guard let context else { return }
+        let (head, body) = error.response(keepAlive: keepAlive, allocator: context.channel.allocator)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        writeResponseEnd(keepAlive: keepAlive)
+    }
+
+    /// Clears the request once both its response and its body are done.
+    private func finishIfDone() {
+        guard let machine, machine.isFinished else { return }
+        self.machine = nil
+        cancelTimers()
+        discardUpstream()
+        generation &+= 1
+    }
+
+    // MARK: Upstream side
+
+    private func attach(_ connection: UpstreamConnection) {
+        upstream = connection
+        connection.receiver = self
+    }
+
+    private func discardUpstream() {
+        guard let upstream else { return }
+        self.upstream = nil
+        upstream.close()
+    }
+
+    func upstreamRead(_ part: HTTPClientResponsePart) {
+        lastUpstreamActivity = .now()
+        switch part {
+        case .head(let head):
+            apply { $0.responseHead(head, jitter: .random(in: 0..<1)) }
+        case .body(let buffer):
+            apply { $0.responseBodyPart(buffer) }
+        case .end:
+            let keepAlive = upstreamKeepAlive
+            apply { $0.responseEnd(upstreamKeepAlive: keepAlive) }
+        }
+    }
+
+    // The response decoder closes the connection itself when the upstream said "close"; an
+    // inactive channel is never pooled, so "active" is the keep-alive test.
+    private var upstreamKeepAlive: Bool { upstream?.isActive ?? false }
+
+    func upstreamReadComplete() {
+        if needsFlush {
+            needsFlush = false
+            context?.flush()
+        }
+    }
+
+    func upstreamClosed(error: (any Error)?) {
+        upstream = nil
+        let reason = error.map(Self.describe) ?? "the upstream closed the connection"
+        apply { $0.upstreamFailed(reason: reason, jitter: .random(in: 0..<1)) }
+    }
+
+    func upstreamWritabilityChanged() {
+        resumeClientReadsIfPossible()
+    }
+
+    // MARK: Timers
+
+    /// One timer per request, re-armed while bytes keep arriving (an SSE stream never times out
+    /// while events flow): `readTimeout` is the longest silence, as nginx's proxy_read_timeout.
+    private func armReadTimeout() {
+        guard readTimeout == nil, let context else { return }
+        lastUpstreamActivity = .now()
+        let timeout = TimeAmount.nanoseconds(Int64(shared.readTimeout.timeInterval * 1e9))
+        let generation = self.generation
+        func schedule(at deadline: NIODeadline) {
+            readTimeout = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+                guard generation == self.generation else { return }
+                let silentUntil = self.lastUpstreamActivity + timeout
+                if silentUntil > .now() {
+                    schedule(at: silentUntil)
+                } else {
+                    self.readTimeout = nil
+                    self.apply { $0.readTimedOut(after: self.shared.readTimeout) }
+                }
+            }
+        }
+        schedule(at: .now() + timeout)
+    }
+
+    private func cancelReadTimeout() {
+        readTimeout?.cancel()
+        readTimeout = nil
+    }
+
+    private func cancelTimers() {
+        cancelReadTimeout()
+        retryTimer?.cancel()
+        retryTimer = nil
+    }
+
+    // MARK: Logging
+
+    private func log(status: UInt?, error: ProxyError? = nil) {
+        guard let machine else { return }
+        log(method: machine.method, uri: currentURI, status: status, attempts: machine.attempts + (machine.replayedAfter401 ? 1 : 0), refreshed: machine.refreshed, error: error)
+    }
+
+    private func log(method: HTTPMethod, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
+        guard shared.logger.logLevel <= .info || error != nil else { return }
+        var metadata: Logger.Metadata = [
+            "requestId": "\(requestID)", "method": "\(method.rawValue)", "attempts": "\(attempts)",
+            "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(refreshed)",
+        ]
+        if let status, status > 0 { metadata["status"] = "\(status)" }
+        if let uri { metadata["path"] = "\(Self.pathOnly(uri))" }
+        if let error {
+            metadata["error"] = "\(error.code.rawValue)"
+            metadata["reason"] = "\(error.message)"
+            shared.logger.warning("request answered by the proxy", metadata: metadata)
+        } else {
+            shared.logger.info("request", metadata: metadata)
+        }
+    }
+
+    private var requestID: String {
+        "\(ObjectIdentifier(self).hashValue & 0xffffff)-\(generation)"
+    }
+
+    /// The path without its query, which may carry secrets.
+    static func pathOnly(_ uri: String) -> Substring {
+        uri.prefix { $0 != "?" }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? IOError { return error.description }
+        return "\(error)"
+    }
+}

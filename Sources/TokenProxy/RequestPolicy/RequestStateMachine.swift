@@ -1,0 +1,298 @@
+import NIOCore
+import NIOHTTP1
+
+/// The life of one proxied request: waiting for a token → connecting → sending → streaming the
+/// response, with the retry, 401-replay and fault-injection decisions in between (SPEC §5, §6).
+///
+/// Pure: every event returns an ``Action`` for ``ProxyRequestHandler`` to carry out, so that
+/// each decision is one `switch` away and testable without sockets.
+struct RequestStateMachine {
+    enum State: Equatable {
+        case waitingForToken
+        case connecting
+        /// The request is being written, or was written; no response head yet.
+        case awaitingResponse
+        /// An injected fault is answered once the client's body is complete (so it can be replayed).
+        case holdingInjectedFault(FaultPlan.Kind)
+        case waitingToRetry
+        case streamingResponse
+        /// The client has its whole answer; what is left of the request body is discarded.
+        case responded
+        /// The client connection has to go: its answer cannot be completed.
+        case failed
+    }
+
+    enum Action {
+        case none
+        /// Get a token (from the published one if usable, else from the broker), then call
+        /// ``tokenObtained(_:)`` or ``tokenFailed(_:fallback:)``.
+        case obtainToken
+        /// Ask the broker for a token other than `rejected` (a 401-caused refresh), then replay.
+        case refreshAndReplay(rejected: String, discardUpstream: Bool)
+        /// Lease or open an upstream connection, then call ``connected()`` or ``upstreamFailed(reason:jitter:)``.
+        case connect
+        /// Count and log an injected fault, then call ``injectedFaultReady(jitter:)``.
+        case injectFault(FaultPlan.Kind)
+        case sendRequest(HTTPRequestHead, body: ArraySlice<ByteBuffer>, end: Bool)
+        case sendBodyPart(ByteBuffer)
+        case sendEnd
+        case forwardResponseHead(HTTPResponseHead)
+        case forwardResponseBodyPart(ByteBuffer)
+        /// The response is complete; the upstream connection may go back to the pool.
+        case forwardResponseEnd(reuseUpstream: Bool)
+        /// Answer with an injected response (head only) as if it came from the upstream.
+        case respondInjected(HTTPResponseHead)
+        /// Answer with the proxy's own error.
+        case respond(ProxyError, discardUpstream: Bool)
+        case retry(after: TimeAmount, discardUpstream: Bool)
+        /// Close the client and any upstream connection.
+        case abort
+    }
+
+    private(set) var state: State = .waitingForToken
+    private var request: ForwardingRules.PreparedRequest
+    private(set) var body: RequestBody
+    private let policy: RetryPolicy
+    private var token: PublishedToken?
+    /// Tries counted against `retry.attempts` (the one 401 replay is not among them).
+    private(set) var attempts = 0
+    private(set) var replayedAfter401 = false
+    private var isReplayAttempt = false
+    /// Whether the current attempt's whole request was written to the upstream.
+    private var requestWritten = false
+    private var injectedFaults = 0
+    private let injectFirst401: Bool
+    private var lastFailure = ""
+
+    init(request: ForwardingRules.PreparedRequest, policy: RetryPolicy, replayLimit: Int, injectFirst401: Bool) {
+        self.request = request
+        self.policy = policy
+        self.body = RequestBody(replayLimit: replayLimit)
+        self.injectFirst401 = injectFirst401
+    }
+
+    var clientKeepAlive: Bool { request.clientKeepAlive }
+    var method: HTTPMethod { request.head.method }
+    /// Whether a refresh happened for this request (for the log line).
+    var refreshed: Bool { replayedAfter401 }
+
+    /// Whether the request body is still arriving while the response is already complete.
+    var isFinished: Bool { (state == .responded && body.isComplete) || state == .failed }
+
+    // MARK: Token
+
+    mutating func tokenObtained(_ token: PublishedToken) -> Action {
+        guard state == .waitingForToken else { return .none }
+        self.token = token
+        requestWritten = false
+        if !isReplayAttempt { attempts += 1 }
+        if let kind = nextInjectedFault() {
+            state = .holdingInjectedFault(kind)
+            return .injectFault(kind)
+        }
+        state = .connecting
+        return .connect
+    }
+
+    /// No token: the answer is the broker's error, except on the 401 replay, which is still
+    /// sent once with the current token when a refresh is not possible (SPEC §5).
+    mutating func tokenFailed(_ error: TokenBrokerError, fallback: PublishedToken?) -> Action {
+        guard state == .waitingForToken else { return .none }
+        if isReplayAttempt, case .unavailable = error, let fallback {
+            return tokenObtained(fallback)
+        }
+        state = .responded
+        return .respond(ProxyError.from(error), discardUpstream: false)
+    }
+
+    // MARK: Upstream connection
+
+    mutating func connected() -> Action {
+        guard state == .connecting, let token else { return .none }
+        state = .awaitingResponse
+        if body.canStartOver { body.rewind() }
+        request.head.headers.replaceOrAdd(name: "authorization", value: token.authorization)
+        return .sendRequest(request.head, body: body.takeUnsent(), end: body.isComplete)
+    }
+
+    mutating func requestEndWritten() {
+        if state == .awaitingResponse || state == .streamingResponse { requestWritten = true }
+    }
+
+    /// The connection failed or closed (connect refused, reset, closed early).
+    mutating func upstreamFailed(reason: String, jitter: Double) -> Action {
+        switch state {
+        case .connecting, .awaitingResponse:
+            lastFailure = reason
+            return retryOrGiveUp(requestWritten ? .resetAfterSending : .notSent, jitter: jitter, discardUpstream: true, injected: nil)
+        case .streamingResponse:
+            state = .failed
+            return .abort
+        case .waitingForToken, .holdingInjectedFault, .waitingToRetry, .responded, .failed:
+            return .none
+        }
+    }
+
+    mutating func readTimedOut(after timeout: Duration) -> Action {
+        switch state {
+        case .awaitingResponse:
+            state = .responded
+            return .respond(ProxyError(.upstreamTimeout, "the upstream did not answer within upstream.readTimeout (\(timeout.configString))"), discardUpstream: true)
+        case .streamingResponse:
+            state = .failed
+            return .abort
+        default:
+            return .none
+        }
+    }
+
+    mutating func retryDue() -> Action {
+        guard state == .waitingToRetry else { return .none }
+        state = .waitingForToken
+        isReplayAttempt = false
+        return .obtainToken
+    }
+
+    // MARK: Client body
+
+    mutating func clientBodyPart(_ buffer: ByteBuffer) -> Action {
+        switch state {
+        case .responded, .failed:
+            return .none
+        case .awaitingResponse, .streamingResponse:
+            body.append(buffer)
+            _ = body.takeUnsent()
+            return .sendBodyPart(buffer)
+        case .waitingForToken, .connecting, .holdingInjectedFault, .waitingToRetry:
+            body.append(buffer)
+            return .none
+        }
+    }
+
+    mutating func clientBodyEnd(jitter: Double) -> Action {
+        body.markComplete()
+        switch state {
+        case .awaitingResponse, .streamingResponse:
+            return .sendEnd
+        case .holdingInjectedFault:
+            return injectedFaultReady(jitter: jitter)
+        case .waitingForToken, .connecting, .waitingToRetry, .responded, .failed:
+            return .none
+        }
+    }
+
+    // MARK: Response
+
+    mutating func responseHead(_ head: HTTPResponseHead, jitter: Double) -> Action {
+        guard state == .awaitingResponse else { return .none }
+        // 1xx answers (100 Continue) concern this hop only.
+        if head.status.code < 200 { return .none }
+        return decide(head, injected: nil, jitter: jitter)
+    }
+
+    mutating func responseBodyPart(_ buffer: ByteBuffer) -> Action {
+        state == .streamingResponse ? .forwardResponseBodyPart(buffer) : .none
+    }
+
+    mutating func responseEnd(upstreamKeepAlive: Bool) -> Action {
+        guard state == .streamingResponse else { return .none }
+        state = .responded
+        return .forwardResponseEnd(reuseUpstream: upstreamKeepAlive && requestWritten && body.isComplete)
+    }
+
+    mutating func clientClosed() -> Action {
+        switch state {
+        case .failed: return .none
+        default:
+            state = .failed
+            return .abort
+        }
+    }
+
+    // MARK: Decisions
+
+    /// What an upstream answer (real or injected) leads to: a 401 replay, a retry, or the client
+    /// gets it.
+    private mutating func decide(_ head: HTTPResponseHead, injected: FaultPlan.Kind?, jitter: Double) -> Action {
+        let status = head.status.code
+        let discard = injected == nil
+        let replayable = body.isComplete && body.canStartOver
+        if status == 401, Self.isTokenRejection(head), !replayedAfter401, replayable, let token {
+            replayedAfter401 = true
+            isReplayAttempt = true
+            state = .waitingForToken
+            return .refreshAndReplay(rejected: token.accessToken, discardUpstream: discard)
+        }
+        if RetryPolicy.isRetryableStatus(status), replayable,
+            let delay = policy.delay(
+                after: .unavailableStatus(Int(status), retryAfter: head.headers.first(name: "retry-after")),
+                attempt: attempts, retryableAfterSending: request.isRetryableAfterSending, random: jitter)
+        {
+            state = .waitingToRetry
+            return .retry(after: delay, discardUpstream: discard)
+        }
+        if injected != nil {
+            state = .responded
+            return .respondInjected(head)
+        }
+        state = .streamingResponse
+        return .forwardResponseHead(ForwardingRules.clientResponseHead(head, clientKeepAlive: request.clientKeepAlive))
+    }
+
+    private mutating func retryOrGiveUp(_ failure: RetryPolicy.Failure, jitter: Double, discardUpstream: Bool, injected: FaultPlan.Kind?) -> Action {
+        if body.canStartOver, failure == .notSent || body.isComplete,
+            let delay = policy.delay(after: failure, attempt: attempts, retryableAfterSending: request.isRetryableAfterSending, random: jitter)
+        {
+            state = .waitingToRetry
+            return .retry(after: delay, discardUpstream: discardUpstream)
+        }
+        state = .responded
+        let tries = attempts == 1 ? "1 attempt" : "\(attempts) attempts"
+        let why = failure == .resetAfterSending && !request.isRetryableAfterSending
+            ? "; not retried because \(request.head.method.rawValue) is not idempotent and has no Idempotency-Key" : ""
+        return .respond(ProxyError(.upstreamUnavailable, "the upstream could not be reached after \(tries): \(lastFailure)\(why)", injectedFault: injected?.headerValue), discardUpstream: discardUpstream)
+    }
+
+    // MARK: Fault injection
+
+    private mutating func nextInjectedFault() -> FaultPlan.Kind? {
+        if let plan = request.fault, injectedFaults < plan.times {
+            injectedFaults += 1
+            return plan.kind
+        }
+        if injectFirst401, attempts == 1, !isReplayAttempt {
+            return .status(401)
+        }
+        return nil
+    }
+
+    /// Answers the held injected fault once the body is complete (or at once if it is).
+    mutating func injectedFaultReady(jitter: Double) -> Action {
+        guard case .holdingInjectedFault(let kind) = state, body.isComplete || !body.canStartOver else { return .none }
+        switch kind {
+        case .status(let status):
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Length", value: "0")
+            headers.add(name: "X-TokenProxy-Fault-Injected", value: String(status))
+            if status == 401 { headers.add(name: "WWW-Authenticate", value: #"Bearer error="invalid_token""#) }
+            state = .awaitingResponse
+            return decide(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers), injected: kind, jitter: jitter)
+        case .reset:
+            // As if the upstream dropped the connection after reading the request.
+            state = .awaitingResponse
+            requestWritten = true
+            lastFailure = "connection reset (injected fault)"
+            return retryOrGiveUp(.resetAfterSending, jitter: jitter, discardUpstream: false, injected: kind)
+        }
+    }
+
+    /// A 401 that means "this token is no good": bare, or `WWW-Authenticate: Bearer error="invalid_token"`.
+    static func isTokenRejection(_ head: HTTPResponseHead) -> Bool {
+        let challenges = head.headers[canonicalForm: "www-authenticate"]
+        guard !challenges.isEmpty else { return true }
+        return challenges.contains { challenge in
+            let lowered = challenge.lowercased()
+            return lowered.hasPrefix("bearer") && (lowered.contains("invalid_token") || !lowered.contains("error="))
+        }
+    }
+}

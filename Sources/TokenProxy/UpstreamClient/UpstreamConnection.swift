@@ -1,0 +1,130 @@
+import NIOCore
+import NIOHTTP1
+
+/// Receives what one leased upstream connection reads. Called on the connection's event loop,
+/// which is also the client connection's: a request never changes threads.
+protocol UpstreamResponseReceiver: AnyObject {
+    func upstreamRead(_ part: HTTPClientResponsePart)
+    func upstreamReadComplete()
+    /// The connection closed or failed; `error` says why, when known.
+    func upstreamClosed(error: (any Error)?)
+    func upstreamWritabilityChanged()
+    /// Whether the client can take more bytes; when not, the upstream is not read.
+    var clientIsWritable: Bool { get }
+}
+
+/// One keep-alive HTTP/1.1 connection to the upstream, leased to one request at a time.
+final class UpstreamConnection {
+    let channel: any Channel
+    let handler: UpstreamHandler
+    /// When it went back to the pool; idle connections are closed after a while.
+    var idleSince: NIODeadline = .now()
+
+    init(channel: any Channel, handler: UpstreamHandler) {
+        self.channel = channel
+        self.handler = handler
+    }
+
+    var receiver: (any UpstreamResponseReceiver)? {
+        get { handler.receiver }
+        set { handler.receiver = newValue }
+    }
+
+    var isActive: Bool { handler.isActive }
+    var isWritable: Bool { channel.isWritable }
+
+    func write(_ part: HTTPClientRequestPart, promise: EventLoopPromise<Void>? = nil) {
+        handler.write(part, promise: promise)
+    }
+
+    func flush() { handler.flush() }
+
+    /// Reads again if reading was held back while the client was not writable.
+    func resumeReading() { handler.resumeReading() }
+
+    func close() {
+        receiver = nil
+        channel.close(promise: nil)
+    }
+}
+
+/// The last handler of an upstream connection's pipeline: hands response parts to the leasing
+/// request, and holds back reads while the client cannot take more (backpressure).
+final class UpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var receiver: (any UpstreamResponseReceiver)?
+    private var context: ChannelHandlerContext?
+    private var readPending = false
+    private(set) var isActive = true
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        isActive = context.channel.isActive
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        isActive = true
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        receiver?.upstreamRead(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        receiver?.upstreamReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        isActive = false
+        let receiver = self.receiver
+        self.receiver = nil
+        receiver?.upstreamClosed(error: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        isActive = false
+        let receiver = self.receiver
+        self.receiver = nil
+        receiver?.upstreamClosed(error: error)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        receiver?.upstreamWritabilityChanged()
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let receiver, !receiver.clientIsWritable {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    func write(_ part: HTTPClientRequestPart, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        context.write(wrapOutboundOut(part), promise: promise)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    func resumeReading() {
+        guard readPending, let context else { return }
+        readPending = false
+        context.read()
+    }
+}

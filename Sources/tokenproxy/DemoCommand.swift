@@ -1,0 +1,148 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import TokenProxy
+import TokenProxyMocks
+
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run an embedded token issuer (20 s tokens, rotating refresh tokens), an API and the proxy in front, with some client traffic.",
+        discussion: "Prints each request and what the proxy did for it. Ctrl-C stops it."
+    )
+
+    @Option(help: "The proxy's port on 127.0.0.1 (0 picks a free one).")
+    var port = 8787
+
+    @Option(help: "Lifetime of the issued access tokens, in seconds.")
+    var tokenLifetime = 20
+
+    @Option(help: "Stop after this many seconds (default: run until Ctrl-C).")
+    var duration: Int?
+
+    func run() async throws {
+        StderrLogHandler.bootstrap(level: "error", format: .text)
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.lifetime = .seconds(tokenLifetime)
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let api = try await MockAPI.start(issuer: issuer)
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tokenproxy-demo-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+
+        // A "login": the issuer knows this refresh token, and it is handed to the proxy's store.
+        let loginToken = "demo-\(UInt64.random(in: 0...UInt64.max))"
+        issuer.grantRefreshToken(loginToken)
+        try TokenStore(path: folder + "/token.json").write(TokenSet(refreshToken: loginToken))
+        let configPath = folder + "/config.json"
+        try """
+            {
+              "listen": "127.0.0.1:\(port)",
+              "upstream": { "url": "\(api.baseURL)" },
+              "token": { "endpoint": "\(issuer.url)", "clientAuth": "none", "clientId": "demo",
+                         "refreshBefore": "5s", "minValidity": "1s", "store": "token.json" },
+              "admin": null,
+              "log": { "level": "error", "format": "text" }
+            }
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let configuration = try Configuration.load(path: configPath)
+
+        let logger = Logger(label: "tokenproxy")
+        let endpoint = TokenEndpointClient(configuration: configuration.token)
+        let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logger)
+        let server: ProxyServer
+        do {
+            server = try await ProxyServer.start(
+                configuration: configuration, broker: broker, faults: FaultSettings(enabled: false, upstream401Percent: 0),
+                statistics: ProxyStatistics(), group: .singleton, logger: logger
+            )
+        } catch {
+            printError("tokenproxy demo: cannot listen on 127.0.0.1:\(port) (\(error)); try --port 0")
+            throw ExitStatus.runtimeFailure
+        }
+        let proxyURL = "http://127.0.0.1:\(server.port ?? port)"
+        let maintenance = Task { await broker.keepFresh() }
+        print("""
+            tokenproxy demo
+              token issuer  \(issuer.url)   (access tokens live \(tokenLifetime) s, refresh tokens rotate)
+              API           \(api.baseURL)   (/api/hello, /api/events (SSE), /api/flaky answers 401 30 % of the time)
+              proxy         \(proxyURL)   ← clients talk here, without any token
+            Try it yourself:  curl -i \(proxyURL)/api/hello
+            Ctrl-C stops the demo.
+
+            """)
+
+        let traffic = Task { await Self.driveTraffic(proxyURL: proxyURL, issuer: issuer, api: api) }
+        if let duration {
+            try? await Task.sleep(for: .seconds(duration))
+        } else {
+            _ = await TerminationSignal.wait()
+        }
+        traffic.cancel()
+        _ = await traffic.value
+        maintenance.cancel()
+        await server.stopAccepting()
+        await server.closeIdleUpstreamConnections()
+        await endpoint.shutdown()
+        await api.shutdown()
+        await issuer.shutdown()
+        let counters = api.counters
+        print("\ndone: \(counters.requests) requests reached the API, \(counters.unauthorized) of them were answered 401 and recovered by the proxy; the token endpoint was called \(issuer.callCount) times.")
+    }
+
+    private static func driveTraffic(proxyURL: String, issuer: MockTokenIssuer, api: MockAPI) async {
+        let client = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton))
+        let routes: [(HTTPMethod, String)] = [(.GET, "/api/hello"), (.GET, "/api/flaky"), (.POST, "/api/orders"), (.GET, "/api/events"), (.GET, "/api/flaky")]
+        var number = 0
+        var seenCalls = 0
+        while !Task.isCancelled {
+            number += 1
+            let (method, path) = routes[number % routes.count]
+            var request = HTTPClientRequest(url: proxyURL + path)
+            request.method = method
+            request.headers.add(name: "X-Demo-Request", value: "\(number)")
+            if method == .POST { request.body = .bytes(ByteBuffer(string: #"{"item": "coffee"}"#)) }
+            let started = ContinuousClock.now
+            var line = "\(Self.clock())  \(method.rawValue) \(path)"
+            do {
+                let response = try await client.execute(request, timeout: .seconds(10))
+                if path == "/api/events" {
+                    print("\(line) → \(response.status.code), streaming:")
+                    for try await chunk in response.body {
+                        for event in String(buffer: chunk).split(separator: "\n\n") {
+                            print("      \(Self.clock())  \(event.split(separator: "\n").joined(separator: " | "))")
+                        }
+                    }
+                    line = "      stream ended"
+                } else {
+                    _ = try await response.body.collect(upTo: 1 << 20)
+                    line += " → \(response.status.code) (\(started.duration(to: .now).milliseconds) ms)"
+                }
+                if api.counters.rejectedRequestIDs.contains("\(number)") {
+                    line += "   ← the API said 401; recovered by refresh + replay"
+                }
+            } catch {
+                line += " → failed: \(error)"
+            }
+            let calls = issuer.calls
+            if calls.count > seenCalls {
+                for call in calls[seenCalls...] where call.status == 200 {
+                    let kind = api.counters.rejectedRequestIDs.contains("\(number)") ? "after a 401" : "ahead of expiry"
+                    print("\(Self.clock())  ↻ token refreshed \(kind) (refresh token rotated)")
+                }
+                seenCalls = calls.count
+            }
+            print(line)
+            try? await Task.sleep(for: .milliseconds(800))
+        }
+        try? await client.shutdown()
+    }
+
+    private static func clock() -> String {
+        String(RFC3339.format(Date()).dropFirst(11).prefix(8))
+    }
+}
