@@ -14,7 +14,7 @@ final class ProxyContext: Sendable {
     let logger: Logger
 
     init(configuration: Configuration, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, logger: Logger) {
-        rules = ForwardingRules(upstream: configuration.upstream.url, listen: configuration.listen)
+        rules = ForwardingRules(upstream: configuration.upstream.url)
         retryPolicy = RetryPolicy(configuration.retry)
         replayLimit = configuration.retry.replayBuffer
         readTimeout = configuration.upstream.readTimeout

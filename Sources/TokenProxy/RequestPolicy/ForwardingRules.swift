@@ -6,18 +6,21 @@ import NIOHTTP1
 /// `Host` rewritten and the `X-Forwarded-*` headers set.
 struct ForwardingRules: Sendable {
     let upstream: UpstreamURL
-    /// Authorities an absolute-form target may name: the upstream's and the proxy's own.
-    let ownAuthorities: Set<String>
+    /// Authorities an absolute-form target may name besides loopback ones: the upstream's.
+    let upstreamAuthorities: Set<String>
 
-    init(upstream: UpstreamURL, listen: ListenAddress) {
+    init(upstream: UpstreamURL) {
         self.upstream = upstream
-        var authorities: Set<String> = [upstream.hostHeader.lowercased(), "\(upstream.host.lowercased()):\(upstream.port)"]
-        if case .tcp(let host, let port) = listen {
-            authorities.insert("\(host.lowercased()):\(port)")
-            authorities.insert("localhost:\(port)")
-            authorities.insert("127.0.0.1:\(port)")
-        }
-        ownAuthorities = authorities
+        upstreamAuthorities = [upstream.hostHeader.lowercased(), "\(upstream.host.lowercased()):\(upstream.port)"]
+    }
+
+    /// An absolute-form target is served only when it names the upstream or this host (the
+    /// proxy itself); the request still goes to the upstream, never to the named host.
+    func acceptsAbsoluteTarget(authority: Substring) -> Bool {
+        let lowered = authority.lowercased()
+        if upstreamAuthorities.contains(lowered) { return true }
+        let host = lowered.hasPrefix("[") ? String(lowered.prefix { $0 != "]" }.dropFirst()) : String(lowered.prefix { $0 != ":" })
+        return ListenAddress.tcp(host: host, port: 0).isLoopback
     }
 
     /// A request ready to be sent, but for the `Authorization` header of each attempt.
@@ -50,7 +53,7 @@ struct ForwardingRules: Sendable {
         } else if let schemeEnd = head.uri.range(of: "://") {
             let rest = head.uri[schemeEnd.upperBound...]
             let authority = rest.prefix { $0 != "/" && $0 != "?" }
-            guard ownAuthorities.contains(authority.lowercased()) else {
+            guard acceptsAbsoluteTarget(authority: authority) else {
                 return .failure(.badRequest("absolute-form target for \(authority) is refused: tokenproxy forwards only to its upstream and is not an open proxy"))
             }
             path = rest.dropFirst(authority.count)

@@ -5,6 +5,7 @@ extension TokenBroker {
     /// begins (so requests never wait for it), retries on the backoff schedule after transient
     /// failures, and watches the store after a permanent one.
     public func keepFresh() async {
+        await loadStore()
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: nextMaintenancePause())

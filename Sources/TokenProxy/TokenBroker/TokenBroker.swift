@@ -70,6 +70,7 @@ public actor TokenBroker {
 
     /// A token that meets `need`, refreshing it if necessary.
     public func token(for need: Need) async throws(TokenBrokerError) -> TokenSet {
+        if current == nil { await loadStore() }
         if let current, satisfies(current, need) {
             startBackgroundRefreshIfAdvised(current)
             return current
@@ -89,6 +90,15 @@ public actor TokenBroker {
             if satisfies(tokens, need) { return tokens }
         }
         return try await refresh(reason: need).get()
+    }
+
+    /// Adopts what the store holds, if it is usable, without refreshing: at startup, requests
+    /// must not wait for a refresh that the token on disk makes unnecessary.
+    public func loadStore() async {
+        guard current == nil, let stored = try? await readStore(quarantineCorrupt: false).tokens,
+            windows.freshness(of: stored, at: Date()) >= .refreshAdvised
+        else { return }
+        adopt(stored)
     }
 
     /// Whether `tokens` can be handed out for `need` without a refresh.

@@ -1,0 +1,233 @@
+import AsyncHTTPClient
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import Testing
+import TokenProxyMocks
+
+@testable import TokenProxy
+
+/// Reactive refresh with replay, proactive refresh, and retries (SPEC §5).
+@Suite("Replay and retries")
+struct ReplayAndRetryTests {
+    static let invalidToken = MockHTTPResponse(status: 401, headers: [("WWW-Authenticate", #"Bearer error="invalid_token""#)], body: "expired")
+
+    @Test func a401IsRefreshedAndThePostReplayedWithItsBody() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-stale")
+        let harness = try await ProxyHarness(options) { request, count in
+            count == 1 ? Self.invalidToken : .json(200, "{\"got\": \(request.body.count)}")
+        }
+        let response = try await harness.send(.POST, "/orders", headers: [("Content-Type", "application/json")], body: #"{"item": "coffee"}"#)
+        #expect(response.status == 200)
+        #expect(response.body == #"{"got": 18}"#)
+        let seen = harness.received
+        #expect(seen.count == 2)
+        #expect(seen.map(\.bodyText) == [#"{"item": "coffee"}"#, #"{"item": "coffee"}"#])
+        #expect(seen[0].header("Authorization") == "Bearer at-stale")
+        #expect(seen[1].header("Authorization") != "Bearer at-stale")
+        #expect(harness.issuer.callCount == 1)
+        await harness.shutdown()
+    }
+
+    @Test func aBodyOverTheReplayBufferGetsThe401AndIsSentOnce() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-stale")
+        options.retry = #"{"attempts": 3, "replayBuffer": 1024}"#
+        let harness = try await ProxyHarness(options) { _, _ in Self.invalidToken }
+        let response = try await harness.send(.POST, "/upload", body: String(repeating: "x", count: 4096))
+        #expect(response.status == 401)
+        #expect(response.body == "expired", "the upstream's own answer")
+        #expect(harness.received.count == 1)
+        await harness.shutdown()
+    }
+
+    @Test("a 403, or a 401 for another scheme, is not a token rejection", arguments: [
+        MockHTTPResponse(status: 403, body: "forbidden"),
+        MockHTTPResponse(status: 401, headers: [("WWW-Authenticate", #"Basic realm="x""#)], body: "basic"),
+        MockHTTPResponse(status: 401, headers: [("WWW-Authenticate", #"Bearer error="insufficient_scope""#)], body: "scope"),
+    ])
+    func notATokenRejection(answer: MockHTTPResponse) async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, _ in answer }
+        let response = try await harness.send(.GET, "/x")
+        #expect(response.status == UInt(answer.status))
+        #expect(harness.received.count == 1)
+        #expect(harness.issuer.callCount == 0)
+        await harness.shutdown()
+    }
+
+    @Test func aBackendThatRejectsEveryTokenCausesNoRefreshStorm() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.token = { $0.minRefreshInterval = "5s" }
+        let harness = try await ProxyHarness(options) { _, _ in Self.invalidToken }
+        for _ in 0..<20 {
+            let response = try await harness.send(.GET, "/x")
+            #expect(response.status == 401)
+        }
+        #expect(harness.issuer.callCount == 1, "one 401-caused refresh per minRefreshInterval")
+        #expect(harness.received.count == 40, "each request is replayed once, never more")
+        await harness.shutdown()
+    }
+
+    @Test func twoHundredClientsAcrossATokenExpirySeeNoErrorAndOneRefresh() async throws {
+        var options = ProxyHarness.Options()
+        let now = Date()
+        // 1.5 s left of a 1-hour token: the refresh comes while the clients are running.
+        options.initialToken = TokenSet(accessToken: "at-expiring", refreshToken: "rt-initial", expiresAt: now + 1.5, obtainedAt: now - 3598.5)
+        options.behavior.delay = .milliseconds(200)
+        options.behavior.lifetime = .seconds(3600)
+        options.token = { $0.refreshBefore = "1s"; $0.minValidity = "500ms" }
+        let issued = NIOLockedValueBox<Set<String>>(["at-expiring"])
+        let harness = try await ProxyHarness(options) { request, _ in
+            let token = request.header("Authorization").map { String($0.dropFirst(7)) } ?? ""
+            return .json(200, "{\"token\": \"\(token.prefix(3))\"}")
+        }
+        _ = issued
+        let deadline = ContinuousClock.now.advanced(by: .seconds(3))
+        let failures = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<200 {
+                group.addTask {
+                    var failures = 0
+                    while ContinuousClock.now < deadline {
+                        let response = try await harness.send(.GET, "/x")
+                        if response.status != 200 { failures += 1 }
+                    }
+                    return failures
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(failures == 0)
+        #expect(harness.issuer.callCount == 1)
+        let tokens = Set(harness.received.compactMap { $0.header("Authorization") })
+        #expect(tokens.count == 2, "the old token, then the new one")
+        #expect(harness.received.count > 400)
+        await harness.shutdown()
+    }
+
+    @Test func proactiveRefreshDoesNotMakeRequestsWait() async throws {
+        var options = ProxyHarness.Options()
+        let now = Date()
+        // Inside refreshBefore (5m) but far from minValidity (10s).
+        options.initialToken = TokenSet(accessToken: "at-current", refreshToken: "rt-initial", expiresAt: now + 60, obtainedAt: now - 3540)
+        options.behavior.delay = .seconds(1)
+        let harness = try await ProxyHarness(options)
+        var slowest = Duration.zero
+        for _ in 0..<10 {
+            let started = ContinuousClock.now
+            let response = try await harness.send(.GET, "/x")
+            #expect(response.status == 200)
+            slowest = max(slowest, started.duration(to: .now))
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(slowest < .milliseconds(300), "requests kept the current token while the refresh ran: \(slowest)")
+        #expect(harness.received.first?.header("Authorization") == "Bearer at-current")
+        try await Task.sleep(for: .milliseconds(700))
+        #expect(harness.issuer.callCount == 1, "one background refresh")
+        let after = try await harness.send(.GET, "/x")
+        #expect(after.status == 200)
+        #expect(harness.received.last?.header("Authorization") != "Bearer at-current")
+        await harness.shutdown()
+    }
+
+    @Test func aResetAfterAPostWithoutIdempotencyKeyIsNotRetried() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, _ in .drop }
+        let response = try await harness.send(.POST, "/payments", body: #"{"amount": 5}"#)
+        #expect(response.status == 502)
+        #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_unavailable")
+        #expect(response.body.contains("not idempotent"))
+        #expect(harness.received.count == 1)
+        await harness.shutdown()
+    }
+
+    @Test("resets are retried for idempotent methods and keyed requests", arguments: [
+        (HTTPMethod.GET, [(String, String)]()), (.PUT, []), (.DELETE, []), (.POST, [("Idempotency-Key", "k-1")]),
+    ])
+    func resetsRetried(method: HTTPMethod, headers: [(String, String)]) async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, count in count == 1 ? .drop : .json(200, "{}") }
+        let response = try await harness.send(method, "/x", headers: headers, body: method == .GET ? nil : "{}")
+        #expect(response.status == 200)
+        #expect(harness.received.count == 2)
+        await harness.shutdown()
+    }
+
+    @Test func a503WithRetryAfterIsRetriedAfterThatPause() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, count in
+            count == 1 ? MockHTTPResponse(status: 503, headers: [("Retry-After", "1")], body: "busy") : .json(200, "{}")
+        }
+        let started = ContinuousClock.now
+        let response = try await harness.send(.GET, "/x")
+        #expect(response.status == 200)
+        #expect(started.duration(to: .now) >= .seconds(1))
+        #expect(harness.received.count == 2)
+        await harness.shutdown()
+    }
+
+    @Test func unavailableStatusesAreRetriedUpToTheAttemptsThenPassedOn() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, _ in MockHTTPResponse(status: 502, body: "bad gateway upstream") }
+        let response = try await harness.send(.GET, "/x")
+        #expect(response.status == 502)
+        #expect(response.body == "bad gateway upstream", "the last upstream answer, not the proxy's")
+        #expect(harness.received.count == 3)
+        let post = try await harness.send(.POST, "/x", body: "{}")
+        #expect(post.status == 502)
+        #expect(harness.received.count == 4, "a POST without Idempotency-Key is not retried")
+        await harness.shutdown()
+    }
+
+    @Test func serverSentEventsArriveAsTheyAreSent() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, _ in
+            .streaming(headers: [("Content-Type", "text/event-stream")]) { writer in
+                for number in 1...5 {
+                    try? await Task.sleep(for: .milliseconds(200))
+                    let sentAt = Int64(Date().timeIntervalSince1970 * 1000)
+                    try? await writer.write("id: \(number)\ndata: \(sentAt)\n\n")
+                }
+            }
+        }
+        let chunks = try await RawHTTPClient(port: harness.port).stream(
+            "GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n", until: { $0.contains("id: 5") })
+        var delays: [Double] = []
+        for (arrived, text) in chunks {
+            for line in text.split(separator: "\n") where line.hasPrefix("data: ") {
+                if let sentAt = Double(line.dropFirst(6)) { delays.append(arrived.timeIntervalSince1970 * 1000 - sentAt) }
+            }
+        }
+        #expect(delays.count == 5, "\(chunks.map(\.text))")
+        #expect((delays.max() ?? 999) < 50, "each event reached the client within 50 ms: \(delays)")
+        await harness.shutdown()
+    }
+
+    @Test func largeBodiesStreamBothWays() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let size = 20 << 20
+        let harness = try await ProxyHarness(options) { request, _ in
+            if request.method == "POST" { return .json(200, "{\"received\": \(request.body.count)}") }
+            return .streaming(headers: [("Content-Length", "\(size)")]) { writer in
+                let chunk = ByteBuffer(repeating: UInt8(ascii: "z"), count: 1 << 20)
+                for _ in 0..<20 { try? await writer.write(chunk) }
+            }
+        }
+        let download = try await harness.send(.GET, "/big")
+        #expect(download.body.utf8.count == size)
+        #expect(download.body.utf8.allSatisfy { $0 == UInt8(ascii: "z") })
+        let upload = try await harness.send(.POST, "/big", body: String(repeating: "u", count: size))
+        #expect(upload.body == "{\"received\": \(size)}")
+        await harness.shutdown()
+    }
+}

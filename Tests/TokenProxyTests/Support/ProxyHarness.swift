@@ -1,0 +1,126 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Testing
+import TokenProxy
+import TokenProxyMocks
+
+/// The proxy served in this process, with a stand-in issuer and a test upstream that records
+/// what it received and answers through a closure the test sets.
+final class ProxyHarness: @unchecked Sendable {
+    let directory: TemporaryDirectory
+    let issuer: MockTokenIssuer
+    let upstream: MockHTTPServer
+    let server: ProxyServer
+    let broker: TokenBroker
+    let endpoint: TokenEndpointClient
+    let faults: FaultSettings
+    let logs = LogCapture()
+    /// One client for all tests, never shut down (a test that fails early must not crash the run).
+    static let sharedClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: .init(redirectConfiguration: .disallow))
+    var client: HTTPClient { Self.sharedClient }
+    private let maintenance: Task<Void, Never>
+    private let recorded = NIOLockedValueBox<[MockHTTPRequest]>([])
+    private let responder: NIOLockedValueBox<@Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse>
+
+    struct Options {
+        var behavior = MockTokenIssuer.Behavior()
+        /// What the store holds at start; `nil` hands over a refresh token only.
+        var initialToken: TokenSet?
+        /// Whether the issuer accepts the initial refresh token.
+        var grantInitialRefreshToken = true
+        var listen = "127.0.0.1:0"
+        var retry = #"{"attempts": 3, "backoff": "10ms", "maxBackoff": "2s", "replayBuffer": 65536}"#
+        var upstreamExtra = ""
+        var token: (inout ConfigFixture) -> Void = { _ in }
+        var faults = #"{"enabled": false}"#
+        var upstreamPrefix = ""
+    }
+
+    init(_ options: Options = Options(), respond: @escaping @Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse = { _, _ in .json(200, #"{"ok": true}"#) }) async throws {
+        directory = try TemporaryDirectory()
+        issuer = try await MockTokenIssuer.start(behavior: options.behavior)
+        let recorded = self.recorded
+        let responder = NIOLockedValueBox(respond)
+        self.responder = responder
+        upstream = try await MockHTTPServer.start { request in
+            let count = recorded.withLockedValue {
+                $0.append(request)
+                return $0.count
+            }
+            return await responder.withLockedValue { $0 }(request, count)
+        }
+        var fixture = ConfigFixture(endpoint: issuer.url)
+        options.token(&fixture)
+        try fixture.write(to: directory)
+        // The fixture's config gets the proxy's own sections.
+        let path = directory.file("config.json")
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = text.replacingOccurrences(of: #""upstream": { "url": "http://127.0.0.1:9" }"#, with: """
+            "listen": "\(options.listen)",
+            "upstream": { "url": "http://127.0.0.1:\(upstream.port)\(options.upstreamPrefix)"\(options.upstreamExtra) },
+            "retry": \(options.retry),
+            "faults": \(options.faults)
+            """)
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let configuration = try Configuration.load(path: path)
+        let token = options.initialToken ?? TokenSet(refreshToken: "rt-initial")
+        if options.grantInitialRefreshToken, let refreshToken = token.refreshToken { issuer.grantRefreshToken(refreshToken) }
+        try TokenStore(path: configuration.token.store).write(token)
+
+        endpoint = TokenEndpointClient(configuration: configuration.token)
+        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger)
+        faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
+        server = try await ProxyServer.start(
+            configuration: configuration, broker: broker, faults: faults, statistics: ProxyStatistics(),
+            group: .singleton, logger: logs.logger
+        )
+        let broker = self.broker
+        maintenance = Task { await broker.keepFresh() }
+    }
+
+    var port: Int { server.port ?? 0 }
+    var url: String { "http://127.0.0.1:\(port)" }
+    var received: [MockHTTPRequest] { recorded.withLockedValue { $0 } }
+
+    func respond(_ respond: @escaping @Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse) {
+        responder.withLockedValue { $0 = respond }
+    }
+
+    struct Response {
+        var status: UInt
+        var headers: HTTPHeaders
+        var body: String
+    }
+
+    func send(_ method: HTTPMethod = .GET, _ path: String, headers: [(String, String)] = [], body: String? = nil) async throws -> Response {
+        var request = HTTPClientRequest(url: url + path)
+        request.method = method
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await client.execute(request, timeout: .seconds(20))
+        let bytes = try await response.body.collect(upTo: 64 << 20)
+        return Response(status: response.status.code, headers: response.headers, body: String(buffer: bytes))
+    }
+
+    func shutdown() async {
+        maintenance.cancel()
+        await server.stopAccepting()
+        await server.closeIdleUpstreamConnections()
+        await endpoint.shutdown()
+        await upstream.shutdown()
+        await issuer.shutdown()
+    }
+}
+
+extension TokenSet {
+    /// A token that is fresh for a long while, as if fetched a moment ago by another process.
+    static func valid(_ accessToken: String, refreshToken: String = "rt-initial", lifetime: Double = 3600) -> TokenSet {
+        let now = Date()
+        return TokenSet(accessToken: accessToken, refreshToken: refreshToken, expiresAt: now + lifetime, obtainedAt: now)
+    }
+}
