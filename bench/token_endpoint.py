@@ -7,6 +7,7 @@ FAIL_EVERY=N answers every Nth call with 503 (0: never). Calls are counted in PO
 """
 import http.server
 import json
+import socket
 import sys
 import threading
 
@@ -19,6 +20,11 @@ calls = 0
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body leave in separate writes: without TCP_NODELAY, delayed ACKs add 40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_POST(self):
         global calls

@@ -130,8 +130,9 @@ struct ForwardingTests {
     @Test func anUnreachableUpstreamGets502AfterTheRetries() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
+        // Port 9 (discard) is below the ephemeral range: no test server of a parallel test gets it.
+        options.upstreamAddress = "http://127.0.0.1:9"
         let harness = try await ProxyHarness(options)
-        await harness.upstream.shutdown()
         let response = try await harness.send(.POST, "/orders", body: "{}")
         #expect(response.status == 502)
         #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_unavailable")

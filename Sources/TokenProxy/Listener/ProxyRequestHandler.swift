@@ -5,6 +5,10 @@ import NIOHTTP1
 /// Serves one client connection: carries out what ``RequestStateMachine`` decides for each
 /// request, on the connection's own event loop, with the upstream connection leased from that
 /// loop's pool. Reads are held back in both directions while the other side cannot take more.
+///
+/// Pipelined requests are queued here rather than by NIO's `HTTPServerPipelineHandler`, which
+/// withholds a read after every request and so re-registers the socket with epoll twice per
+/// request.
 final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -18,12 +22,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// Bumped per request, so that late callbacks of a finished request are ignored.
     private var generation = 0
     private var clientReadPending = false
+    private var queuedParts = CircularBuffer<HTTPServerRequestPart>()
     private var needsFlush = false
     private var readTimeout: Scheduled<Void>?
+    private var readTimeoutActive = false
+    private lazy var readTimeoutAmount = TimeAmount.nanoseconds(Int64(shared.readTimeout.timeInterval * 1e9))
     private var lastUpstreamActivity = NIODeadline.now()
     private var retryTimer: Scheduled<Void>?
     private var requestStarted = NIODeadline.now()
     private var clientAddress = "unknown"
+    private var random = SplitMix64()
     private var currentURI = ""
     private var currentStatus: UInt = 0
 
@@ -52,21 +60,42 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     // MARK: Client side
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        // A pipelined request waits until the one before it is answered; reads pause meanwhile.
+        if !queuedParts.isEmpty || (machine != nil && part.isHead) {
+            queuedParts.append(part)
+            return
+        }
+        handle(part, context: context)
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             startRequest(head, context: context)
         case .body(let buffer):
-            guard var machine else { return }
-            let action = machine.clientBodyPart(buffer)
-            self.machine = machine
-            perform(action)
+            apply { $0.clientBodyPart(buffer) }
         case .end:
-            guard var machine else { return }
-            let action = machine.clientBodyEnd(jitter: .random(in: 0..<1))
-            self.machine = machine
-            perform(action)
+            apply { $0.clientBodyEnd(jitter: random.unit()) }
             finishIfDone()
         }
+    }
+
+    /// Serves pipelined requests that arrived while the previous one was answered.
+    private func drainQueuedRequests() {
+        guard let context else { return }
+        while machine == nil, let part = queuedParts.first {
+            queuedParts.removeFirst()
+            handle(part, context: context)
+        }
+        if machine != nil, queuedParts.first?.isHead == false {
+            // Parts of the request now in progress.
+            while let part = queuedParts.first, !part.isHead {
+                queuedParts.removeFirst()
+                handle(part, context: context)
+            }
+        }
+        resumeClientReadsIfPossible()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -83,6 +112,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private var shouldHoldClientReads: Bool {
+        if !queuedParts.isEmpty { return true }
         if let upstream { return !upstream.isWritable }
         return (machine?.body.unsentBytes ?? 0) > Self.maximumUnsentBytes
     }
@@ -101,11 +131,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     var clientIsWritable: Bool { context?.channel.isWritable ?? false }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if var machine {
-            let action = machine.clientClosed()
-            self.machine = machine
-            perform(action)
-        }
+        apply { $0.clientClosed() }
         cancelTimers()
         context.fireChannelInactive()
     }
@@ -118,11 +144,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             machine = nil
             return
         }
-        if var machine {
-            let action = machine.clientClosed()
-            self.machine = machine
-            perform(action)
-        }
+        apply { $0.clientClosed() }
         context.close(promise: nil)
     }
 
@@ -138,12 +160,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             respond(with: error, keepAlive: false)
             log(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
         case .success(let prepared):
-            if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
             }
             machine = RequestStateMachine(
                 request: prepared, policy: shared.retryPolicy, replayLimit: shared.replayLimit,
-                injectFirst401: faultsEnabled && shared.faults.drawUpstream401()
+                injectFirst401: faultsEnabled && shared.faults.drawUpstream401(using: &random)
             )
             perform(.obtainToken)
         }
@@ -185,7 +207,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                         self.attach(connection)
                         self.apply { $0.connected() }
                     case .failure(let error):
-                        self.apply { $0.upstreamFailed(reason: Self.describe(error), jitter: .random(in: 0..<1)) }
+                        let jitter = self.random.unit()
+                        self.apply { $0.upstreamFailed(reason: Self.describe(error), jitter: jitter) }
                     }
                 }
             }
@@ -193,7 +216,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .injectFault(let kind):
             shared.statistics.faultsInjected.wrappingIncrement(ordering: .relaxed)
             shared.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "method": "\(machine?.method.rawValue ?? "")"])
-            apply { $0.injectedFaultReady(jitter: .random(in: 0..<1)) }
+            apply { $0.injectedFaultReady(jitter: random.unit()) }
 
         case .sendRequest(let head, let body, let end):
             guard let upstream else { return }
@@ -272,12 +295,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
     }
 
-    /// Runs one event on the machine and performs what it returns.
+    /// Runs one event on the machine and performs what it returns. The machine is mutated in
+    /// place: copying it out and back would copy its body buffers and cost a retain per field.
     private func apply(_ event: (inout RequestStateMachine) -> RequestStateMachine.Action) {
-        guard var machine else { return }
-        let action = event(&machine)
-        self.machine = machine
-        perform(action)
+        guard machine != nil else { return }
+        perform(event(&machine!))
     }
 
     private func awaitToken(_ need: TokenBroker.Need) {
@@ -339,11 +361,17 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     /// Clears the request once both its response and its body are done.
     private func finishIfDone() {
-        guard let machine, machine.isFinished else { return }
-        self.machine = nil
-        cancelTimers()
+        guard machine?.isFinished == true else { return }
+        machine = nil
+        // The connection's read timer stays scheduled for the next request; it is only disarmed.
+        readTimeoutActive = false
+        retryTimer?.cancel()
+        retryTimer = nil
         discardUpstream()
         generation &+= 1
+        if !queuedParts.isEmpty, context?.channel.isActive == true {
+            drainQueuedRequests()
+        }
     }
 
     // MARK: Upstream side
@@ -363,7 +391,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         lastUpstreamActivity = .now()
         switch part {
         case .head(let head):
-            apply { $0.responseHead(head, jitter: .random(in: 0..<1)) }
+            apply { $0.responseHead(head, jitter: random.unit()) }
         case .body(let buffer):
             apply { $0.responseBodyPart(buffer) }
         case .end:
@@ -386,7 +414,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     func upstreamClosed(error: (any Error)?) {
         upstream = nil
         let reason = error.map(Self.describe) ?? "the upstream closed the connection"
-        apply { $0.upstreamFailed(reason: reason, jitter: .random(in: 0..<1)) }
+        apply { $0.upstreamFailed(reason: reason, jitter: random.unit()) }
     }
 
     func upstreamWritabilityChanged() {
@@ -395,35 +423,38 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Timers
 
-    /// One timer per request, re-armed while bytes keep arriving (an SSE stream never times out
-    /// while events flow): `readTimeout` is the longest silence, as nginx's proxy_read_timeout.
+    /// `readTimeout` is the longest silence of the upstream while a request waits or streams
+    /// (nginx's proxy_read_timeout): an SSE stream never times out while events flow. One timer
+    /// per connection, re-armed only when it fires, so that a request costs no timer of its own.
     private func armReadTimeout() {
-        guard readTimeout == nil, let context else { return }
         lastUpstreamActivity = .now()
-        let timeout = TimeAmount.nanoseconds(Int64(shared.readTimeout.timeInterval * 1e9))
-        let generation = self.generation
-        func schedule(at deadline: NIODeadline) {
-            readTimeout = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
-                guard generation == self.generation else { return }
-                let silentUntil = self.lastUpstreamActivity + timeout
-                if silentUntil > .now() {
-                    schedule(at: silentUntil)
-                } else {
-                    self.readTimeout = nil
-                    self.apply { $0.readTimedOut(after: self.shared.readTimeout) }
-                }
+        readTimeoutActive = true
+        guard readTimeout == nil, let context else { return }
+        scheduleReadTimeout(at: lastUpstreamActivity + readTimeoutAmount, on: context.eventLoop)
+    }
+
+    private func scheduleReadTimeout(at deadline: NIODeadline, on eventLoop: any EventLoop) {
+        readTimeout = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.readTimeout = nil
+            guard self.readTimeoutActive else { return }
+            let silentUntil = self.lastUpstreamActivity + self.readTimeoutAmount
+            if silentUntil > .now() {
+                self.scheduleReadTimeout(at: silentUntil, on: eventLoop)
+            } else {
+                self.readTimeoutActive = false
+                self.apply { $0.readTimedOut(after: self.shared.readTimeout) }
             }
         }
-        schedule(at: .now() + timeout)
     }
 
     private func cancelReadTimeout() {
-        readTimeout?.cancel()
-        readTimeout = nil
+        readTimeoutActive = false
     }
 
     private func cancelTimers() {
-        cancelReadTimeout()
+        readTimeoutActive = false
+        readTimeout?.cancel()
+        readTimeout = nil
         retryTimer?.cancel()
         retryTimer = nil
     }
@@ -464,5 +495,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     static func describe(_ error: any Error) -> String {
         if let error = error as? IOError { return error.description }
         return "\(error)"
+    }
+}
+
+extension HTTPServerRequestPart {
+    fileprivate var isHead: Bool {
+        if case .head = self { true } else { false }
     }
 }

@@ -52,7 +52,6 @@ public final class ProxyServer: Sendable {
                     let operations = channel.pipeline.syncOperations
                     try operations.addHandler(HTTPResponseEncoder(configuration: .init()))
                     try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try operations.addHandler(HTTPServerPipelineHandler())
                     try operations.addHandler(ProxyRequestHandler(shared: shared, pool: pool))
                 }
             }

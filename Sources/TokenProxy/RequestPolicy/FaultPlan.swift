@@ -64,9 +64,9 @@ public final class FaultSettings: Sendable {
     }
 
     /// Whether this first attempt should be answered with an injected 401.
-    func drawUpstream401() -> Bool {
+    func drawUpstream401<Source: RandomNumberGenerator>(using random: inout Source) -> Bool {
         let basisPoints = state.load(ordering: .relaxed)
-        return basisPoints > 0 && Int.random(in: 0..<10_000) < basisPoints
+        return basisPoints > 0 && Int.random(in: 0..<10_000, using: &random) < basisPoints
     }
 
     private static func encode(enabled: Bool, percent: Double) -> Int {

@@ -32,10 +32,6 @@ struct ForwardingRules: Sendable {
         var fault: FaultPlan?
     }
 
-    /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). Framing
-    /// (`Content-Length`, `Transfer-Encoding`) is redone by the encoders and handled separately.
-    static let hopByHop: [String] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization", "proxy-authenticate"]
-
     static func isIdempotent(_ method: HTTPMethod) -> Bool {
         switch method {
         case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: true
@@ -62,20 +58,53 @@ struct ForwardingRules: Sendable {
             return .failure(.badRequest("request target \"\(head.uri.prefix(100))\" is not a path"))
         }
 
-        let contentLengths = head.headers[canonicalForm: "content-length"]
-        let transferEncoding = head.headers["transfer-encoding"]
-        if !contentLengths.isEmpty, !transferEncoding.isEmpty {
+        // One pass over the client's headers: copy what is forwarded, note what the rules need.
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(head.headers.count + 4)
+        var contentLength: String?
+        var hasTransferEncoding = false
+        var originalHost: String?
+        var forwardedFor: String?
+        var faultHeader: String?
+        var connectionOptions: [String] = []
+        var hasIdempotencyKey = false
+        for (name, value) in head.headers {
+            switch HeaderName(name) {
+            case .contentLength:
+                if let contentLength, contentLength != value {
+                    return .failure(.badRequest("conflicting Content-Length values"))
+                }
+                if contentLength == nil { headers.add(name: name, value: value) }
+                contentLength = value
+            case .transferEncoding:
+                hasTransferEncoding = true
+                headers.add(name: name, value: value)
+            case .host: originalHost = value
+            case .forwardedFor: forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
+            case .fault: faultHeader = value
+            case .connection: connectionOptions.append(value)
+            case .idempotencyKey:
+                hasIdempotencyKey = true
+                headers.add(name: name, value: value)
+            // Replaced below, or answered by the proxy itself (`Expect: 100-continue`).
+            case .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop: break
+            case .other: headers.add(name: name, value: value)
+            }
+        }
+        if contentLength != nil, hasTransferEncoding {
             return .failure(.badRequest("Content-Length together with Transfer-Encoding is ambiguous"))
         }
-        if Set(contentLengths).count > 1 {
-            return .failure(.badRequest("conflicting Content-Length values"))
-        }
-        if head.version.major == 1, head.version.minor >= 1, !head.headers.contains(name: "host") {
+        if head.version.major == 1, head.version.minor >= 1, originalHost == nil {
             return .failure(.badRequest("an HTTP/1.1 request needs a Host header"))
+        }
+        // Headers named in `Connection` belong to this hop too.
+        for options in connectionOptions {
+            for option in options.split(separator: ",") {
+                headers.remove(name: option.trimmingCharacters(in: .whitespaces))
+            }
         }
 
         var fault: FaultPlan?
-        let faultHeader = head.headers.first(name: FaultPlan.headerName)
         if faultsEnabled, let faultHeader {
             switch FaultPlan.parse(faultHeader) {
             case .success(let plan): fault = plan
@@ -83,44 +112,41 @@ struct ForwardingRules: Sendable {
             }
         }
 
-        var headers = head.headers
-        for name in headers[canonicalForm: "connection"] where !Self.hopByHop.contains(name.lowercased()) {
-            headers.remove(name: String(name))
-        }
-        for name in Self.hopByHop { headers.remove(name: name) }
-        if faultHeader != nil { headers.remove(name: FaultPlan.headerName) }
-        headers.remove(name: "authorization")
-        let originalHost = headers.first(name: "host")
-        headers.replaceOrAdd(name: "host", value: upstream.hostHeader)
-        if let forwardedFor = headers.first(name: "x-forwarded-for") {
-            headers.replaceOrAdd(name: "x-forwarded-for", value: "\(forwardedFor), \(clientAddress)")
-        } else {
-            headers.add(name: "x-forwarded-for", value: clientAddress)
-        }
-        headers.replaceOrAdd(name: "x-forwarded-proto", value: "http")
-        if let originalHost { headers.replaceOrAdd(name: "x-forwarded-host", value: originalHost) }
-        // The proxy answers `Expect: 100-continue` itself; the upstream gets the body right away.
-        headers.remove(name: "expect")
+        headers.add(name: "Host", value: upstream.hostHeader)
+        headers.add(name: "X-Forwarded-For", value: forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
+        headers.add(name: "X-Forwarded-Proto", value: "http")
+        if let originalHost { headers.add(name: "X-Forwarded-Host", value: originalHost) }
 
-        var forwarded = HTTPRequestHead(version: .http1_1, method: head.method, uri: upstream.pathPrefix + path, headers: headers)
-        forwarded.headers.reserveCapacity(forwarded.headers.count + 1)
+        let uri = upstream.pathPrefix.isEmpty ? String(path) : upstream.pathPrefix + path
         return .success(PreparedRequest(
-            head: forwarded,
-            isRetryableAfterSending: Self.isIdempotent(head.method) || head.headers.contains(name: "idempotency-key"),
+            head: HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers),
+            isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
             clientKeepAlive: head.isKeepAlive,
             fault: fault
         ))
     }
 
-    /// The upstream's response head as the client gets it: hop-by-hop headers dropped.
+    /// The upstream's response head as the client gets it: hop-by-hop headers dropped. Most
+    /// responses carry only `Connection: keep-alive` of those, so the common case removes one.
     static func clientResponseHead(_ head: HTTPResponseHead, clientKeepAlive: Bool) -> HTTPResponseHead {
         var head = head
-        for name in head.headers[canonicalForm: "connection"] where !hopByHop.contains(name.lowercased()) {
-            head.headers.remove(name: String(name))
+        var connectionOptions: [String] = []
+        var hopByHop: [String] = []
+        for (name, value) in head.headers {
+            switch HeaderName(name) {
+            case .connection:
+                connectionOptions.append(value)
+                hopByHop.append(name)
+            case .hopByHop: hopByHop.append(name)
+            default: break
+            }
         }
         for name in hopByHop { head.headers.remove(name: name) }
+        for options in connectionOptions where !HeaderName.isPlainConnectionOption(options) {
+            for option in options.split(separator: ",") { head.headers.remove(name: option.trimmingCharacters(in: .whitespaces)) }
+        }
         head.version = .http1_1
-        if !clientKeepAlive { head.headers.add(name: "connection", value: "close") }
+        if !clientKeepAlive { head.headers.add(name: "Connection", value: "close") }
         return head
     }
 }

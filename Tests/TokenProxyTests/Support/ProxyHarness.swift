@@ -39,6 +39,8 @@ final class ProxyHarness: @unchecked Sendable {
         var token: (inout ConfigFixture) -> Void = { _ in }
         var faults = #"{"enabled": false}"#
         var upstreamPrefix = ""
+        /// Overrides the test upstream's address, e.g. for a port where nothing listens.
+        var upstreamAddress: String?
     }
 
     init(_ options: Options = Options(), respond: @escaping @Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse = { _, _ in .json(200, #"{"ok": true}"#) }) async throws {
@@ -62,7 +64,7 @@ final class ProxyHarness: @unchecked Sendable {
         var text = try String(contentsOfFile: path, encoding: .utf8)
         text = text.replacingOccurrences(of: #""upstream": { "url": "http://127.0.0.1:9" }"#, with: """
             "listen": "\(options.listen)",
-            "upstream": { "url": "http://127.0.0.1:\(upstream.port)\(options.upstreamPrefix)"\(options.upstreamExtra) },
+            "upstream": { "url": "\(options.upstreamAddress ?? "http://127.0.0.1:\(upstream.port)")\(options.upstreamPrefix)"\(options.upstreamExtra) },
             "retry": \(options.retry),
             "faults": \(options.faults)
             """)

@@ -1,0 +1,94 @@
+/// The header names the forwarding rules act on, recognised without allocating (header names
+/// are case-insensitive; `lowercased()` per header per request would allocate).
+enum HeaderName: Equatable {
+    case host, contentLength, transferEncoding, connection, authorization, expect
+    case forwardedFor, forwardedHost, forwardedProto, idempotencyKey, fault
+    /// Hop-by-hop (RFC 9110 §7.6.1) other than `Connection` itself.
+    case hopByHop
+    case other
+
+    init(_ name: String) {
+        var name = name
+        self = name.withUTF8 { Self.classify($0) }
+    }
+
+    private static func classify(_ bytes: UnsafeBufferPointer<UInt8>) -> HeaderName {
+        func matches(_ candidate: StaticString) -> Bool {
+            guard candidate.utf8CodeUnitCount == bytes.count else { return false }
+            let expected = UnsafeBufferPointer(start: candidate.utf8Start, count: candidate.utf8CodeUnitCount)
+            for index in 0..<bytes.count {
+                var byte = bytes[index]
+                if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+                if byte != expected[index] { return false }
+            }
+            return true
+        }
+        switch bytes.count {
+        case 2: return matches("te") ? .hopByHop : .other
+        case 4: return matches("host") ? .host : .other
+        case 6: return matches("expect") ? .expect : .other
+        case 7: return matches("trailer") || matches("upgrade") ? .hopByHop : .other
+        case 10:
+            if matches("connection") { return .connection }
+            return matches("keep-alive") ? .hopByHop : .other
+        case 13: return matches("authorization") ? .authorization : .other
+        case 14: return matches("content-length") ? .contentLength : .other
+        case 15:
+            if matches("x-forwarded-for") { return .forwardedFor }
+            return matches("idempotency-key") ? .idempotencyKey : .other
+        case 16:
+            if matches("x-forwarded-host") { return .forwardedHost }
+            return matches("proxy-connection") ? .hopByHop : .other
+        case 17:
+            if matches("transfer-encoding") { return .transferEncoding }
+            return matches("x-forwarded-proto") ? .forwardedProto : .other
+        case 18:
+            if matches("x-tokenproxy-fault") { return .fault }
+            return matches("proxy-authenticate") ? .hopByHop : .other
+        case 19: return matches("proxy-authorization") ? .hopByHop : .other
+        default: return .other
+        }
+    }
+}
+
+extension HeaderName {
+    /// Whether a `Connection` value is just `keep-alive` or `close` (names no other header).
+    static func isPlainConnectionOption(_ value: String) -> Bool {
+        var value = value
+        return value.withUTF8 { bytes in
+            func equals(_ candidate: StaticString) -> Bool {
+                guard candidate.utf8CodeUnitCount == bytes.count else { return false }
+                for index in 0..<bytes.count {
+                    var byte = bytes[index]
+                    if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+                    if byte != candidate.utf8Start[index] { return false }
+                }
+                return true
+            }
+            return equals("keep-alive") || equals("close")
+        }
+    }
+}
+
+/// A fast pseudo-random source for retry jitter and fault draws, seeded once per connection:
+/// the system generator makes a `getrandom` system call per number.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64 = UInt64.random(in: .min ... .max)) {
+        state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var mixed = state
+        mixed = (mixed ^ (mixed >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        mixed = (mixed ^ (mixed >> 27)) &* 0x94D0_49BB_1331_11EB
+        return mixed ^ (mixed >> 31)
+    }
+
+    /// A number in 0..<1.
+    mutating func unit() -> Double {
+        Double(next() >> 11) * 0x1.0p-53
+    }
+}
