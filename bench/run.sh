@@ -16,7 +16,7 @@ rounds=${2:-3}
 for tool in nginx wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk curl)" >&2; exit 2; }
 done
-swift build -c release --product tokenproxy >/dev/null
+swift build -c release --static-swift-stdlib --product tokenproxy >/dev/null  # as deploy/ installs it
 binary=$(swift build -c release --show-bin-path)/tokenproxy
 work=$(mktemp -d)
 pids=()
@@ -126,10 +126,11 @@ after_load_rss=$(rss_kib "$tp_pid")
 
 # Memory: a 1 GiB download through the proxy, sampled every 50 ms.
 before=$(rss_kib "$tp_pid"); peak=$before
-curl -s -o /dev/null "http://127.0.0.1:$tp/big" & curl_pid=$!
+curl -s -o /dev/null -w '%{size_download}' "http://127.0.0.1:$tp/big" > "$work/size.txt" & curl_pid=$!
 while kill -0 "$curl_pid" 2>/dev/null; do now=$(rss_kib "$tp_pid"); (( now > peak )) && peak=$now; sleep 0.05; done
 wait "$curl_pid"
 download_growth=$(( peak - before ))
+[ "$(cat "$work/size.txt")" = 1073741824 ] || { echo "the 1 GiB download through tokenproxy delivered $(cat "$work/size.txt") bytes" >&2; exit 1; }
 
 # Memory: 1,000 idle keep-alive clients.
 python3 bench/idle_connections.py "$tp" 1000 3 > "$work/idle.txt" & idle_pid=$!

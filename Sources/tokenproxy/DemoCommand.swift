@@ -53,7 +53,7 @@ struct DemoCommand: AsyncParsableCommand {
 
         let logger = Logger(label: "tokenproxy")
         let endpoint = TokenEndpointClient(configuration: configuration.token)
-        let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logger)
+        let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logger, writesBeforeUse: false)
         let server: ProxyServer
         do {
             server = try await ProxyServer.start(
@@ -87,6 +87,7 @@ struct DemoCommand: AsyncParsableCommand {
         maintenance.cancel()
         await server.stopAccepting()
         await server.closeIdleUpstreamConnections()
+        await broker.finishWrites()
         await endpoint.shutdown()
         await api.shutdown()
         await issuer.shutdown()

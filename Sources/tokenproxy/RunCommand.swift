@@ -17,7 +17,7 @@ struct RunCommand: AsyncParsableCommand {
         StderrLogHandler.bootstrap(level: configuration.log.level, format: configuration.log.format)
         let logger = Logger(label: "tokenproxy")
         let endpoint = TokenEndpointClient(configuration: configuration.token)
-        let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logger)
+        let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logger, writesBeforeUse: false)
         let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
         let server: ProxyServer
         do {
@@ -37,6 +37,7 @@ struct RunCommand: AsyncParsableCommand {
         await server.stopAccepting()
         maintenance.cancel()
         await server.closeIdleUpstreamConnections()
+        await broker.finishWrites()
         await endpoint.shutdown()
     }
 }

@@ -4,6 +4,7 @@ import Logging
 extension TokenBroker {
     /// The protocol of SPEC §3, steps 2–4, for one refresh of this process.
     func acquire(reason: Need) async throws(TokenBrokerError) -> TokenSet {
+        await finishWrites()
         // 2. Another process may already have refreshed.
         if let stored = try await readStore(quarantineCorrupt: false).tokens, satisfies(stored, reason) {
             adopt(stored)
@@ -11,7 +12,8 @@ extension TokenBroker {
         }
         // 3. Under the lock, look once more: the holder we waited for may have refreshed.
         let lock = try await takeLock()
-        defer { lock.release() }
+        var lockPassedOn = false
+        defer { if !lockPassedOn { lock.release() } }
         var stored = try await readStore(quarantineCorrupt: true).tokens
         if let stored, satisfies(stored, reason) {
             adopt(stored)
@@ -33,8 +35,16 @@ extension TokenBroker {
             case .granted(var tokens):
                 // Rotation replaces the refresh token; an answer without one keeps the old one.
                 tokens.refreshToken = tokens.refreshToken ?? stored?.refreshToken
-                try await write(tokens)
-                adopt(tokens)
+                if writesBeforeUse {
+                    try await write(tokens)
+                    adopt(tokens)
+                } else {
+                    // Requests get the token now; the store is written while this process still
+                    // holds the lock, so other processes wait for the file, not the other way round.
+                    adopt(tokens)
+                    lockPassedOn = true
+                    pendingWrite = Task { await self.persist(tokens, thenRelease: lock) }
+                }
                 return tokens
             case .transient(let reason, let retryAfter):
                 throw .unavailable(reason: reason, retryAfter: retryAfter)
@@ -68,6 +78,17 @@ extension TokenBroker {
         let message = "\(reason); \(configuration.reauthenticationRemedy)"
         failure = .permanent(reason: message, storeVersion: version, clientVersion: client)
         return .reauthenticationRequired(reason: message)
+    }
+
+    private func persist(_ tokens: TokenSet, thenRelease lock: FileLock) async {
+        try? await write(tokens)
+        lock.release()
+        pendingWrite = nil
+    }
+
+    /// Waits until the last refreshed token is in the store (before exit, or the next refresh).
+    public func finishWrites() async {
+        if let pendingWrite { await pendingWrite.value }
     }
 
     private func takeLock() async throws(TokenBrokerError) -> FileLock {

@@ -38,6 +38,10 @@ public actor TokenBroker {
     /// When the last 401-caused refresh happened (`token.minRefreshInterval` spaces them out).
     var lastReactiveRefresh: ContinuousClock.Instant?
     var lastRefresh: RefreshRecord?
+    /// Whether a refreshed token is written to the store before anyone uses it. One-shot
+    /// commands must (they exit right after); the proxy writes while the first requests use it.
+    let writesBeforeUse: Bool
+    var pendingWrite: Task<Void, Never>?
 
     enum FailureState: Sendable {
         case none
@@ -58,8 +62,10 @@ public actor TokenBroker {
         configuration: Configuration.Token,
         endpoint: TokenEndpointClient,
         logger: Logger,
-        backoff: RefreshBackoff = RefreshBackoff()
+        backoff: RefreshBackoff = RefreshBackoff(),
+        writesBeforeUse: Bool = true
     ) {
+        self.writesBeforeUse = writesBeforeUse
         self.configuration = configuration
         self.windows = RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity)
         self.store = TokenStore(path: configuration.store)

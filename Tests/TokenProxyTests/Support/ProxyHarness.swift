@@ -75,7 +75,7 @@ final class ProxyHarness: @unchecked Sendable {
         try TokenStore(path: configuration.token.store).write(token)
 
         endpoint = TokenEndpointClient(configuration: configuration.token)
-        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger)
+        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger, writesBeforeUse: false)
         faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
         server = try await ProxyServer.start(
             configuration: configuration, broker: broker, faults: faults, statistics: ProxyStatistics(),
@@ -111,6 +111,7 @@ final class ProxyHarness: @unchecked Sendable {
 
     func shutdown() async {
         maintenance.cancel()
+        await broker.finishWrites()
         await server.stopAccepting()
         await server.closeIdleUpstreamConnections()
         await endpoint.shutdown()
