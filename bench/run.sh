@@ -29,6 +29,7 @@ wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/
 
 backend=$(free_port); nginx_proxy=$(free_port); tp=$(free_port); tp_faults=$(free_port)
 truncate -s 1G "$work/big.bin"
+chmod 755 "$work"; chmod 644 "$work/big.bin"  # nginx workers run as nobody
 mkdir -p "$work/nginx-backend" "$work/nginx-proxy"
 cat > "$work/nginx-backend/nginx.conf" <<CONF
 worker_processes 1;
