@@ -116,9 +116,10 @@ extension Configuration {
             reader.finish()
         }
 
+        let drainTimeout = root.duration("drainTimeout", default: .seconds(10))
         return Configuration(
             listen: listen, allowNonLoopback: allowNonLoopback, upstream: upstream, token: token, retry: retry,
-            admin: admin, faults: faults, log: log, sourcePath: sourcePath
+            admin: admin, faults: faults, log: log, drainTimeout: drainTimeout, sourcePath: sourcePath
         )
     }
 

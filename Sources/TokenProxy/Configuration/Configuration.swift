@@ -11,6 +11,8 @@ public struct Configuration: Sendable, Equatable {
     public var admin: Admin?
     public var faults: Faults
     public var log: Log
+    /// How long a graceful stop (SIGTERM) waits for in-flight requests before closing them.
+    public var drainTimeout: Duration
     /// The file this configuration was read from.
     public var sourcePath: String
 

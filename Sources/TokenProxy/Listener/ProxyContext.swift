@@ -1,8 +1,10 @@
+import Atomics
 import Logging
 import NIOCore
 
 /// What every connection handler of one proxy shares: immutable rules and thread-safe services.
-final class ProxyContext: Sendable {
+/// A reload publishes a new one; each request reads the current one once.
+final class ProxyContext: AtomicReference, Sendable {
     let rules: ForwardingRules
     let retryPolicy: RetryPolicy
     let replayLimit: Int
@@ -12,9 +14,11 @@ final class ProxyContext: Sendable {
     let faults: FaultSettings
     let statistics: ProxyStatistics
     let logger: Logger
+    let upstream: UpstreamURL
 
     init(configuration: Configuration, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, logger: Logger) {
         rules = ForwardingRules(upstream: configuration.upstream.url)
+        upstream = configuration.upstream.url
         retryPolicy = RetryPolicy(configuration.retry)
         replayLimit = configuration.retry.replayBuffer
         readTimeout = configuration.upstream.readTimeout

@@ -1,3 +1,4 @@
+import Atomics
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -14,8 +15,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let shared: ProxyContext
+    private let contextBox: ManagedAtomic<ProxyContext>
+    /// The context of the current request (a reload swaps the box; a request keeps its own).
+    private var shared: ProxyContext
     private let pool: UpstreamConnectionPool
+    /// Set by a graceful shutdown: close once the current response is complete.
+    private var closeAfterResponse = false
     private var context: ChannelHandlerContext?
     private var machine: RequestStateMachine?
     private var upstream: UpstreamConnection?
@@ -38,9 +43,19 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
 
-    init(shared: ProxyContext, pool: UpstreamConnectionPool) {
-        self.shared = shared
+    init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool) {
+        self.contextBox = context
+        self.shared = context.load(ordering: .acquiring)
         self.pool = pool
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        closeAfterResponse = true
+        if machine == nil, queuedParts.isEmpty { context.close(promise: nil) }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -152,11 +167,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         generation &+= 1
         requestStarted = .now()
         currentURI = head.uri
-        shared.statistics.requests.wrappingIncrement(ordering: .relaxed)
+        shared = contextBox.load(ordering: .acquiring)
+        shared.statistics.requestStarted()
         let faultsEnabled = shared.faults.enabled
         switch shared.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
         case .failure(let error):
-            shared.statistics.proxyErrors.wrappingIncrement(ordering: .relaxed)
+            shared.statistics.answeredByProxy(error.code)
             respond(with: error, keepAlive: false)
             log(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
         case .success(let prepared):
@@ -188,7 +204,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .refreshAndReplay(let rejected, let discard):
             if discard { discardUpstream() }
             cancelReadTimeout()
-            shared.statistics.replaysAfter401.wrappingIncrement(ordering: .relaxed)
+            shared.statistics.retried(.upstream401)
             awaitToken(.replacing(rejected: rejected))
 
         case .connect:
@@ -214,7 +230,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             }
 
         case .injectFault(let kind):
-            shared.statistics.faultsInjected.wrappingIncrement(ordering: .relaxed)
+            shared.statistics.faultInjected()
             shared.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "method": "\(machine?.method.rawValue ?? "")"])
             apply { $0.injectedFaultReady(jitter: random.unit()) }
 
@@ -269,16 +285,17 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .respond(let error, let discard):
             if discard { discardUpstream() }
             cancelReadTimeout()
-            shared.statistics.proxyErrors.wrappingIncrement(ordering: .relaxed)
+            shared.statistics.answeredByProxy(error.code)
             let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
             respond(with: error, keepAlive: keepAlive)
             log(status: error.code.status.code, error: error)
             finishIfDone()
 
-        case .retry(let delay, let discard):
+        case .retry(let delay, let discard, let reason):
             if discard { discardUpstream() }
             cancelReadTimeout()
-            shared.statistics.retries.wrappingIncrement(ordering: .relaxed)
+            shared.statistics.retried(reason)
+            shared.logger.debug("retrying", metadata: ["reason": "\(reason.rawValue)", "delayMs": "\(delay.nanoseconds / 1_000_000)"])
             guard let context else { return }
             let generation = self.generation
             retryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
@@ -343,7 +360,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func writeResponseEnd(keepAlive: Bool) {
         guard let context else { return }
         needsFlush = false
-        if keepAlive {
+        if keepAlive, !closeAfterResponse {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
             let channel = context.channel
@@ -467,6 +484,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func log(method: HTTPMethod, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
+        shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
         guard shared.logger.logLevel <= .info || error != nil else { return }
         var metadata: Logger.Metadata = [
             "requestId": "\(requestID)", "method": "\(method.rawValue)", "attempts": "\(attempts)",

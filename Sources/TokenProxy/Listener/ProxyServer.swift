@@ -1,21 +1,26 @@
+import Atomics
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
 /// The proxy listener: accepts client connections on `listen` and serves each with a
-/// ``ProxyRequestHandler`` that uses the upstream pool of its own event loop.
+/// ``ProxyRequestHandler`` that uses the upstream pool of its own event loop. A reload swaps
+/// the shared context (and rebinds when `listen` changed) without dropping open connections.
 public final class ProxyServer: Sendable {
-    private let channel: any Channel
+    private let group: MultiThreadedEventLoopGroup
     private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]
-    /// The address actually bound (the port is chosen by the system for port 0).
-    public let localAddress: SocketAddress?
+    private let context: ManagedAtomic<ProxyContext>
+    private let listener: NIOLockedValueBox<(any Channel)?>
+    private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
 
-    private init(channel: any Channel, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]) {
-        self.channel = channel
+    private init(group: MultiThreadedEventLoopGroup, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>], context: ProxyContext) {
+        self.group = group
         self.pools = pools
-        self.localAddress = channel.localAddress
+        self.context = ManagedAtomic(context)
+        self.listener = NIOLockedValueBox(nil)
     }
 
     /// Binds the listener and starts serving.
@@ -28,8 +33,7 @@ public final class ProxyServer: Sendable {
         logger: Logger
     ) async throws -> ProxyServer {
         let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, logger: logger)
-        let tlsContext: NIOSSLContext? = configuration.upstream.url.scheme == .https
-            ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+        let tlsContext = try makeTLSContext(for: configuration.upstream.url)
         var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
         for eventLoop in group.makeIterator() {
             let pool = try await eventLoop.submit {
@@ -40,37 +44,99 @@ public final class ProxyServer: Sendable {
             }.get()
             pools[ObjectIdentifier(eventLoop)] = pool
         }
-        let poolsByLoop = pools
+        let server = ProxyServer(group: group, pools: pools, context: shared)
+        try await server.bind(configuration.listen)
+        return server
+    }
+
+    private static func makeTLSContext(for upstream: UpstreamURL) throws -> NIOSSLContext? {
+        upstream.scheme == .https ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+    }
+
+    private func bind(_ address: ListenAddress) async throws {
+        let pools = self.pools
+        let contextBox = self.context
+        let connections = self.connections
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let pool = poolsByLoop[ObjectIdentifier(channel.eventLoop)]!.value
+                let id = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
+                return channel.eventLoop.makeCompletedFuture {
+                    let pool = pools[ObjectIdentifier(channel.eventLoop)]!.value
                     let operations = channel.pipeline.syncOperations
                     try operations.addHandler(HTTPResponseEncoder(configuration: .init()))
                     try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try operations.addHandler(ProxyRequestHandler(shared: shared, pool: pool))
+                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool))
                 }
             }
         let channel: any Channel
-        switch configuration.listen {
+        switch address {
         case .tcp(let host, let port):
             channel = try await bootstrap.bind(host: host, port: port).get()
         case .unix(let path):
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
-        return ProxyServer(channel: channel, pools: pools)
+        let previous = listener.withLockedValue { listener in
+            defer { listener = channel }
+            return listener
+        }
+        try? await previous?.close()
     }
+
+    /// The address actually bound (the port is chosen by the system for port 0).
+    public var localAddress: SocketAddress? { listener.withLockedValue { $0?.localAddress } }
 
     /// The bound TCP port, if listening on TCP.
     public var port: Int? { localAddress?.port }
 
+    /// Client connections now open.
+    public var openConnections: Int { connections.withLockedValue { $0.count } }
+
+    /// Applies a reloaded configuration: new rules for new requests, the pools pointed at a
+    /// changed upstream, and a new listener when `listen` changed (open connections stay).
+    public func apply(_ configuration: Configuration, previous: Configuration) async throws {
+        let current = context.load(ordering: .acquiring)
+        let next = ProxyContext(configuration: configuration, broker: current.broker, faults: current.faults, statistics: current.statistics, logger: current.logger)
+        if configuration.upstream != previous.upstream {
+            let tlsContext = try Self.makeTLSContext(for: configuration.upstream.url)
+            for pool in pools.values {
+                try? await pool.eventLoop.submit {
+                    pool.value.retarget(configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tlsContext: tlsContext)
+                }.get()
+            }
+        }
+        context.store(next, ordering: .releasing)
+        if configuration.listen != previous.listen {
+            try await bind(configuration.listen)
+        }
+    }
+
     /// Stops accepting connections; open connections are left to finish.
     public func stopAccepting() async {
-        try? await channel.close()
+        let channel = listener.withLockedValue { $0 }
+        try? await channel?.close()
+    }
+
+    /// Graceful stop: no new connections, idle ones close now, busy ones after their current
+    /// response; whatever is still open after `timeout` is closed.
+    public func drain(timeout: Duration) async {
+        await stopAccepting()
+        for channel in connections.withLockedValue({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while openConnections > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for channel in connections.withLockedValue({ Array($0.values) }) {
+            try? await channel.close()
+        }
+        await closeIdleUpstreamConnections()
     }
 
     /// Closes the idle upstream connections of every loop.

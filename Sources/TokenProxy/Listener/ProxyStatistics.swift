@@ -1,12 +1,99 @@
 import Atomics
+import CoreMetrics
+import NIOCore
+import Prometheus
 
-/// Counters of the data path, updated with relaxed atomics (no lock on the hot path).
+/// What the data path counts: relaxed atomics for `/status`, and swift-metrics instruments
+/// backed by a Prometheus registry for `/metrics` (SPEC §7). Instruments are made once; the hot
+/// path only increments.
 public final class ProxyStatistics: Sendable {
+    /// The registry `/metrics` renders.
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+
     public let requests = ManagedAtomic<Int>(0)
     public let retries = ManagedAtomic<Int>(0)
     public let replaysAfter401 = ManagedAtomic<Int>(0)
     public let faultsInjected = ManagedAtomic<Int>(0)
     public let proxyErrors = ManagedAtomic<Int>(0)
 
-    public init() {}
+    private let requestsTotal: CoreMetrics.Counter
+    private let requestDuration: CoreMetrics.Timer
+    private let faultsTotal: CoreMetrics.Counter
+    private let retriesByReason: [RetryReason: CoreMetrics.Counter]
+    private let refreshesByResult: [RefreshResult: CoreMetrics.Counter]
+    private let errorsByCode: [ProxyError.Code: CoreMetrics.Counter]
+    /// Seconds left on the access token, set when `/metrics` is rendered.
+    public let tokenSecondsLeft: CoreMetrics.Gauge
+
+    public enum RetryReason: String, Sendable, CaseIterable {
+        case notSent = "not_sent", reset, upstream502 = "upstream_502", upstream503 = "upstream_503", upstream504 = "upstream_504"
+        case upstream401 = "upstream_401"
+    }
+
+    public enum RefreshResult: String, Sendable, CaseIterable {
+        case success, transientFailure = "transient_failure", reauthenticationRequired = "reauthentication_required"
+    }
+
+    public init() {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10),
+        ]
+        self.registry = registry
+        self.factory = factory
+        requestsTotal = Counter(label: "tokenproxy_requests_total", factory: factory)
+        requestDuration = Timer(label: "tokenproxy_request_duration_seconds", factory: factory)
+        faultsTotal = Counter(label: "tokenproxy_faults_injected_total", factory: factory)
+        retriesByReason = Dictionary(uniqueKeysWithValues: RetryReason.allCases.map {
+            ($0, Counter(label: "tokenproxy_retries_total", dimensions: [("reason", $0.rawValue)], factory: factory))
+        })
+        refreshesByResult = Dictionary(uniqueKeysWithValues: RefreshResult.allCases.map {
+            ($0, Counter(label: "tokenproxy_token_refreshes_total", dimensions: [("result", $0.rawValue)], factory: factory))
+        })
+        errorsByCode = Dictionary(uniqueKeysWithValues: [ProxyError.Code.reauthenticationRequired, .tokenUnavailable, .upstreamUnavailable, .upstreamTimeout, .badRequest].map {
+            ($0, Counter(label: "tokenproxy_proxy_errors_total", dimensions: [("code", $0.rawValue)], factory: factory))
+        })
+        tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
+    }
+
+    func requestStarted() {
+        requests.wrappingIncrement(ordering: .relaxed)
+        requestsTotal.increment()
+    }
+
+    func requestFinished(after duration: TimeAmount) {
+        requestDuration.recordNanoseconds(duration.nanoseconds)
+    }
+
+    func retried(_ reason: RetryReason) {
+        if reason == .upstream401 {
+            replaysAfter401.wrappingIncrement(ordering: .relaxed)
+        } else {
+            retries.wrappingIncrement(ordering: .relaxed)
+        }
+        retriesByReason[reason]?.increment()
+    }
+
+    func faultInjected() {
+        faultsInjected.wrappingIncrement(ordering: .relaxed)
+        faultsTotal.increment()
+    }
+
+    func answeredByProxy(_ code: ProxyError.Code) {
+        proxyErrors.wrappingIncrement(ordering: .relaxed)
+        errorsByCode[code]?.increment()
+    }
+
+    /// Counts a refresh attempt that reached the token endpoint.
+    public func refreshed(_ result: RefreshResult) {
+        refreshesByResult[result]?.increment()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    public func render() -> String {
+        registry.emitToString()
+    }
 }

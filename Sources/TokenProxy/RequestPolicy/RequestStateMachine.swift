@@ -44,7 +44,7 @@ struct RequestStateMachine {
         case respondInjected(HTTPResponseHead)
         /// Answer with the proxy's own error.
         case respond(ProxyError, discardUpstream: Bool)
-        case retry(after: TimeAmount, discardUpstream: Bool)
+        case retry(after: TimeAmount, discardUpstream: Bool, reason: ProxyStatistics.RetryReason)
         /// Close the client and any upstream connection.
         case abort
     }
@@ -229,7 +229,8 @@ struct RequestStateMachine {
                 attempt: attempts, retryableAfterSending: request.isRetryableAfterSending, random: jitter)
         {
             state = .waitingToRetry
-            return .retry(after: delay, discardUpstream: discard)
+            let reason: ProxyStatistics.RetryReason = status == 502 ? .upstream502 : status == 503 ? .upstream503 : .upstream504
+            return .retry(after: delay, discardUpstream: discard, reason: reason)
         }
         if injected != nil {
             state = .responded
@@ -244,7 +245,7 @@ struct RequestStateMachine {
             let delay = policy.delay(after: failure, attempt: attempts, retryableAfterSending: request.isRetryableAfterSending, random: jitter)
         {
             state = .waitingToRetry
-            return .retry(after: delay, discardUpstream: discardUpstream)
+            return .retry(after: delay, discardUpstream: discardUpstream, reason: failure == .notSent ? .notSent : .reset)
         }
         state = .responded
         let tries = attempts == 1 ? "1 attempt" : "\(attempts) attempts"

@@ -31,6 +31,7 @@ extension TokenBroker {
                 throw await permanentFailure("the store \(store.path) holds no refresh token")
             }
             if case .replacing = reason { lastReactiveRefresh = .now }
+            observer?(.refreshing)
             switch await endpoint.requestToken(credentials) {
             case .granted(var tokens):
                 // Rotation replaces the refresh token; an answer without one keeps the old one.
@@ -91,7 +92,7 @@ extension TokenBroker {
         if let pendingWrite { await pendingWrite.value }
     }
 
-    private func takeLock() async throws(TokenBrokerError) -> FileLock {
+    func takeLock() async throws(TokenBrokerError) -> FileLock {
         let path = configuration.lockFile
         let timeout = configuration.lockTimeout
         do {
@@ -101,7 +102,7 @@ extension TokenBroker {
         }
     }
 
-    private func write(_ tokens: TokenSet) async throws(TokenBrokerError) {
+    func write(_ tokens: TokenSet) async throws(TokenBrokerError) {
         let store = self.store
         do {
             try await BlockingIO.run { () throws(TokenStoreError) in
@@ -124,12 +125,14 @@ extension TokenBroker {
             if tokens.obtainedAt.map({ $0 >= Date(timeIntervalSinceNow: -elapsed.timeInterval - 1) }) ?? false {
                 lastRefresh = RefreshRecord(at: Date(), succeeded: true, detail: "refreshed")
                 logger.info("token refreshed", metadata: metadata)
+                observer?(.refreshed(expiresAt: tokens.expiresAt))
             } else {
                 logger.debug("token taken from the store", metadata: metadata)
             }
         case .failure(.reauthenticationRequired(let message)):
             lastRefresh = RefreshRecord(at: Date(), succeeded: false, detail: message)
             logger.error("token refresh refused: re-authentication required", metadata: metadata.merging(["reason": "\(message)"]) { $1 })
+            observer?(.reauthenticationRequired(reason: message))
         case .failure(.unavailable(let message, let retryAfter)):
             let count: Int
             if case .transient(let previous, _, _) = failure { count = previous + 1 } else { count = 1 }
@@ -142,6 +145,7 @@ extension TokenBroker {
             metadata["failures"] = "\(count)"
             metadata["retryInMs"] = "\(delay.milliseconds)"
             logger.warning("token refresh failed; will retry", metadata: metadata)
+            observer?(.transientFailure(reason: message))
         }
     }
 

@@ -42,6 +42,17 @@ public actor TokenBroker {
     /// commands must (they exit right after); the proxy writes while the first requests use it.
     let writesBeforeUse: Bool
     var pendingWrite: Task<Void, Never>?
+    /// Told about every refresh that reached the token endpoint (metrics, systemd status).
+    let observer: (@Sendable (RefreshEvent) -> Void)?
+
+    /// The outcome of one call to the token endpoint.
+    public enum RefreshEvent: Sendable {
+        /// A call to the token endpoint is starting.
+        case refreshing
+        case refreshed(expiresAt: Date?)
+        case transientFailure(reason: String)
+        case reauthenticationRequired(reason: String)
+    }
 
     enum FailureState: Sendable {
         case none
@@ -63,9 +74,11 @@ public actor TokenBroker {
         endpoint: TokenEndpointClient,
         logger: Logger,
         backoff: RefreshBackoff = RefreshBackoff(),
-        writesBeforeUse: Bool = true
+        writesBeforeUse: Bool = true,
+        observer: (@Sendable (RefreshEvent) -> Void)? = nil
     ) {
         self.writesBeforeUse = writesBeforeUse
+        self.observer = observer
         self.configuration = configuration
         self.windows = RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity)
         self.store = TokenStore(path: configuration.store)
@@ -106,6 +119,8 @@ public actor TokenBroker {
         else { return }
         adopt(stored)
     }
+
+    var isRefreshing: Bool { refreshInFlight != nil }
 
     /// Whether `tokens` can be handed out for `need` without a refresh.
     func satisfies(_ tokens: TokenSet, _ need: Need) -> Bool {

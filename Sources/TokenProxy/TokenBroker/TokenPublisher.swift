@@ -10,11 +10,14 @@ public final class PublishedToken: AtomicReference, Sendable {
     public let accessToken: String
     /// Wall-clock nanoseconds since the Unix epoch at which the mandatory window begins.
     let mustRefreshAtNanoseconds: Int64
+    /// Wall-clock nanoseconds since the Unix epoch at which the token expires.
+    let expiresAtNanoseconds: Int64
 
-    init(authorization: String, accessToken: String, mustRefreshAt: Date) {
+    init(authorization: String, accessToken: String, mustRefreshAt: Date, expiresAt: Date) {
         self.authorization = authorization
         self.accessToken = accessToken
         self.mustRefreshAtNanoseconds = Int64(mustRefreshAt.timeIntervalSince1970 * 1e9)
+        self.expiresAtNanoseconds = Int64(expiresAt.timeIntervalSince1970 * 1e9)
     }
 
     /// Whether the token may still be sent (outside its mandatory window), read from the clock
@@ -58,6 +61,9 @@ public final class TokenPublisher: Sendable {
         {
             return
         }
-        current.store(PublishedToken(authorization: authorization, accessToken: accessToken, mustRefreshAt: deadlines.mustRefreshAt), ordering: .releasing)
+        current.store(
+            PublishedToken(authorization: authorization, accessToken: accessToken, mustRefreshAt: deadlines.mustRefreshAt, expiresAt: tokens.expiresAt ?? deadlines.mustRefreshAt),
+            ordering: .releasing
+        )
     }
 }

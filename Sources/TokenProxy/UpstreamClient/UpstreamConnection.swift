@@ -17,12 +17,15 @@ protocol UpstreamResponseReceiver: AnyObject {
 final class UpstreamConnection {
     let channel: any Channel
     let handler: UpstreamHandler
+    /// The upstream it is connected to (a reload may change the pool's).
+    let target: UpstreamURL
     /// When it went back to the pool; idle connections are closed after a while.
     var idleSince: NIODeadline = .now()
 
-    init(channel: any Channel, handler: UpstreamHandler) {
+    init(channel: any Channel, handler: UpstreamHandler, target: UpstreamURL) {
         self.channel = channel
         self.handler = handler
+        self.target = target
     }
 
     var receiver: (any UpstreamResponseReceiver)? {

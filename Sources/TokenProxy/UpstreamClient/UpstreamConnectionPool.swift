@@ -7,9 +7,9 @@ import NIOSSL
 /// needs no lock, and a request finds its connection on its own thread.
 final class UpstreamConnectionPool {
     let eventLoop: any EventLoop
-    private let target: UpstreamURL
-    private let connectTimeout: TimeAmount
-    private let tlsContext: NIOSSLContext?
+    private(set) var target: UpstreamURL
+    private var connectTimeout: TimeAmount
+    private var tlsContext: NIOSSLContext?
     private var idle: [UpstreamConnection] = []
     /// Idle connections kept per loop; it must cover the expected concurrency, or every request
     /// beyond it opens and closes a connection.
@@ -38,9 +38,19 @@ final class UpstreamConnectionPool {
         return nil
     }
 
+    /// Points the pool at a new upstream (after a reload); idle connections to the old one close,
+    /// leased ones close when they come back.
+    func retarget(_ target: UpstreamURL, connectTimeout: Duration, tlsContext: NIOSSLContext?) {
+        self.target = target
+        self.connectTimeout = .nanoseconds(Int64(connectTimeout.timeInterval * 1e9))
+        self.tlsContext = tlsContext
+        closeAll()
+    }
+
     /// Opens a new connection (TLS for https, with certificate and host name verification).
     func connect() -> EventLoopFuture<UpstreamConnection> {
         let tlsContext = self.tlsContext
+        let target = self.target
         let serverHostname = target.host.isIPAddress ? nil : target.host
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
@@ -59,14 +69,14 @@ final class UpstreamConnectionPool {
             .connect(host: target.host, port: target.port)
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
-                return UpstreamConnection(channel: channel, handler: handler)
+                return UpstreamConnection(channel: channel, handler: handler, target: target)
             }
     }
 
     /// Takes a connection back after a complete exchange, or closes it when the pool is full.
     func release(_ connection: UpstreamConnection) {
         connection.receiver = nil
-        guard connection.isActive, idle.count < maximumIdle else {
+        guard connection.isActive, idle.count < maximumIdle, connection.target == target else {
             connection.close()
             return
         }

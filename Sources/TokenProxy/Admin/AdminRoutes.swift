@@ -1,0 +1,141 @@
+import Foundation
+import NIOHTTP1
+
+/// What the admin API answers (SPEC §7), decided without sockets: health, readiness, status
+/// and metrics, forced refresh and expiry, and fault settings.
+public struct AdminRoutes: Sendable {
+    let broker: TokenBroker
+    let faults: FaultSettings
+    let statistics: ProxyStatistics
+    let upstream: UpstreamURL
+
+    public init(broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, upstream: UpstreamURL) {
+        self.broker = broker
+        self.faults = faults
+        self.statistics = statistics
+        self.upstream = upstream
+    }
+
+    public struct Request: Sendable {
+        public var method: HTTPMethod
+        public var path: String
+        public var body: String
+    }
+
+    public struct Response: Sendable {
+        public var status: HTTPResponseStatus
+        public var body: String
+        public var contentType = "application/json"
+
+        static func json(_ status: HTTPResponseStatus, _ fields: [String: JSONValue]) -> Response {
+            Response(status: status, body: JSONValue.object(fields).serialized + "\n")
+        }
+
+        static func error(_ status: HTTPResponseStatus, _ code: String, _ message: String) -> Response {
+            json(status, ["error": .string(code), "message": .string(message)])
+        }
+    }
+
+    public func answer(_ request: Request) async -> Response {
+        switch (request.method, request.path) {
+        case (.GET, "/healthz"), (.HEAD, "/healthz"):
+            return .json(.ok, ["status": .string("ok")])
+        case (.GET, "/readyz"):
+            return await readiness()
+        case (.GET, "/status"):
+            return await status()
+        case (.GET, "/metrics"):
+            if let seconds = broker.publisher.latest().map({ Double($0.expiresAtNanoseconds) / 1e9 - Date().timeIntervalSince1970 }) {
+                statistics.tokenSecondsLeft.record(max(seconds, 0))
+            }
+            return Response(status: .ok, body: statistics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case (.POST, "/token/refresh"):
+            do {
+                let tokens = try await broker.token(for: .forced)
+                return .json(.ok, ["refreshed": .bool(true), "expiresAt": tokens.expiresAt.map { .string(RFC3339.format($0)) } ?? .null])
+            } catch {
+                return Self.failure(error)
+            }
+        case (.POST, "/token/expire"):
+            do {
+                try await broker.expireCurrentToken()
+                return .json(.ok, ["expired": .bool(true)])
+            } catch {
+                return Self.failure(error)
+            }
+        case (.PUT, "/faults"):
+            return updateFaults(request.body)
+        case (_, "/healthz"), (_, "/readyz"), (_, "/status"), (_, "/metrics"), (_, "/token/refresh"), (_, "/token/expire"), (_, "/faults"):
+            return .error(.methodNotAllowed, "method_not_allowed", "\(request.method.rawValue) is not allowed on \(request.path)")
+        default:
+            return .error(.notFound, "not_found", "no admin route \(request.path); see /healthz, /readyz, /status, /metrics, /token/refresh, /token/expire, /faults")
+        }
+    }
+
+    private func readiness() async -> Response {
+        if broker.publisher.usableToken() != nil { return .json(.ok, ["ready": .bool(true)]) }
+        do {
+            _ = try await broker.token(for: .usable)
+            return .json(.ok, ["ready": .bool(true)])
+        } catch {
+            return .json(.serviceUnavailable, ["ready": .bool(false), "reason": .string(error.description)])
+        }
+    }
+
+    private func status() async -> Response {
+        let status = await broker.status()
+        var token: [String: JSONValue] = ["refreshTokenHeld": .bool(status.hasRefreshToken), "refreshing": .bool(status.refreshing)]
+        if let expiresAt = status.expiresAt {
+            token["expiresAt"] = .string(RFC3339.format(expiresAt))
+            token["expiresIn"] = .number(expiresAt.timeIntervalSinceNow.rounded(.down))
+        }
+        if let failure = status.failure {
+            token["failure"] = .string(failure)
+            token["reauthenticationRequired"] = .bool(status.reauthenticationRequired)
+        }
+        if let last = status.lastRefresh {
+            token["lastRefresh"] = .object(["at": .string(RFC3339.format(last.at)), "succeeded": .bool(last.succeeded), "detail": .string(last.detail)])
+        }
+        let counters: [String: JSONValue] = [
+            "requests": .number(Double(statistics.requests.load(ordering: .relaxed))),
+            "retries": .number(Double(statistics.retries.load(ordering: .relaxed))),
+            "replaysAfter401": .number(Double(statistics.replaysAfter401.load(ordering: .relaxed))),
+            "faultsInjected": .number(Double(statistics.faultsInjected.load(ordering: .relaxed))),
+            "proxyErrors": .number(Double(statistics.proxyErrors.load(ordering: .relaxed))),
+        ]
+        return .json(.ok, [
+            "token": .object(token), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream.description),
+            "version": .string(TokenProxyVersion.current),
+        ])
+    }
+
+    private var faultFields: JSONValue {
+        .object(["enabled": .bool(faults.enabled), "upstream401Percent": .number(faults.upstream401Percent)])
+    }
+
+    private func updateFaults(_ body: String) -> Response {
+        guard case .object(let fields)? = try? JSONValue.parse(Data(body.utf8)) else {
+            return .error(.badRequest, "bad_request", "expected a JSON object like {\"enabled\": true, \"upstream401Percent\": 10}")
+        }
+        var enabled = faults.enabled
+        var percent = faults.upstream401Percent
+        for (key, value) in fields {
+            switch (key, value) {
+            case ("enabled", .bool(let flag)): enabled = flag
+            case ("upstream401Percent", .number(let number)) where (0...100).contains(number): percent = number
+            case ("upstream401Percent", _): return .error(.badRequest, "bad_request", "upstream401Percent must be a number from 0 to 100")
+            case ("enabled", _): return .error(.badRequest, "bad_request", "enabled must be true or false")
+            default: return .error(.badRequest, "bad_request", "unknown key \(key); expected enabled and upstream401Percent")
+            }
+        }
+        faults.update(enabled: enabled, upstream401Percent: percent)
+        return .json(.ok, ["faults": faultFields])
+    }
+
+    private static func failure(_ error: TokenBrokerError) -> Response {
+        switch error {
+        case .reauthenticationRequired(let reason): .error(.unauthorized, ProxyError.Code.reauthenticationRequired.rawValue, reason)
+        case .unavailable(let reason, _): .error(.serviceUnavailable, ProxyError.Code.tokenUnavailable.rawValue, reason)
+        }
+    }
+}

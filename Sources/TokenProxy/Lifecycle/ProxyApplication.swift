@@ -1,0 +1,136 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOPosix
+import ServiceLifecycle
+import UnixSignals
+
+/// `tokenproxy run`: the proxy, the admin listener and the token broker as services of one
+/// swift-service-lifecycle group. SIGTERM/SIGINT drain and stop (exit 0), SIGHUP reloads the
+/// configuration, and systemd hears about all of it (SPEC §8).
+public enum ProxyApplication {
+    /// How long startup waits for the first token before telling systemd it is ready anyway.
+    static let startupWait = Duration.seconds(10)
+
+    public static func run(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
+        let logger = Logger(label: "tokenproxy")
+        let notifier = SystemdNotifier(environment: environment)
+        let statistics = ProxyStatistics()
+        let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
+        let endpoint = TokenEndpointClient(configuration: configuration.token, environment: environment)
+        let broker = TokenBroker(
+            configuration: configuration.token, endpoint: endpoint, logger: logger, writesBeforeUse: false,
+            observer: { event in
+                switch event {
+                case .refreshing: break
+                case .refreshed: statistics.refreshed(.success)
+                case .transientFailure: statistics.refreshed(.transientFailure)
+                case .reauthenticationRequired: statistics.refreshed(.reauthenticationRequired)
+                }
+                notifier.status(TokenStatusText.describe(event))
+            }
+        )
+        let server: ProxyServer
+        var admin: AdminServer?
+        do {
+            server = try await ProxyServer.start(
+                configuration: configuration, broker: broker, faults: faults, statistics: statistics, group: .singleton, logger: logger
+            )
+            if let address = configuration.admin?.listen {
+                admin = try await AdminServer.start(
+                    address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: configuration.upstream.url),
+                    group: MultiThreadedEventLoopGroup.singleton
+                )
+            }
+        } catch {
+            logger.critical("cannot listen", metadata: ["listen": "\(configuration.listen)", "admin": "\(configuration.admin?.listen.description ?? "off")", "error": "\(error)"])
+            await endpoint.shutdown()
+            throw error
+        }
+        logger.info("listening", metadata: [
+            "listen": "\(server.localAddress.map { "\($0)" } ?? "\(configuration.listen)")", "upstream": "\(configuration.upstream.url)",
+            "admin": "\(admin?.port.map { "\($0)" } ?? configuration.admin?.listen.description ?? "off")",
+        ])
+        notifier.ready(status: await firstToken(from: broker))
+
+        let reloader = Reloader(current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: FunctionService { await cancelWhenGracefulShutdown { await broker.keepFresh() } }, serviceName: "token maintenance"),
+            .init(service: FunctionService {
+                let hangups = await UnixSignalsSequence(trapping: .sighup)
+                await cancelWhenGracefulShutdown {
+                    for await _ in hangups { await reloader.reload() }
+                }
+            }, serviceName: "reload on SIGHUP"),
+        ]
+        if let interval = notifier.watchdogInterval {
+            services.append(.init(service: FunctionService {
+                try await cancelWhenGracefulShutdown {
+                    while !Task.isCancelled {
+                        notifier.watchdog()
+                        try await Task.sleep(for: interval)
+                    }
+                }
+            }, serviceName: "systemd watchdog"))
+        }
+        services.append(.init(service: FunctionService {
+            try? await gracefulShutdown()
+            notifier.stopping()
+            logger.info("stopping: draining in-flight requests", metadata: ["open": "\(server.openConnections)", "timeout": "\(configuration.drainTimeout.configString)"])
+            await server.drain(timeout: await reloader.drainTimeout)
+            await reloader.stopAdmin()
+            await broker.finishWrites()
+        }, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "proxy"))
+
+        var groupConfiguration = ServiceGroupConfiguration(services: services, logger: logger)
+        groupConfiguration.gracefulShutdownSignals = [.sigterm, .sigint]
+        try await ServiceGroup(configuration: groupConfiguration).run()
+        await endpoint.shutdown()
+        logger.info("stopped")
+    }
+
+    /// Waits for the first token, at most ``startupWait``, and says how it went.
+    static func firstToken(from broker: TokenBroker) async -> String {
+        let outcome = NIOLockedValueBox<String?>(nil)
+        let fetch = Task {
+            do throws(TokenBrokerError) {
+                let tokens = try await broker.token(for: .usable)
+                outcome.withLockedValue { $0 = TokenStatusText.describe(.refreshed(expiresAt: tokens.expiresAt)) }
+            } catch {
+                outcome.withLockedValue { $0 = TokenStatusText.describe(error) }
+            }
+        }
+        let deadline = ContinuousClock.now.advanced(by: startupWait)
+        while outcome.withLockedValue({ $0 }) == nil, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        _ = fetch
+        return outcome.withLockedValue { $0 } ?? "serving without a token: the token endpoint did not answer within \(startupWait.configString); still trying"
+    }
+}
+
+/// A service made of one closure.
+struct FunctionService: Service {
+    let body: @Sendable () async throws -> Void
+    init(_ body: @escaping @Sendable () async throws -> Void) { self.body = body }
+    func run() async throws { try await body() }
+}
+
+/// The `STATUS=` texts systemd shows for the token state.
+enum TokenStatusText {
+    static func describe(_ event: TokenBroker.RefreshEvent) -> String {
+        switch event {
+        case .refreshing: "refreshing the token"
+        case .refreshed(let expiresAt): "token valid until \(expiresAt.map(RFC3339.format) ?? "unknown")"
+        case .transientFailure(let reason): "token endpoint failing, retrying: \(reason)"
+        case .reauthenticationRequired(let reason): "re-login needed: \(reason)"
+        }
+    }
+
+    static func describe(_ error: TokenBrokerError) -> String {
+        switch error {
+        case .reauthenticationRequired(let reason): "re-login needed: \(reason)"
+        case .unavailable(let reason, _): "no token yet, retrying: \(reason)"
+        }
+    }
+}
