@@ -199,15 +199,24 @@ struct ReplayAndRetryTests {
                 }
             }
         }
-        let chunks = try await RawHTTPClient(port: harness.port).stream(
-            "GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n", until: { $0.contains("id: 5") })
+        // The suite shares 2 cores with many processes: a round spoiled by a scheduling hiccup
+        // is measured again, up to three rounds; buffering would spoil every round.
         var delays: [Double] = []
-        for (arrived, text) in chunks {
-            for line in text.split(separator: "\n") where line.hasPrefix("data: ") {
-                if let sentAt = Double(line.dropFirst(6)) { delays.append(arrived.timeIntervalSince1970 * 1000 - sentAt) }
+        var arrivals = 0
+        for _ in 0..<3 {
+            let chunks = try await RawHTTPClient(port: harness.port).stream(
+                "GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n", until: { $0.contains("id: 5") })
+            delays = []
+            for (arrived, text) in chunks {
+                for line in text.split(separator: "\n") where line.hasPrefix("data: ") {
+                    if let sentAt = Double(line.dropFirst(6)) { delays.append(arrived.timeIntervalSince1970 * 1000 - sentAt) }
+                }
             }
+            arrivals = chunks.filter { $0.text.contains("data: ") }.count
+            if delays.count == 5, (delays.max() ?? 999) < 50 { break }
         }
-        #expect(delays.count == 5, "\(chunks.map(\.text))")
+        #expect(delays.count == 5)
+        #expect(arrivals == 5, "each event arrived on its own, not buffered together")
         #expect((delays.max() ?? 999) < 50, "each event reached the client within 50 ms: \(delays)")
         await harness.shutdown()
     }

@@ -21,12 +21,7 @@ public enum ProxyApplication {
         let broker = TokenBroker(
             configuration: configuration.token, endpoint: endpoint, logger: logger, writesBeforeUse: false,
             observer: { event in
-                switch event {
-                case .refreshing: break
-                case .refreshed: statistics.refreshed(.success)
-                case .transientFailure: statistics.refreshed(.transientFailure)
-                case .reauthenticationRequired: statistics.refreshed(.reauthenticationRequired)
-                }
+                statistics.observe(event)
                 notifier.status(TokenStatusText.describe(event))
             }
         )
@@ -47,10 +42,11 @@ public enum ProxyApplication {
             await endpoint.shutdown()
             throw error
         }
-        logger.info("listening", metadata: [
-            "listen": "\(server.localAddress.map { "\($0)" } ?? "\(configuration.listen)")", "upstream": "\(configuration.upstream.url)",
-            "admin": "\(admin?.port.map { "\($0)" } ?? configuration.admin?.listen.description ?? "off")",
-        ])
+        var listening: Logger.Metadata = ["listen": "\(configuration.listen)", "upstream": "\(configuration.upstream.url)", "admin": "\(configuration.admin?.listen.description ?? "off")"]
+        // The ports actually bound, for listen addresses with port 0.
+        if let port = server.port { listening["port"] = "\(port)" }
+        if let port = admin?.port { listening["adminPort"] = "\(port)" }
+        logger.info("listening", metadata: listening)
         notifier.ready(status: await firstToken(from: broker))
 
         let reloader = Reloader(current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier, logger: logger)
@@ -65,10 +61,10 @@ public enum ProxyApplication {
         ]
         if let interval = notifier.watchdogInterval {
             services.append(.init(service: FunctionService {
-                try await cancelWhenGracefulShutdown {
+                await cancelWhenGracefulShutdown {
                     while !Task.isCancelled {
                         notifier.watchdog()
-                        try await Task.sleep(for: interval)
+                        try? await Task.sleep(for: interval)
                     }
                 }
             }, serviceName: "systemd watchdog"))
@@ -84,7 +80,13 @@ public enum ProxyApplication {
 
         var groupConfiguration = ServiceGroupConfiguration(services: services, logger: logger)
         groupConfiguration.gracefulShutdownSignals = [.sigterm, .sigint]
-        try await ServiceGroup(configuration: groupConfiguration).run()
+        do {
+            try await ServiceGroup(configuration: groupConfiguration).run()
+        } catch {
+            logger.error("stopped after a service failed", metadata: ["error": "\(error)"])
+            await endpoint.shutdown()
+            throw error
+        }
         await endpoint.shutdown()
         logger.info("stopped")
     }

@@ -87,9 +87,14 @@ public final class ProxyStatistics: Sendable {
         errorsByCode[code]?.increment()
     }
 
-    /// Counts a refresh attempt that reached the token endpoint.
-    public func refreshed(_ result: RefreshResult) {
-        refreshesByResult[result]?.increment()
+    /// Counts the broker's calls to the token endpoint by outcome; pass it as the broker's observer.
+    public func observe(_ event: TokenBroker.RefreshEvent) {
+        switch event {
+        case .refreshing: break
+        case .refreshed: refreshesByResult[.success]?.increment()
+        case .transientFailure: refreshesByResult[.transientFailure]?.increment()
+        case .reauthenticationRequired: refreshesByResult[.reauthenticationRequired]?.increment()
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -19,6 +19,8 @@ final class ProxyHarness: @unchecked Sendable {
     let broker: TokenBroker
     let endpoint: TokenEndpointClient
     let faults: FaultSettings
+    let statistics = ProxyStatistics()
+    let configuration: Configuration
     let logs = LogCapture()
     /// One client for all tests, never shut down (a test that fails early must not crash the run).
     static let sharedClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: .init(redirectConfiguration: .disallow))
@@ -69,16 +71,17 @@ final class ProxyHarness: @unchecked Sendable {
             "faults": \(options.faults)
             """)
         try text.write(toFile: path, atomically: true, encoding: .utf8)
-        let configuration = try Configuration.load(path: path)
+        configuration = try Configuration.load(path: path)
         let token = options.initialToken ?? TokenSet(refreshToken: "rt-initial")
         if options.grantInitialRefreshToken, let refreshToken = token.refreshToken { issuer.grantRefreshToken(refreshToken) }
         try TokenStore(path: configuration.token.store).write(token)
 
         endpoint = TokenEndpointClient(configuration: configuration.token)
-        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger, writesBeforeUse: false)
+        let statistics = self.statistics
+        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger, writesBeforeUse: false, observer: { statistics.observe($0) })
         faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
         server = try await ProxyServer.start(
-            configuration: configuration, broker: broker, faults: faults, statistics: ProxyStatistics(),
+            configuration: configuration, broker: broker, faults: faults, statistics: statistics,
             group: .singleton, logger: logs.logger
         )
         let broker = self.broker
@@ -86,8 +89,35 @@ final class ProxyHarness: @unchecked Sendable {
     }
 
     var port: Int { server.port ?? 0 }
+
+    /// Starts an admin listener on a free loopback port for this proxy.
+    func startAdmin() async throws -> AdminServer {
+        let routes = AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: configuration.upstream.url)
+        return try await AdminServer.start(address: .tcp(host: "127.0.0.1", port: 0), routes: routes, group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// A request to `port` (the admin listener) on loopback.
+    func admin(_ method: HTTPMethod, _ path: String, port: Int, body: String? = nil) async throws -> Response {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+        request.method = method
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await client.execute(request, timeout: .seconds(20))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        return Response(status: response.status.code, headers: response.headers, body: String(buffer: bytes))
+    }
     var url: String { "http://127.0.0.1:\(port)" }
     var received: [MockHTTPRequest] { recorded.withLockedValue { $0 } }
+
+    /// Every secret this proxy handled: tokens issued and presented, the client secret.
+    var secrets: [String] {
+        var values: Set<String> = [ConfigFixture.clientSecret]
+        for call in issuer.calls { if let token = call.form["refresh_token"] { values.insert(token) } }
+        for request in received { if let value = request.header("Authorization") { values.insert(String(value.dropFirst(7))) } }
+        if let stored = try? TokenStore(path: configuration.token.store).read(quarantineCorrupt: false, logger: logs.logger).tokens {
+            [stored.accessToken, stored.refreshToken].compactMap { $0 }.forEach { values.insert($0) }
+        }
+        return values.sorted()
+    }
 
     func respond(_ respond: @escaping @Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse) {
         responder.withLockedValue { $0 = respond }

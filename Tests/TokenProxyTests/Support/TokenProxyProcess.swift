@@ -80,6 +80,22 @@ final class TokenProxyProcess: @unchecked Sendable {
         return outcome
     }
 
+    /// The port a `tokenproxy run` with `listen` port 0 bound, read from its "listening" log
+    /// line (`key` is `port` or `adminPort`); `nil` if it did not start listening in time.
+    func listeningPort(_ key: String = "port", timeout: Duration = .seconds(20)) async -> Int? {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while ContinuousClock.now < deadline {
+            for line in stderrSoFar.split(separator: "\n") where line.contains(#""message":"listening""#) {
+                guard let range = line.range(of: "\"\(key)\":\"") else { continue }
+                return Int(line[range.upperBound...].prefix { $0.isNumber })
+            }
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { return nil }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return nil
+    }
+
     /// What the process has written to stderr so far.
     var stderrSoFar: String { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
 
