@@ -13,14 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-100000}
 connections=${2:-64}
-swift build -c release --static-swift-stdlib --product tokenproxy >/dev/null
-binary=$(swift build -c release --show-bin-path)/tokenproxy
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
-wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "$1 never appeared" >&2; exit 1; }
+source bench/common.sh
 
 python3 bench/token_endpoint.py "$work/token.port" 20 5 & pids+=($!)
 python3 bench/chaos_upstream.py "$work/upstream.port" 1 & pids+=($!)

@@ -16,13 +16,7 @@ rounds=${2:-3}
 for tool in nginx wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light wrk curl)" >&2; exit 2; }
 done
-swift build -c release --static-swift-stdlib --product tokenproxy >/dev/null  # as deploy/ installs it
-binary=$(swift build -c release --show-bin-path)/tokenproxy
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+source bench/common.sh
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
@@ -73,7 +67,7 @@ nginx -c "$work/nginx-backend/nginx.conf" -p "$work/nginx-backend" & pids+=($!)
 nginx -c "$work/nginx-proxy/nginx.conf" -p "$work/nginx-proxy" & pids+=($!)
 
 python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
-for _ in $(seq 50); do [ -s "$work/token.port" ] && break; sleep 0.1; done
+wait_file "$work/token.port"
 token_port=$(cat "$work/token.port")
 expires=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
 write_config() { # name port faults

@@ -11,16 +11,13 @@ import NIOConcurrencyHelpers
 @Suite("Lifecycle", .serialized)
 struct LifecycleTests {
     /// Writes a config for `tokenproxy run` on a free port in front of `upstream`.
-    private func writeConfig(_ directory: TemporaryDirectory, issuer: MockTokenIssuer, upstream: String, admin: String = "null", extra: String = "") throws -> String {
+    private func writeConfig(_ directory: TemporaryDirectory, issuer: MockTokenIssuer, upstream: String, admin: String = "null", faults: String? = nil) throws -> String {
         var fixture = ConfigFixture(endpoint: issuer.url)
         fixture.grant = "client_credentials"
-        try fixture.write(to: directory)
-        let path = directory.file("config.json")
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-            .replacingOccurrences(of: #""upstream": { "url": "http://127.0.0.1:9" }"#, with: "\"listen\": \"127.0.0.1:0\", \"upstream\": { \"url\": \"\(upstream)\" }\(extra)")
-            .replacingOccurrences(of: #""admin": null"#, with: "\"admin\": \(admin)")
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        fixture.upstream = upstream
+        fixture.admin = admin
+        if let faults { fixture.topLevel["faults"] = faults }
+        return try fixture.write(to: directory)
     }
 
     private func get(_ path: String, port: Int) async throws -> String {
@@ -138,7 +135,7 @@ struct LifecycleTests {
             return request.uri == "/reject" ? MockHTTPResponse(status: 401, body: "no") : .json(200, "{}")
         }
         let config = try writeConfig(directory, issuer: issuer, upstream: upstream.baseURL,
-                                     admin: #"{"listen": "127.0.0.1:0"}"#, extra: #", "faults": {"enabled": true}"#)
+                                     admin: #"{"listen": "127.0.0.1:0"}"#, faults: #"{"enabled": true}"#)
         let (process, port) = try await startProxy(config, environment: ["TZ": "Pacific/Kiritimati"])
         let adminPort = try #require(await process.listeningPort("adminPort"))
         let deadline = ContinuousClock.now.advanced(by: .seconds(4))

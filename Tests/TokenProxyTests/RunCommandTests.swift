@@ -16,11 +16,8 @@ struct RunCommandTests {
         }
         var fixture = ConfigFixture(endpoint: issuer.url)
         fixture.grant = "client_credentials"
-        try fixture.write(to: directory)
-        let path = directory.file("config.json")
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-            .replacingOccurrences(of: #""upstream": { "url": "http://127.0.0.1:9" }"#, with: "\"listen\": \"127.0.0.1:0\", \"upstream\": { \"url\": \"\(upstream.baseURL)\" }")
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        fixture.upstream = upstream.baseURL
+        let path = try fixture.write(to: directory)
 
         let process = TokenProxyProcess(["--config", path])
         try process.start()

@@ -12,17 +12,19 @@ enum HeaderName: Equatable {
         self = name.withUTF8 { Self.classify($0) }
     }
 
-    private static func classify(_ bytes: UnsafeBufferPointer<UInt8>) -> HeaderName {
-        func matches(_ candidate: StaticString) -> Bool {
-            guard candidate.utf8CodeUnitCount == bytes.count else { return false }
-            let expected = UnsafeBufferPointer(start: candidate.utf8Start, count: candidate.utf8CodeUnitCount)
-            for index in 0..<bytes.count {
-                var byte = bytes[index]
-                if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
-                if byte != expected[index] { return false }
-            }
-            return true
+    /// Whether `bytes` spell `lowercased`, ignoring ASCII case.
+    static func equalsIgnoringCase(_ bytes: UnsafeBufferPointer<UInt8>, _ lowercased: StaticString) -> Bool {
+        guard lowercased.utf8CodeUnitCount == bytes.count else { return false }
+        for index in 0..<bytes.count {
+            var byte = bytes[index]
+            if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+            if byte != lowercased.utf8Start[index] { return false }
         }
+        return true
+    }
+
+    private static func classify(_ bytes: UnsafeBufferPointer<UInt8>) -> HeaderName {
+        func matches(_ candidate: StaticString) -> Bool { equalsIgnoringCase(bytes, candidate) }
         switch bytes.count {
         case 2: return matches("te") ? .hopByHop : .other
         case 4: return matches("host") ? .host : .other
@@ -55,18 +57,7 @@ extension HeaderName {
     /// Whether a `Connection` value is just `keep-alive` or `close` (names no other header).
     static func isPlainConnectionOption(_ value: String) -> Bool {
         var value = value
-        return value.withUTF8 { bytes in
-            func equals(_ candidate: StaticString) -> Bool {
-                guard candidate.utf8CodeUnitCount == bytes.count else { return false }
-                for index in 0..<bytes.count {
-                    var byte = bytes[index]
-                    if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
-                    if byte != candidate.utf8Start[index] { return false }
-                }
-                return true
-            }
-            return equals("keep-alive") || equals("close")
-        }
+        return value.withUTF8 { equalsIgnoringCase($0, "keep-alive") || equalsIgnoringCase($0, "close") }
     }
 }
 

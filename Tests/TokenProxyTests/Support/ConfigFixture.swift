@@ -15,7 +15,15 @@ struct ConfigFixture {
     var minRefreshInterval = "1s"
     var defaultLifetime = "30m"
     var scope: String? = "api.read"
+    /// More keys of the `token` section, as raw JSON values.
     var extra: [String: String] = [:]
+    var listen = "127.0.0.1:0"
+    var upstream = "http://127.0.0.1:9"
+    /// More keys of the `upstream` section, as raw JSON (`, "readTimeout": "1s"`).
+    var upstreamExtra = ""
+    var admin = "null"
+    /// More top-level keys, as raw JSON values (`retry`, `faults`).
+    var topLevel: [String: String] = [:]
 
     static let clientSecret = "s3cret-client-value"
 
@@ -33,14 +41,12 @@ struct ConfigFixture {
         if let secretFile { token.append("\"clientSecretFile\": \"\(secretFile)\"") }
         if let scope { token.append("\"scope\": \"\(scope)\"") }
         for (key, value) in extra { token.append("\"\(key)\": \(value)") }
-        let json = """
-            {
-              "upstream": { "url": "http://127.0.0.1:9" },
-              "token": { \(token.joined(separator: ", ")) },
-              "admin": null,
-              "log": { "level": "debug" }
-            }
-            """
+        var sections = [
+            "\"listen\": \"\(listen)\"", "\"upstream\": { \"url\": \"\(upstream)\"\(upstreamExtra) }",
+            "\"token\": { \(token.joined(separator: ", ")) }", "\"admin\": \(admin)", "\"log\": { \"level\": \"debug\" }",
+        ]
+        for (key, value) in topLevel.sorted(by: { $0.key < $1.key }) { sections.append("\"\(key)\": \(value)") }
+        let json = "{\n  " + sections.joined(separator: ",\n  ") + "\n}\n"
         return try directory.write("config.json", json)
     }
 

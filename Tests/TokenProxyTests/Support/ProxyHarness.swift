@@ -60,17 +60,11 @@ final class ProxyHarness: @unchecked Sendable {
         }
         var fixture = ConfigFixture(endpoint: issuer.url)
         options.token(&fixture)
-        try fixture.write(to: directory)
-        // The fixture's config gets the proxy's own sections.
-        let path = directory.file("config.json")
-        var text = try String(contentsOfFile: path, encoding: .utf8)
-        text = text.replacingOccurrences(of: #""upstream": { "url": "http://127.0.0.1:9" }"#, with: """
-            "listen": "\(options.listen)",
-            "upstream": { "url": "\(options.upstreamAddress ?? "http://127.0.0.1:\(upstream.port)")\(options.upstreamPrefix)"\(options.upstreamExtra) },
-            "retry": \(options.retry),
-            "faults": \(options.faults)
-            """)
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        fixture.listen = options.listen
+        fixture.upstream = (options.upstreamAddress ?? "http://127.0.0.1:\(upstream.port)") + options.upstreamPrefix
+        fixture.upstreamExtra = options.upstreamExtra
+        fixture.topLevel = ["retry": options.retry, "faults": options.faults]
+        let path = try fixture.write(to: directory)
         configuration = try Configuration.load(path: path)
         let token = options.initialToken ?? TokenSet(refreshToken: "rt-initial")
         if options.grantInitialRefreshToken, let refreshToken = token.refreshToken { issuer.grantRefreshToken(refreshToken) }
