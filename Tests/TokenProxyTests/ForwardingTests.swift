@@ -97,6 +97,22 @@ struct ForwardingTests {
         await harness.shutdown()
     }
 
+    @Test func aClientThatDisconnectsMidBodyHarmsNothing() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options)
+        for _ in 0..<5 {
+            // Announces 100,000 bytes, sends 10, and hangs up.
+            let answer = try await RawHTTPClient(port: harness.port).exchange(
+                "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789", timeout: .milliseconds(300))
+            #expect(!answer.hasPrefix("HTTP/1.1 2"), "an incomplete upload is never answered as a success")
+        }
+        let next = try await harness.send(.GET, "/still-serving")
+        #expect(next.status == 200)
+        #expect(!harness.received.contains { $0.uri == "/upload" && $0.body.count == 100_000 }, "no truncated body passed as complete")
+        await harness.shutdown()
+    }
+
     @Test func aUnixSocketListenerServes() async throws {
         let socketDirectory = try TemporaryDirectory()
         var options = ProxyHarness.Options()

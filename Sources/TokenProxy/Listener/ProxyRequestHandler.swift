@@ -31,7 +31,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var needsFlush = false
     private var readTimeout: Scheduled<Void>?
     private var readTimeoutActive = false
-    private lazy var readTimeoutAmount = TimeAmount.nanoseconds(Int64(shared.readTimeout.timeInterval * 1e9))
+    /// `upstream.readTimeout` of the current request's context (a reload may change it).
+    private var readTimeoutAmount = TimeAmount.zero
     private var lastUpstreamActivity = NIODeadline.now()
     private var retryTimer: Scheduled<Void>?
     private var requestStarted = NIODeadline.now()
@@ -445,6 +446,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// per connection, re-armed only when it fires, so that a request costs no timer of its own.
     private func armReadTimeout() {
         lastUpstreamActivity = .now()
+        readTimeoutAmount = .nanoseconds(Int64(shared.readTimeout.timeInterval * 1e9))
         readTimeoutActive = true
         guard readTimeout == nil, let context else { return }
         scheduleReadTimeout(at: lastUpstreamActivity + readTimeoutAmount, on: context.eventLoop)
