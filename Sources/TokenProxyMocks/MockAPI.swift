@@ -2,7 +2,8 @@ import Foundation
 import NIOConcurrencyHelpers
 
 /// A stand-in API that accepts only live tokens of one ``MockTokenIssuer``: a JSON route, a
-/// Server-Sent Events route, and a route that sometimes answers 401 even to a live token.
+/// Server-Sent Events route, and a route that sometimes answers a request's first attempt with
+/// 401 even though its token is live.
 public final class MockAPI: Sendable {
     private let server: MockHTTPServer
     private let counterBox: NIOLockedValueBox<Counters>
@@ -25,7 +26,11 @@ public final class MockAPI: Sendable {
             let token = request.header("Authorization").flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
             let path = request.uri.prefix { $0 != "?" }
             let live = token.map { issuer.isValid(accessToken: $0) } ?? false
-            let spurious = path == "/api/flaky" && Int.random(in: 0..<100) < flaky401Percent
+            // A spurious 401 hits a request's first attempt only, as a token revoked early
+            // would: the replay with a fresh token succeeds.
+            let requestID = request.header("X-Demo-Request")
+            let firstAttempt = requestID.map { id in !counters.withLockedValue { $0.rejectedRequestIDs.contains(id) } } ?? true
+            let spurious = path == "/api/flaky" && firstAttempt && Int.random(in: 0..<100) < flaky401Percent
             guard live, !spurious else {
                 counters.withLockedValue {
                     $0.unauthorized += 1

@@ -127,6 +127,7 @@ struct DemoCommand: AsyncParsableCommand {
                     line += "   ← the API said 401; recovered by refresh + replay"
                 }
             } catch {
+                if Task.isCancelled { break }
                 line += " → failed: \(error)"
             }
             let calls = issuer.calls

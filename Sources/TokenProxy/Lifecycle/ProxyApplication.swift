@@ -13,6 +13,7 @@ public enum ProxyApplication {
     static let startupWait = Duration.seconds(10)
 
     public static func run(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
+        let earlyTermination = EarlyTermination()
         let logger = Logger(label: "tokenproxy")
         let notifier = SystemdNotifier(environment: environment)
         let statistics = ProxyStatistics()
@@ -80,8 +81,10 @@ public enum ProxyApplication {
 
         var groupConfiguration = ServiceGroupConfiguration(services: services, logger: logger)
         groupConfiguration.gracefulShutdownSignals = [.sigterm, .sigint]
+        let group = ServiceGroup(configuration: groupConfiguration)
+        earlyTermination.forward(to: group)
         do {
-            try await ServiceGroup(configuration: groupConfiguration).run()
+            try await group.run()
         } catch {
             logger.error("stopped after a service failed", metadata: ["error": "\(error)"])
             await endpoint.shutdown()
