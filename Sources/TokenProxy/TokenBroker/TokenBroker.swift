@@ -102,6 +102,8 @@ public actor TokenBroker {
             return current
         }
         try await checkFailureState(for: need)
+        // The failure check may have adopted a usable token another process stored.
+        if let current, satisfies(current, need) { return current }
         // Join a refresh already under way; if its result does not meet this need (it adopted
         // the very token this caller saw rejected), run one more.
         if let refreshInFlight {
