@@ -92,7 +92,8 @@ struct DemoCommand: AsyncParsableCommand {
         await api.shutdown()
         await issuer.shutdown()
         let counters = api.counters
-        print("\ndone: \(counters.requests) requests reached the API, \(counters.unauthorized) of them were answered 401 and recovered by the proxy; the token endpoint was called \(issuer.callCount) times.")
+        let recovered = counters.unauthorized == 1 ? "1 of them was" : "\(counters.unauthorized) of them were"
+        print("\ndone: \(counters.requests) requests reached the API, \(recovered) answered 401 and recovered by the proxy; the token endpoint was called \(issuer.callCount) times.")
     }
 
     private static func driveTraffic(proxyURL: String, issuer: MockTokenIssuer, api: MockAPI) async {
@@ -132,9 +133,13 @@ struct DemoCommand: AsyncParsableCommand {
             }
             let calls = issuer.calls
             if calls.count > seenCalls {
-                for call in calls[seenCalls...] where call.status == 200 {
-                    let kind = api.counters.rejectedRequestIDs.contains("\(number)") ? "after a 401" : "ahead of expiry"
-                    print("\(Self.clock())  ↻ token refreshed \(kind) (refresh token rotated)")
+                for (index, call) in calls.enumerated().dropFirst(seenCalls) where call.status == 200 {
+                    if index == 0 {
+                        print("\(Self.clock())  ↻ first access token obtained with the login's refresh token (refresh token rotated)")
+                    } else {
+                        let kind = api.counters.rejectedRequestIDs.contains("\(number)") ? "after a 401" : "ahead of expiry"
+                        print("\(Self.clock())  ↻ token refreshed \(kind) (refresh token rotated)")
+                    }
                 }
                 seenCalls = calls.count
             }
