@@ -81,12 +81,10 @@ struct ReplayAndRetryTests {
         options.behavior.delay = .milliseconds(200)
         options.behavior.lifetime = .seconds(3600)
         options.token = { $0.refreshBefore = "1s"; $0.minValidity = "500ms" }
-        let issued = NIOLockedValueBox<Set<String>>(["at-expiring"])
         let harness = try await ProxyHarness(options) { request, _ in
             let token = request.header("Authorization").map { String($0.dropFirst(7)) } ?? ""
             return .json(200, "{\"token\": \"\(token.prefix(3))\"}")
         }
-        _ = issued
         let deadline = ContinuousClock.now.advanced(by: .seconds(3))
         let failures = try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<200 {

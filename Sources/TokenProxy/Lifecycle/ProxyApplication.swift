@@ -97,7 +97,7 @@ public enum ProxyApplication {
     /// Waits for the first token, at most ``startupWait``, and says how it went.
     static func firstToken(from broker: TokenBroker) async -> String {
         let outcome = NIOLockedValueBox<String?>(nil)
-        let fetch = Task {
+        _ = Task {
             do throws(TokenBrokerError) {
                 let tokens = try await broker.token(for: .usable)
                 outcome.withLockedValue { $0 = TokenStatusText.describe(.refreshed(expiresAt: tokens.expiresAt)) }
@@ -109,7 +109,6 @@ public enum ProxyApplication {
         while outcome.withLockedValue({ $0 }) == nil, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
-        _ = fetch
         return outcome.withLockedValue { $0 } ?? "serving without a token: the token endpoint did not answer within \(startupWait.configString); still trying"
     }
 }

@@ -14,11 +14,9 @@ final class ProxyContext: AtomicReference, Sendable {
     let faults: FaultSettings
     let statistics: ProxyStatistics
     let logger: Logger
-    let upstream: UpstreamURL
 
     init(configuration: Configuration, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, logger: Logger) {
         rules = ForwardingRules(upstream: configuration.upstream.url)
-        upstream = configuration.upstream.url
         retryPolicy = RetryPolicy(configuration.retry)
         replayLimit = configuration.retry.replayBuffer
         readTimeout = configuration.upstream.readTimeout

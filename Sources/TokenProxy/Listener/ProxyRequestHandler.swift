@@ -175,7 +175,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .failure(let error):
             shared.statistics.answeredByProxy(error.code)
             respond(with: error, keepAlive: false)
-            log(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
+            recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
         case .success(let prepared):
             if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
@@ -269,7 +269,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 if reuse { pool.release(upstream) } else { upstream.close() }
             }
             let keepAlive = machine?.clientKeepAlive ?? false
-            log(status: currentStatus)
+            recordCompletion(status: currentStatus)
             writeResponseEnd(keepAlive: keepAlive && machine?.body.isComplete == true)
             finishIfDone()
 
@@ -279,7 +279,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
             if !keepAlive { head.headers.add(name: "Connection", value: "close") }
             context?.write(wrapOutboundOut(.head(head)), promise: nil)
-            log(status: head.status.code)
+            recordCompletion(status: head.status.code)
             writeResponseEnd(keepAlive: keepAlive)
             finishIfDone()
 
@@ -289,7 +289,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             shared.statistics.answeredByProxy(error.code)
             let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
             respond(with: error, keepAlive: keepAlive)
-            log(status: error.code.status.code, error: error)
+            recordCompletion(status: error.code.status.code, error: error)
             finishIfDone()
 
         case .retry(let delay, let discard, let reason):
@@ -478,14 +478,14 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         retryTimer = nil
     }
 
-    // MARK: Logging
+    // MARK: Completion (duration metric and the log line)
 
-    private func log(status: UInt?, error: ProxyError? = nil) {
+    private func recordCompletion(status: UInt?, error: ProxyError? = nil) {
         guard let machine else { return }
-        log(method: machine.method, uri: currentURI, status: status, attempts: machine.attempts + (machine.replayedAfter401 ? 1 : 0), refreshed: machine.refreshed, error: error)
+        recordCompletion(method: machine.method, uri: currentURI, status: status, attempts: machine.attempts + (machine.replayedAfter401 ? 1 : 0), refreshed: machine.refreshed, error: error)
     }
 
-    private func log(method: HTTPMethod, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
+    private func recordCompletion(method: HTTPMethod, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
         shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
         guard shared.logger.logLevel <= .info || error != nil else { return }
         var metadata: Logger.Metadata = [

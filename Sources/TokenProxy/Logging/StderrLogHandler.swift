@@ -41,8 +41,8 @@ public struct StderrLogHandler: LogHandler {
             let details = merged.keys.sorted().map { "\($0)=\(merged[$0]!)" }.joined(separator: " ")
             line = "\(time) \(event.level.rawValue.uppercased()) \(event.message)\(details.isEmpty ? "" : " " + details)\n"
         }
-        var bytes = Array(line.utf8)
-        bytes.withUnsafeMutableBytes { buffer in
+        let bytes = Array(line.utf8)
+        bytes.withUnsafeBytes { buffer in
             var offset = 0
             while offset < buffer.count {
                 let written = write(2, buffer.baseAddress! + offset, buffer.count - offset)

@@ -11,7 +11,8 @@ struct RequestBody {
     /// reading from the client.
     private(set) var unsentBytes = 0
     private(set) var isComplete = false
-    /// Whether the whole body so far is kept (it fits in the replay buffer).
+    /// Whether the whole body so far is kept (it fits in the replay buffer), so that a new
+    /// attempt can send it from its first byte.
     private(set) var isReplayable = true
     let replayLimit: Int
 
@@ -41,9 +42,6 @@ struct RequestBody {
         if !isReplayable { dropSentParts() }
         return unsent
     }
-
-    /// Whether a new attempt can send the body from its first byte.
-    var canStartOver: Bool { isReplayable }
 
     /// Starts a new attempt: every kept part is unsent again.
     mutating func rewind() {

@@ -110,7 +110,7 @@ struct RequestStateMachine {
     mutating func connected() -> Action {
         guard state == .connecting, let token else { return .none }
         state = .awaitingResponse
-        if body.canStartOver { body.rewind() }
+        if body.isReplayable { body.rewind() }
         request.head.headers.replaceOrAdd(name: "authorization", value: token.authorization)
         return .sendRequest(request.head, body: body.takeUnsent(), end: body.isComplete)
     }
@@ -216,7 +216,7 @@ struct RequestStateMachine {
     private mutating func decide(_ head: HTTPResponseHead, injected: FaultPlan.Kind?, jitter: Double) -> Action {
         let status = head.status.code
         let discard = injected == nil
-        let replayable = body.isComplete && body.canStartOver
+        let replayable = body.isComplete && body.isReplayable
         if status == 401, Self.isTokenRejection(head), !replayedAfter401, replayable, let token {
             replayedAfter401 = true
             isReplayAttempt = true
@@ -241,7 +241,7 @@ struct RequestStateMachine {
     }
 
     private mutating func retryOrGiveUp(_ failure: RetryPolicy.Failure, jitter: Double, discardUpstream: Bool, injected: FaultPlan.Kind?) -> Action {
-        if body.canStartOver, failure == .notSent || body.isComplete,
+        if body.isReplayable, failure == .notSent || body.isComplete,
             let delay = policy.delay(after: failure, attempt: attempts, retryableAfterSending: request.isRetryableAfterSending, random: jitter)
         {
             state = .waitingToRetry
@@ -269,7 +269,7 @@ struct RequestStateMachine {
 
     /// Answers the held injected fault once the body is complete (or at once if it is).
     mutating func injectedFaultReady(jitter: Double) -> Action {
-        guard case .holdingInjectedFault(let kind) = state, body.isComplete || !body.canStartOver else { return .none }
+        guard case .holdingInjectedFault(let kind) = state, body.isComplete || !body.isReplayable else { return .none }
         switch kind {
         case .status(let status):
             var headers = HTTPHeaders()

@@ -76,8 +76,7 @@ public final class TokenEndpointClient: Sendable {
             )
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
             return .transient(reason: "token endpoint did not answer within token.requestTimeout (\(configuration.requestTimeout.configString))", retryAfter: nil)
-        } catch let error as NIOTooManyBytesError {
-            _ = error
+        } catch is NIOTooManyBytesError {
             return .transient(reason: "token endpoint answered with more than 1 MiB", retryAfter: nil)
         } catch {
             return .transient(reason: "token endpoint \(configuration.endpoint) could not be reached: \(error)", retryAfter: nil)

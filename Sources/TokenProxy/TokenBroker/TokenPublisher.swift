@@ -56,8 +56,9 @@ public final class TokenPublisher: Sendable {
             current.store(nil, ordering: .releasing)
             return
         }
-        if current.load(ordering: .acquiring)?.accessToken == accessToken,
-            current.load(ordering: .acquiring)?.mustRefreshAtNanoseconds == Int64(deadlines.mustRefreshAt.timeIntervalSince1970 * 1e9)
+        let published = current.load(ordering: .acquiring)
+        if published?.accessToken == accessToken,
+            published?.mustRefreshAtNanoseconds == Int64(deadlines.mustRefreshAt.timeIntervalSince1970 * 1e9)
         {
             return
         }
