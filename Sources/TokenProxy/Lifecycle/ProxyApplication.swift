@@ -13,7 +13,7 @@ public enum ProxyApplication {
     static let startupWait = Duration.seconds(10)
 
     public static func run(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
-        let earlyTermination = EarlyTermination()
+        let startupSignals = StartupSignals()
         let logger = Logger(label: "tokenproxy")
         let notifier = SystemdNotifier(environment: environment)
         let statistics = ProxyStatistics()
@@ -55,6 +55,7 @@ public enum ProxyApplication {
             .init(service: FunctionService { await cancelWhenGracefulShutdown { await broker.keepFresh() } }, serviceName: "token maintenance"),
             .init(service: FunctionService {
                 let hangups = await UnixSignalsSequence(trapping: .sighup)
+                if startupSignals.takeEarlyReload() { await reloader.reload() }
                 await cancelWhenGracefulShutdown {
                     for await _ in hangups { await reloader.reload() }
                 }
@@ -82,7 +83,7 @@ public enum ProxyApplication {
         var groupConfiguration = ServiceGroupConfiguration(services: services, logger: logger)
         groupConfiguration.gracefulShutdownSignals = [.sigterm, .sigint]
         let group = ServiceGroup(configuration: groupConfiguration)
-        earlyTermination.forward(to: group)
+        startupSignals.forwardStops(to: group)
         do {
             try await group.run()
         } catch {

@@ -85,7 +85,10 @@ final class TokenProxyProcess: @unchecked Sendable {
     func listeningPort(_ key: String = "port", timeout: Duration = .seconds(20)) async -> Int? {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while ContinuousClock.now < deadline {
-            for line in stderrSoFar.split(separator: "\n") where line.contains(#""message":"listening""#) {
+            // Only whole lines: a read can see half of a write the process is making.
+            let written = stderrSoFar
+            let complete = written.lastIndex(of: "\n").map { written[...$0] } ?? ""
+            for line in complete.split(separator: "\n") where line.contains(#""message":"listening""#) {
                 guard let range = line.range(of: "\"\(key)\":\"") else { continue }
                 return Int(line[range.upperBound...].prefix { $0.isNumber })
             }
