@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOConcurrencyHelpers
 
 /// A stand-in API that accepts only live tokens of one ``MockTokenIssuer``: a JSON route, a

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOHTTP1
 
 /// What the admin API answers (SPEC §7), decided without sockets: health, readiness, status

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 extension Configuration {
     /// The configuration path that `--config` falls back to: `$TOKENPROXY_CONFIG`, then
@@ -206,13 +207,15 @@ extension Configuration {
     }
 
     static func reason(_ error: any Error) -> String {
-        let nsError = error as NSError
-        if let posix = nsError.userInfo[NSUnderlyingErrorKey] as? NSError, posix.domain == NSPOSIXErrorDomain {
-            return String(cString: strerror(Int32(posix.code)))
+        if let posix = error as? POSIXError { return String(cString: strerror(posix.code.rawValue)) }
+        guard let cocoa = error as? CocoaError else { return "\(error)" }
+        switch cocoa.code {
+        case .fileReadNoSuchFile: return "no such file"
+        case .fileReadNoPermission: return "permission denied"
+        default:
+            if let posix = cocoa.underlying as? POSIXError { return String(cString: strerror(posix.code.rawValue)) }
+            return "\(cocoa.code)"
         }
-        if nsError.domain == NSCocoaErrorDomain, nsError.code == NSFileReadNoSuchFileError { return "no such file" }
-        if nsError.domain == NSCocoaErrorDomain, nsError.code == NSFileReadNoPermissionError { return "permission denied" }
-        return nsError.localizedDescription
     }
 }
 

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// Writes one line per log event to stderr: a JSON object (`log.format: json`) or readable text.

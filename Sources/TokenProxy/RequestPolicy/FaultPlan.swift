@@ -22,7 +22,7 @@ struct FaultPlan: Equatable, Sendable {
     var times: Int
 
     static func parse(_ text: String) -> Result<FaultPlan, ProxyError> {
-        let parts = text.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = text.split(separator: ";").map { String($0.trimmingWhitespace()) }
         let usage = ProxyError.badRequest("X-TokenProxy-Fault: expected STATUS[;times=N] or reset[;times=N] (e.g. 401 or 503;times=2), found \"\(text.prefix(60))\"")
         guard let first = parts.first else { return .failure(usage) }
         let kind: Kind

@@ -46,7 +46,7 @@ struct ForwardingRules: Sendable {
         var path: Substring
         if head.uri.hasPrefix("/") {
             path = Substring(head.uri)
-        } else if let schemeEnd = head.uri.range(of: "://") {
+        } else if let schemeEnd = head.uri.firstRange(of: "://") {
             let rest = head.uri[schemeEnd.upperBound...]
             let authority = rest.prefix { $0 != "/" && $0 != "?" }
             guard acceptsAbsoluteTarget(authority: authority) else {
@@ -100,7 +100,7 @@ struct ForwardingRules: Sendable {
         // Headers named in `Connection` belong to this hop too.
         for options in connectionOptions {
             for option in options.split(separator: ",") {
-                headers.remove(name: option.trimmingCharacters(in: .whitespaces))
+                headers.remove(name: String(option.trimmingWhitespace()))
             }
         }
 
@@ -143,7 +143,7 @@ struct ForwardingRules: Sendable {
         }
         for name in hopByHop { head.headers.remove(name: name) }
         for options in connectionOptions where !HeaderName.isPlainConnectionOption(options) {
-            for option in options.split(separator: ",") { head.headers.remove(name: option.trimmingCharacters(in: .whitespaces)) }
+            for option in options.split(separator: ",") { head.headers.remove(name: String(option.trimmingWhitespace())) }
         }
         head.version = .http1_1
         if !clientKeepAlive { head.headers.add(name: "Connection", value: "close") }

@@ -32,7 +32,7 @@ struct RetryPolicy: Sendable {
             return retryableAfterSending ? .nanoseconds(Int64(computed.timeInterval * 1e9)) : nil
         case .unavailableStatus(_, let retryAfter):
             guard retryableAfterSending else { return nil }
-            if let retryAfter, let seconds = Int(retryAfter.trimmingCharacters(in: .whitespaces)) {
+            if let retryAfter, let seconds = Int(retryAfter.trimmingWhitespace()) {
                 // Honour Retry-After up to maxBackoff; a longer wait is the client's to decide.
                 guard seconds >= 0, Duration.seconds(seconds) <= maxBackoff else { return nil }
                 return .seconds(Int64(seconds))

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A parsed JSON document that keeps the distinction between booleans, numbers and strings,
 /// so that strict validation can say "expected a number, found a string".
@@ -53,8 +53,7 @@ extension DecodingError {
         switch self {
         case .dataCorrupted(let context), .keyNotFound(_, let context),
             .typeMismatch(_, let context), .valueNotFound(_, let context):
-            let underlying = (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
-            return underlying ?? context.debugDescription
+            return context.debugDescription
         @unknown default:
             return "not valid JSON"
         }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// RFC 3339 timestamps, always written in UTC with millisecond precision.
 ///
@@ -12,10 +12,13 @@ public enum RFC3339 {
         let milliseconds = Int(millisecondsSinceEpoch - Double(seconds) * 1000)
         let (year, month, day) = civilDate(daysSinceEpoch: floorDivide(seconds, 86_400))
         let secondOfDay = Int(seconds - floorDivide(seconds, 86_400) * 86_400)
-        return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-            year, month, day, secondOfDay / 3600, secondOfDay / 60 % 60, secondOfDay % 60, milliseconds
-        )
+        func padded(_ value: Int, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(0, width - digits.count)) + digits
+        }
+        let date = "\(padded(year, 4))-\(padded(month, 2))-\(padded(day, 2))"
+        let time = "\(padded(secondOfDay / 3600, 2)):\(padded(secondOfDay / 60 % 60, 2)):\(padded(secondOfDay % 60, 2))"
+        return "\(date)T\(time).\(padded(milliseconds, 3))Z"
     }
 
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `nil` when the text is not such a timestamp.

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// When a token should be refreshed (SPEC §2): ahead of time inside `refreshBefore` (advisory),
 /// and before any use inside `minValidity` (mandatory). For short-lived tokens both windows

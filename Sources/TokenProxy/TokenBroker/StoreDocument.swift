@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The store's JSON format (SPEC §3), version 1:
 /// `{"version": 1, "access_token": …, "refresh_token": …, "token_type": "Bearer",

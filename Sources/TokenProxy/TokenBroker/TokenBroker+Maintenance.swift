@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 extension TokenBroker {
     /// Keeps the token fresh until the task is cancelled: refreshes when the advisory window

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 extension TokenBroker {
     /// The broker's state for `/status`, `/readyz` and systemd's `STATUS=`; never a secret.

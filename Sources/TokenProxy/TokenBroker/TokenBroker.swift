@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 
 /// Hands out access tokens and refreshes them through the store-and-lock protocol of SPEC §3, so

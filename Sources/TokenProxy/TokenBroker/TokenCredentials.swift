@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What one token request authenticates with: the grant, the client and, for the
 /// `refresh_token` grant, the refresh token.

@@ -1,5 +1,6 @@
 import Atomics
-import Foundation
+import FoundationEssentials
+import Glibc
 import NIOCore
 
 /// The token as the data path sees it: the ready-made `Authorization` value and the instant it

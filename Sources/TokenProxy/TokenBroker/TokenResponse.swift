@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What a token endpoint's answer means (SPEC §4), decided without I/O.
 enum TokenResponse: Sendable, Equatable {
@@ -85,7 +85,7 @@ enum TokenResponse: Sendable, Equatable {
     }
 
     static func parseRetryAfter(_ text: String) -> Duration? {
-        guard let seconds = Int(text.trimmingCharacters(in: .whitespaces)), seconds >= 0 else { return nil }
+        guard let seconds = Int(text.trimmingWhitespace()), seconds >= 0 else { return nil }
         return .seconds(min(seconds, 3600))
     }
 }
@@ -95,7 +95,7 @@ enum JWT {
     static func expiry(of token: String) -> Date? {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[1].count <= 8192 else { return nil }
-        var base64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        var base64 = String(parts[1].map { $0 == "-" ? "+" : $0 == "_" ? "/" : $0 })
         base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
         guard let payload = Data(base64Encoded: base64),
             case .object(let claims)? = try? JSONValue.parse(payload),

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What the store holds: an access token with its absolute expiry, and the refresh token.
 ///

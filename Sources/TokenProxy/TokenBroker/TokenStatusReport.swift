@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The token state as `tokenproxy token` prints it: expiry, scope, whether a refresh token is
 /// held, whether re-login is needed. Never a token or a secret.

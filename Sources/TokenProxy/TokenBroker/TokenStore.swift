@@ -1,5 +1,5 @@
+import FoundationEssentials
 import Glibc
-import Foundation
 import Logging
 
 /// The token store: one JSON file, mode 0600, replaced atomically (SPEC §3).
@@ -80,7 +80,7 @@ public struct TokenStore: Sendable {
     /// Replaces the store with `tokens`: a temporary file in the same folder (mode 0600), fsync,
     /// rename over the store, fsync of the folder. Readers see the old or the new file, never a mix.
     public func write(_ tokens: TokenSet) throws(TokenStoreError) {
-        let folder = (path as NSString).deletingLastPathComponent
+        let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ""
         if !folder.isEmpty, access(folder, F_OK) != 0, mkdir(folder, 0o700) != 0, errno != EEXIST {
             throw TokenStoreError(path: folder, operation: "create the folder", code: errno)
         }
