@@ -112,7 +112,7 @@ struct ReplayAndRetryTests {
         let now = Date()
         // Inside refreshBefore (5m) but far from minValidity (10s).
         options.initialToken = TokenSet(accessToken: "at-current", refreshToken: "rt-initial", expiresAt: now + 60, obtainedAt: now - 3540)
-        options.behavior.delay = .seconds(1)
+        options.behavior.delay = .seconds(2)
         let harness = try await ProxyHarness(options)
         var slowest = Duration.zero
         for _ in 0..<10 {
@@ -122,9 +122,10 @@ struct ReplayAndRetryTests {
             slowest = max(slowest, started.duration(to: .now))
             try await Task.sleep(for: .milliseconds(50))
         }
-        #expect(slowest < .milliseconds(300), "requests kept the current token while the refresh ran: \(slowest)")
+        // Far below the refresh's 2 s, with room for a loaded CI machine.
+        #expect(slowest < .milliseconds(1000), "requests kept the current token while the refresh ran: \(slowest)")
         #expect(harness.received.first?.header("Authorization") == "Bearer at-current")
-        try await Task.sleep(for: .milliseconds(700))
+        try await Task.sleep(for: .milliseconds(2000))
         #expect(harness.issuer.callCount == 1, "one background refresh")
         let after = try await harness.send(.GET, "/x")
         #expect(after.status == 200)

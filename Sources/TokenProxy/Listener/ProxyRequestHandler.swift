@@ -12,8 +12,17 @@ import NIOHTTP1
 /// request.
 final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// How the current response's body is delimited on the client's connection.
+    private enum ResponseFraming {
+        /// As the upstream framed it (`Content-Length`, or no body).
+        case asIs
+        case chunked
+        /// Until the proxy closes the connection (an HTTP/1.0 client, body of unknown length).
+        case untilClose
+    }
 
     private let contextBox: ManagedAtomic<ProxyContext>
     /// The context of the current request (a reload swaps the box; a request keeps its own).
@@ -40,6 +49,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var random = SplitMix64()
     private var currentURI = ""
     private var currentStatus: UInt = 0
+    private var responseFraming = ResponseFraming.asIs
 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
@@ -178,7 +188,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
         case .success(let prepared):
             if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
-                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
             }
             machine = RequestStateMachine(
                 request: prepared, policy: shared.retryPolicy, replayLimit: shared.replayLimit,
@@ -235,17 +245,23 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             shared.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "method": "\(machine?.method.rawValue ?? "")"])
             apply { $0.injectedFaultReady(jitter: random.unit()) }
 
-        case .sendRequest(let head, let body, let end):
-            guard let upstream else { return }
-            upstream.write(.head(head))
-            for part in body { upstream.write(.body(.byteBuffer(part))) }
-            if end { writeRequestEnd(to: upstream) }
+        case .sendRequest(let head, let headEnding, let body, let end):
+            guard let upstream, let machine else { return }
+            upstream.startRequest(isHEAD: machine.method == .HEAD)
+            upstream.write(head)
+            if body.isEmpty, end, machine.bodyFraming != .chunked {
+                upstream.write(headEnding, promise: requestEndPromise(on: upstream))
+            } else {
+                upstream.write(headEnding)
+                for part in body { writeBodyPart(part, to: upstream) }
+                if end { writeRequestEnd(to: upstream) }
+            }
             upstream.flush()
             armReadTimeout()
             resumeClientReadsIfPossible()
 
         case .sendBodyPart(let buffer):
-            upstream?.write(.body(.byteBuffer(buffer)))
+            if let upstream { writeBodyPart(buffer, to: upstream) }
 
         case .sendEnd:
             if let upstream {
@@ -254,12 +270,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             }
 
         case .forwardResponseHead(let head):
-            currentStatus = head.status.code
-            context?.write(wrapOutboundOut(.head(head)), promise: nil)
+            currentStatus = UInt(head.status)
+            writeResponseHead(head)
             needsFlush = true
 
         case .forwardResponseBodyPart(let buffer):
-            context?.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            writeResponseBodyPart(buffer)
             needsFlush = true
 
         case .forwardResponseEnd(let reuse):
@@ -268,18 +284,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 self.upstream = nil
                 if reuse { pool.release(upstream) } else { upstream.close() }
             }
-            let keepAlive = machine?.clientKeepAlive ?? false
+            let keepAlive = (machine?.clientKeepAlive ?? false) && responseFraming != .untilClose
             recordCompletion(status: currentStatus)
             writeResponseEnd(keepAlive: keepAlive && machine?.body.isComplete == true)
             finishIfDone()
 
         case .respondInjected(let head):
             discardUpstream()
-            var head = head
             let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
-            if !keepAlive { head.headers.add(name: "Connection", value: "close") }
-            context?.write(wrapOutboundOut(.head(head)), promise: nil)
-            recordCompletion(status: head.status.code)
+            writeResponseHead(head, keepAlive: keepAlive)
+            recordCompletion(status: UInt(head.status))
             writeResponseEnd(keepAlive: keepAlive)
             finishIfDone()
 
@@ -348,32 +362,113 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
     }
 
-    private func writeRequestEnd(to upstream: UpstreamConnection) {
+    // MARK: Wire format (the request's way upstream, the response's way back)
+
+    private static let crlf = ByteBuffer(staticString: "\r\n")
+    private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
+    private static let nothing = ByteBuffer()
+    private static let continueResponse = ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")
+
+    /// A promise that tells the machine when the whole request has been written (until then a
+    /// failed connection means "not sent", which any method may retry).
+    private func requestEndPromise(on upstream: UpstreamConnection) -> EventLoopPromise<Void> {
         let promise = upstream.channel.eventLoop.makePromise(of: Void.self)
         let generation = self.generation
         promise.futureResult.assumeIsolated().whenSuccess {
             guard generation == self.generation else { return }
             self.machine?.requestEndWritten()
         }
-        upstream.write(.end(nil), promise: promise)
+        return promise
+    }
+
+    private func writeBodyPart(_ buffer: ByteBuffer, to upstream: UpstreamConnection) {
+        guard machine?.bodyFraming == .chunked else {
+            upstream.write(buffer)
+            return
+        }
+        guard buffer.readableBytes > 0 else { return }
+        upstream.write(Self.chunkSizeLine(buffer.readableBytes))
+        upstream.write(buffer)
+        upstream.write(Self.crlf)
+    }
+
+    private func writeRequestEnd(to upstream: UpstreamConnection) {
+        let ending = machine?.bodyFraming == .chunked ? Self.lastChunk : Self.nothing
+        upstream.write(ending, promise: requestEndPromise(on: upstream))
+    }
+
+    private static func chunkSizeLine(_ size: Int) -> ByteBuffer {
+        var line = ByteBuffer()
+        line.reserveCapacity(18)
+        line.writeString(String(size, radix: 16))
+        line.writeStaticString("\r\n")
+        return line
+    }
+
+    /// The upstream's head as the client gets it: framed for the client's connection, with
+    /// `Connection: close` when the connection ends after it.
+    private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool? = nil) {
+        guard let context, let machine else { return }
+        var bytes = head.forwardedBytes
+        var keepAlive = keepAlive ?? machine.clientKeepAlive
+        switch head.body {
+        case .none, .length:
+            responseFraming = .asIs
+            if let length = head.contentLength {
+                bytes.writeStaticString("Content-Length: ")
+                bytes.writeString(String(length))
+                bytes.writeStaticString("\r\n")
+            }
+        case .chunked, .untilClose:
+            if machine.clientAcceptsChunked {
+                responseFraming = .chunked
+                bytes.writeStaticString("Transfer-Encoding: chunked\r\n")
+            } else {
+                responseFraming = .untilClose
+                keepAlive = false
+            }
+        }
+        if !keepAlive || closeAfterResponse {
+            bytes.writeStaticString("Connection: close\r\n")
+        } else if !machine.clientAcceptsChunked {
+            // An HTTP/1.0 client keeps the connection only when told so.
+            bytes.writeStaticString("Connection: keep-alive\r\n")
+        }
+        bytes.writeStaticString("\r\n")
+        context.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    private func writeResponseBodyPart(_ buffer: ByteBuffer) {
+        guard let context else { return }
+        guard responseFraming == .chunked else {
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            return
+        }
+        guard buffer.readableBytes > 0 else { return }
+        context.write(wrapOutboundOut(Self.chunkSizeLine(buffer.readableBytes)), promise: nil)
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        context.write(wrapOutboundOut(Self.crlf), promise: nil)
     }
 
     private func writeResponseEnd(keepAlive: Bool) {
         guard let context else { return }
         needsFlush = false
+        if responseFraming == .chunked {
+            context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
+        }
+        responseFraming = .asIs
         if keepAlive, !closeAfterResponse {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.flush()
         } else {
             let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(Self.nothing)).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 
     private func respond(with error: ProxyError, keepAlive: Bool) {
         guard let context else { return }
-        let (head, body) = error.response(keepAlive: keepAlive, allocator: context.channel.allocator)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        responseFraming = .asIs
+        context.write(wrapOutboundOut(error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator)), promise: nil)
         writeResponseEnd(keepAlive: keepAlive)
     }
 
@@ -405,22 +500,18 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         upstream.close()
     }
 
-    func upstreamRead(_ part: HTTPClientResponsePart) {
+    func upstreamRead(_ part: UpstreamResponseParser.Part) {
         lastUpstreamActivity = .now()
         switch part {
         case .head(let head):
             apply { $0.responseHead(head, jitter: random.unit()) }
         case .body(let buffer):
             apply { $0.responseBodyPart(buffer) }
-        case .end:
-            let keepAlive = upstreamKeepAlive
+        case .end(let reusable):
+            let keepAlive = reusable && upstream?.isActive == true
             apply { $0.responseEnd(upstreamKeepAlive: keepAlive) }
         }
     }
-
-    // The response decoder closes the connection itself when the upstream said "close"; an
-    // inactive channel is never pooled, so "active" is the keep-alive test.
-    private var upstreamKeepAlive: Bool { upstream?.isActive ?? false }
 
     func upstreamReadComplete() {
         if needsFlush {

@@ -69,7 +69,8 @@ public final class ProxyServer: Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     let pool = pools[ObjectIdentifier(channel.eventLoop)]!.value
                     let operations = channel.pipeline.syncOperations
-                    try operations.addHandler(HTTPResponseEncoder(configuration: .init()))
+                    // Responses are written as bytes by the handler: upstream heads are forwarded
+                    // with in-place edits instead of being decoded and encoded again.
                     try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool))
                 }

@@ -25,11 +25,26 @@ struct ForwardingRules: Sendable {
 
     /// A request ready to be sent, but for the `Authorization` header of each attempt.
     struct PreparedRequest {
-        var head: HTTPRequestHead
+        var method: HTTPMethod
+        /// The request line and headers as the upstream gets them, each line ending in CRLF,
+        /// without `Authorization` and the blank line that ends the head.
+        var head: ByteBuffer
+        var bodyFraming: BodyFraming
         /// Safe to send twice: an idempotent method, or an `Idempotency-Key`.
         var isRetryableAfterSending: Bool
         var clientKeepAlive: Bool
+        /// HTTP/1.1 or later: a body of unknown length can be sent to the client chunked.
+        var clientAcceptsChunked: Bool
         var fault: FaultPlan?
+    }
+
+    /// How the request body is delimited on the way upstream.
+    enum BodyFraming {
+        case none
+        /// `Content-Length`: body bytes are sent as they are.
+        case length
+        /// `Transfer-Encoding: chunked`: each part is sent as one chunk.
+        case chunked
     }
 
     static func isIdempotent(_ method: HTTPMethod) -> Bool {
@@ -58,9 +73,8 @@ struct ForwardingRules: Sendable {
             return .failure(.badRequest("request target \"\(head.uri.prefix(100))\" is not a path"))
         }
 
-        // One pass over the client's headers: copy what is forwarded, note what the rules need.
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 4)
+        // One pass over the client's headers: note what the rules need, and whether a
+        // `Connection` header names other headers of this hop (then the copy needs a filter).
         var contentLength: String?
         var hasTransferEncoding = false
         var originalHost: String?
@@ -74,21 +88,17 @@ struct ForwardingRules: Sendable {
                 if let contentLength, contentLength != value {
                     return .failure(.badRequest("conflicting Content-Length values"))
                 }
-                if contentLength == nil { headers.add(name: name, value: value) }
                 contentLength = value
-            case .transferEncoding:
-                hasTransferEncoding = true
-                headers.add(name: name, value: value)
+            case .transferEncoding: hasTransferEncoding = true
             case .host: originalHost = value
             case .forwardedFor: forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
             case .fault: faultHeader = value
-            case .connection: connectionOptions.append(value)
-            case .idempotencyKey:
-                hasIdempotencyKey = true
-                headers.add(name: name, value: value)
-            // Replaced below, or answered by the proxy itself (`Expect: 100-continue`).
-            case .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop: break
-            case .other: headers.add(name: name, value: value)
+            case .connection:
+                if !HeaderName.isPlainConnectionOption(value) {
+                    connectionOptions += value.split(separator: ",").map { $0.trimmingWhitespace().lowercased() }
+                }
+            case .idempotencyKey: hasIdempotencyKey = true
+            default: break
             }
         }
         if contentLength != nil, hasTransferEncoding {
@@ -96,12 +106,6 @@ struct ForwardingRules: Sendable {
         }
         if head.version.major == 1, head.version.minor >= 1, originalHost == nil {
             return .failure(.badRequest("an HTTP/1.1 request needs a Host header"))
-        }
-        // Headers named in `Connection` belong to this hop too.
-        for options in connectionOptions {
-            for option in options.split(separator: ",") {
-                headers.remove(name: String(option.trimmingWhitespace()))
-            }
         }
 
         var fault: FaultPlan?
@@ -112,41 +116,40 @@ struct ForwardingRules: Sendable {
             }
         }
 
-        headers.add(name: "Host", value: upstream.hostHeader)
-        headers.add(name: "X-Forwarded-For", value: forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
-        headers.add(name: "X-Forwarded-Proto", value: "http")
-        if let originalHost { headers.add(name: "X-Forwarded-Host", value: originalHost) }
-
-        let uri = upstream.pathPrefix.isEmpty ? String(path) : upstream.pathPrefix + path
-        return .success(PreparedRequest(
-            head: HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers),
-            isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
-            clientKeepAlive: head.isKeepAlive,
-            fault: fault
-        ))
-    }
-
-    /// The upstream's response head as the client gets it: hop-by-hop headers dropped. Most
-    /// responses carry only `Connection: keep-alive` of those, so the common case removes one.
-    static func clientResponseHead(_ head: HTTPResponseHead, clientKeepAlive: Bool) -> HTTPResponseHead {
-        var head = head
-        var connectionOptions: [String] = []
-        var hopByHop: [String] = []
+        var bytes = ByteBufferAllocator().buffer(capacity: 256 + head.uri.utf8.count + head.headers.count * 48)
+        bytes.writeString(head.method.rawValue)
+        bytes.writeStaticString(" ")
+        if !upstream.pathPrefix.isEmpty { bytes.writeString(upstream.pathPrefix) }
+        bytes.writeSubstring(path)
+        bytes.writeStaticString(" HTTP/1.1\r\n")
+        var wroteContentLength = false
         for (name, value) in head.headers {
             switch HeaderName(name) {
-            case .connection:
-                connectionOptions.append(value)
-                hopByHop.append(name)
-            case .hopByHop: hopByHop.append(name)
-            default: break
+            case .contentLength:
+                if wroteContentLength { continue }
+                wroteContentLength = true
+            case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .other:
+                break
+            // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
+            case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop:
+                continue
             }
+            if !connectionOptions.isEmpty, connectionOptions.contains(name.lowercased()) { continue }
+            bytes.writeHeaderLine(name, value)
         }
-        for name in hopByHop { head.headers.remove(name: name) }
-        for options in connectionOptions where !HeaderName.isPlainConnectionOption(options) {
-            for option in options.split(separator: ",") { head.headers.remove(name: String(option.trimmingWhitespace())) }
-        }
-        head.version = .http1_1
-        if !clientKeepAlive { head.headers.add(name: "Connection", value: "close") }
-        return head
+        bytes.writeHeaderLine("Host", upstream.hostHeader)
+        bytes.writeHeaderLine("X-Forwarded-For", forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
+        bytes.writeStaticString("X-Forwarded-Proto: http\r\n")
+        if let originalHost { bytes.writeHeaderLine("X-Forwarded-Host", originalHost) }
+
+        return .success(PreparedRequest(
+            method: head.method,
+            head: bytes,
+            bodyFraming: hasTransferEncoding ? .chunked : contentLength != nil ? .length : .none,
+            isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
+            clientKeepAlive: head.isKeepAlive,
+            clientAcceptsChunked: head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1),
+            fault: fault
+        ))
     }
 }

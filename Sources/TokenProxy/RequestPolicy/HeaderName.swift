@@ -3,6 +3,7 @@
 enum HeaderName: Equatable {
     case host, contentLength, transferEncoding, connection, authorization, expect
     case forwardedFor, forwardedHost, forwardedProto, idempotencyKey, fault
+    case wwwAuthenticate, retryAfter
     /// Hop-by-hop (RFC 9110 §7.6.1) other than `Connection` itself.
     case hopByHop
     case other
@@ -23,6 +24,10 @@ enum HeaderName: Equatable {
         return true
     }
 
+    init(bytes: UnsafeRawBufferPointer) {
+        self = Self.classify(bytes.assumingMemoryBound(to: UInt8.self))
+    }
+
     private static func classify(_ bytes: UnsafeBufferPointer<UInt8>) -> HeaderName {
         func matches(_ candidate: StaticString) -> Bool { equalsIgnoringCase(bytes, candidate) }
         switch bytes.count {
@@ -33,6 +38,7 @@ enum HeaderName: Equatable {
         case 10:
             if matches("connection") { return .connection }
             return matches("keep-alive") ? .hopByHop : .other
+        case 11: return matches("retry-after") ? .retryAfter : .other
         case 13: return matches("authorization") ? .authorization : .other
         case 14: return matches("content-length") ? .contentLength : .other
         case 15:
@@ -40,6 +46,7 @@ enum HeaderName: Equatable {
             return matches("idempotency-key") ? .idempotencyKey : .other
         case 16:
             if matches("x-forwarded-host") { return .forwardedHost }
+            if matches("www-authenticate") { return .wwwAuthenticate }
             return matches("proxy-connection") ? .hopByHop : .other
         case 17:
             if matches("transfer-encoding") { return .transferEncoding }

@@ -33,15 +33,17 @@ struct RequestStateMachine {
         case connect
         /// Count and log an injected fault, then call ``injectedFaultReady(jitter:)``.
         case injectFault(FaultPlan.Kind)
-        case sendRequest(HTTPRequestHead, body: ArraySlice<ByteBuffer>, end: Bool)
+        /// Write the request head (`head`, then `headEnding` with the token), the body parts held
+        /// so far, and, when `end`, the end of the body.
+        case sendRequest(head: ByteBuffer, headEnding: ByteBuffer, body: ArraySlice<ByteBuffer>, end: Bool)
         case sendBodyPart(ByteBuffer)
         case sendEnd
-        case forwardResponseHead(HTTPResponseHead)
+        case forwardResponseHead(UpstreamResponseHead)
         case forwardResponseBodyPart(ByteBuffer)
         /// The response is complete; the upstream connection may go back to the pool.
         case forwardResponseEnd(reuseUpstream: Bool)
         /// Answer with an injected response (head only) as if it came from the upstream.
-        case respondInjected(HTTPResponseHead)
+        case respondInjected(UpstreamResponseHead)
         /// Answer with the proxy's own error.
         case respond(ProxyError, discardUpstream: Bool)
         case retry(after: TimeAmount, discardUpstream: Bool, reason: ProxyStatistics.RetryReason)
@@ -72,7 +74,9 @@ struct RequestStateMachine {
     }
 
     var clientKeepAlive: Bool { request.clientKeepAlive }
-    var method: HTTPMethod { request.head.method }
+    var method: HTTPMethod { request.method }
+    var bodyFraming: ForwardingRules.BodyFraming { request.bodyFraming }
+    var clientAcceptsChunked: Bool { request.clientAcceptsChunked }
     /// Whether a refresh happened for this request (for the log line).
     var refreshed: Bool { replayedAfter401 }
 
@@ -111,8 +115,7 @@ struct RequestStateMachine {
         guard state == .connecting, let token else { return .none }
         state = .awaitingResponse
         if body.isReplayable { body.rewind() }
-        request.head.headers.replaceOrAdd(name: "authorization", value: token.authorization)
-        return .sendRequest(request.head, body: body.takeUnsent(), end: body.isComplete)
+        return .sendRequest(head: request.head, headEnding: token.headEnding, body: body.takeUnsent(), end: body.isComplete)
     }
 
     mutating func requestEndWritten() {
@@ -183,10 +186,8 @@ struct RequestStateMachine {
 
     // MARK: Response
 
-    mutating func responseHead(_ head: HTTPResponseHead, jitter: Double) -> Action {
+    mutating func responseHead(_ head: UpstreamResponseHead, jitter: Double) -> Action {
         guard state == .awaitingResponse else { return .none }
-        // 1xx answers (100 Continue) concern this hop only.
-        if head.status.code < 200 { return .none }
         return decide(head, injected: nil, jitter: jitter)
     }
 
@@ -213,19 +214,19 @@ struct RequestStateMachine {
 
     /// What an upstream answer (real or injected) leads to: a 401 replay, a retry, or the client
     /// gets it.
-    private mutating func decide(_ head: HTTPResponseHead, injected: FaultPlan.Kind?, jitter: Double) -> Action {
-        let status = head.status.code
+    private mutating func decide(_ head: UpstreamResponseHead, injected: FaultPlan.Kind?, jitter: Double) -> Action {
+        let status = head.status
         let discard = injected == nil
         let replayable = body.isComplete && body.isReplayable
-        if status == 401, Self.isTokenRejection(head), !replayedAfter401, replayable, let token {
+        if head.isTokenRejection, !replayedAfter401, replayable, let token {
             replayedAfter401 = true
             isReplayAttempt = true
             state = .waitingForToken
             return .refreshAndReplay(rejected: token.accessToken, discardUpstream: discard)
         }
-        if RetryPolicy.isRetryableStatus(status), replayable,
+        if RetryPolicy.isRetryableStatus(UInt(status)), replayable,
             let delay = policy.delay(
-                after: .unavailableStatus(Int(status), retryAfter: head.headers.first(name: "retry-after")),
+                after: .unavailableStatus(status, retryAfter: head.retryAfter),
                 attempt: attempts, retryableAfterSending: request.isRetryableAfterSending, random: jitter)
         {
             state = .waitingToRetry
@@ -237,7 +238,7 @@ struct RequestStateMachine {
             return .respondInjected(head)
         }
         state = .streamingResponse
-        return .forwardResponseHead(ForwardingRules.clientResponseHead(head, clientKeepAlive: request.clientKeepAlive))
+        return .forwardResponseHead(head)
     }
 
     private mutating func retryOrGiveUp(_ failure: RetryPolicy.Failure, jitter: Double, discardUpstream: Bool, injected: FaultPlan.Kind?) -> Action {
@@ -250,7 +251,7 @@ struct RequestStateMachine {
         state = .responded
         let tries = attempts == 1 ? "1 attempt" : "\(attempts) attempts"
         let why = failure == .resetAfterSending && !request.isRetryableAfterSending
-            ? "; not retried because \(request.head.method.rawValue) is not idempotent and has no Idempotency-Key" : ""
+            ? "; not retried because \(request.method.rawValue) is not idempotent and has no Idempotency-Key" : ""
         return .respond(ProxyError(.upstreamUnavailable, "the upstream could not be reached after \(tries): \(lastFailure)\(why)", injectedFault: injected?.headerValue), discardUpstream: discardUpstream)
     }
 
@@ -272,28 +273,16 @@ struct RequestStateMachine {
         guard case .holdingInjectedFault(let kind) = state, body.isComplete || !body.isReplayable else { return .none }
         switch kind {
         case .status(let status):
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Length", value: "0")
-            headers.add(name: "X-TokenProxy-Fault-Injected", value: String(status))
-            if status == 401 { headers.add(name: "WWW-Authenticate", value: #"Bearer error="invalid_token""#) }
+            var headers = [("X-TokenProxy-Fault-Injected", String(status))]
+            if status == 401 { headers.append(("WWW-Authenticate", #"Bearer error="invalid_token""#)) }
             state = .awaitingResponse
-            return decide(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers), injected: kind, jitter: jitter)
+            return decide(.synthesized(status: status, headers: headers, allocator: ByteBufferAllocator()), injected: kind, jitter: jitter)
         case .reset:
             // As if the upstream dropped the connection after reading the request.
             state = .awaitingResponse
             requestWritten = true
             lastFailure = "connection reset (injected fault)"
             return retryOrGiveUp(.resetAfterSending, jitter: jitter, discardUpstream: false, injected: kind)
-        }
-    }
-
-    /// A 401 that means "this token is no good": bare, or `WWW-Authenticate: Bearer error="invalid_token"`.
-    static func isTokenRejection(_ head: HTTPResponseHead) -> Bool {
-        let challenges = head.headers[canonicalForm: "www-authenticate"]
-        guard !challenges.isEmpty else { return true }
-        return challenges.contains { challenge in
-            let lowered = challenge.lowercased()
-            return lowered.hasPrefix("bearer") && (lowered.contains("invalid_token") || !lowered.contains("error="))
         }
     }
 }

@@ -47,17 +47,19 @@ public struct ProxyError: Error, Sendable, Equatable {
         }
     }
 
-    /// The response head and body; `keepAlive` false adds `Connection: close`.
-    func response(keepAlive: Bool, allocator: ByteBufferAllocator) -> (HTTPResponseHead, ByteBuffer) {
-        let body = allocator.buffer(string: "{\"error\":\"\(code.rawValue)\",\"message\":\(JSONValue.quote(message))}\n")
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(6)
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.readableBytes))
-        headers.add(name: "X-TokenProxy-Error", value: code.rawValue)
-        if let retryAfter { headers.add(name: "Retry-After", value: String(retryAfter)) }
-        if let injectedFault { headers.add(name: "X-TokenProxy-Fault-Injected", value: injectedFault) }
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        return (HTTPResponseHead(version: .http1_1, status: code.status, headers: headers), body)
+    /// The whole response as it goes on the wire; `keepAlive` false adds `Connection: close`.
+    func response(keepAlive: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let body = "{\"error\":\"\(code.rawValue)\",\"message\":\(JSONValue.quote(message))}\n"
+        var bytes = allocator.buffer(capacity: body.utf8.count + 256)
+        bytes.writeStatusLine(Int(code.status.code))
+        bytes.writeHeaderLine("Content-Type", "application/json")
+        bytes.writeHeaderLine("Content-Length", String(body.utf8.count))
+        bytes.writeHeaderLine("X-TokenProxy-Error", code.rawValue)
+        if let retryAfter { bytes.writeHeaderLine("Retry-After", String(retryAfter)) }
+        if let injectedFault { bytes.writeHeaderLine("X-TokenProxy-Fault-Injected", injectedFault) }
+        if !keepAlive { bytes.writeHeaderLine("Connection", "close") }
+        bytes.writeStaticString("\r\n")
+        bytes.writeString(body)
+        return bytes
     }
 }

@@ -8,6 +8,9 @@ import NIOCore
 public final class PublishedToken: AtomicReference, Sendable {
     /// `Bearer <token>`, built once per token.
     public let authorization: String
+    /// `Authorization: <authorization>` and the blank line that ends a request head: the last
+    /// bytes of every request head sent with this token.
+    let headEnding: ByteBuffer
     public let accessToken: String
     /// Wall-clock nanoseconds since the Unix epoch at which the mandatory window begins.
     let mustRefreshAtNanoseconds: Int64
@@ -16,6 +19,10 @@ public final class PublishedToken: AtomicReference, Sendable {
 
     init(authorization: String, accessToken: String, mustRefreshAt: Date, expiresAt: Date) {
         self.authorization = authorization
+        var headEnding = ByteBufferAllocator().buffer(capacity: authorization.utf8.count + 19)
+        headEnding.writeHeaderLine("Authorization", authorization)
+        headEnding.writeStaticString("\r\n")
+        self.headEnding = headEnding
         self.accessToken = accessToken
         self.mustRefreshAtNanoseconds = Int64(mustRefreshAt.timeIntervalSince1970 * 1e9)
         self.expiresAtNanoseconds = Int64(expiresAt.timeIntervalSince1970 * 1e9)

@@ -1,10 +1,9 @@
 import NIOCore
-import NIOHTTP1
 
 /// Receives what one leased upstream connection reads. Called on the connection's event loop,
 /// which is also the client connection's: a request never changes threads.
 protocol UpstreamResponseReceiver: AnyObject {
-    func upstreamRead(_ part: HTTPClientResponsePart)
+    func upstreamRead(_ part: UpstreamResponseParser.Part)
     func upstreamReadComplete()
     /// The connection closed or failed; `error` says why, when known.
     func upstreamClosed(error: (any Error)?)
@@ -36,8 +35,13 @@ final class UpstreamConnection {
     var isActive: Bool { handler.isActive }
     var isWritable: Bool { channel.isWritable }
 
-    func write(_ part: HTTPClientRequestPart, promise: EventLoopPromise<Void>? = nil) {
-        handler.write(part, promise: promise)
+    /// A new request goes out: its response comes next (one to HEAD has no body).
+    func startRequest(isHEAD: Bool) {
+        handler.startRequest(isHEAD: isHEAD)
+    }
+
+    func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
+        handler.write(bytes, promise: promise)
     }
 
     func flush() { handler.flush() }
@@ -51,15 +55,19 @@ final class UpstreamConnection {
     }
 }
 
-/// The last handler of an upstream connection's pipeline: hands response parts to the leasing
-/// request, and holds back reads while the client cannot take more (backpressure).
+/// The last handler of an upstream connection's pipeline: writes request bytes, parses the
+/// responses into parts for the leasing request, and holds back reads while the client cannot
+/// take more (backpressure).
 final class UpstreamHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     weak var receiver: (any UpstreamResponseReceiver)?
     private var context: ChannelHandlerContext?
+    private var parser = UpstreamResponseParser()
+    /// Parts parsed from the last read, delivered once parsing is done.
+    private var parsedParts = CircularBuffer<UpstreamResponseParser.Part>(initialCapacity: 4)
     private var readPending = false
     private(set) var isActive = true
 
@@ -78,7 +86,19 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        receiver?.upstreamRead(unwrapInboundIn(data))
+        var failure: UpstreamResponseError?
+        do throws(UpstreamResponseError) {
+            try parser.feed(unwrapInboundIn(data), into: &parsedParts)
+        } catch {
+            failure = error
+        }
+        // The receiver is read per part: one that gives the connection up gets no more of it.
+        while let part = parsedParts.popFirst() { receiver?.upstreamRead(part) }
+        if let failure { errorCaught(context: context, error: failure) }
+    }
+
+    func startRequest(isHEAD: Bool) {
+        parser.expectResponse(toHEAD: isHEAD)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -87,6 +107,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         isActive = false
+        // A body delimited by the close is complete now.
+        if let end = parser.connectionClosed() {
+            receiver?.upstreamRead(end)
+            return
+        }
         let receiver = self.receiver
         self.receiver = nil
         receiver?.upstreamClosed(error: nil)
@@ -113,12 +138,12 @@ final class UpstreamHandler: ChannelDuplexHandler {
         }
     }
 
-    func write(_ part: HTTPClientRequestPart, promise: EventLoopPromise<Void>?) {
+    func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>?) {
         guard let context else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        context.write(wrapOutboundOut(part), promise: promise)
+        context.write(wrapOutboundOut(bytes), promise: promise)
     }
 
     func flush() {

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
@@ -61,8 +60,6 @@ final class UpstreamConnectionPool {
                     if let tlsContext {
                         try operations.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverHostname))
                     }
-                    try operations.addHandler(HTTPRequestEncoder())
-                    try operations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
                     try operations.addHandler(UpstreamHandler())
                 }
             }

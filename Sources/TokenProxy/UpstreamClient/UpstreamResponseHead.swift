@@ -1,0 +1,83 @@
+import NIOCore
+import NIOHTTP1
+
+/// An upstream response head as the proxy needs it: what the retry and replay decisions read,
+/// and the bytes the client gets, already rewritten, so that forwarding is a copy.
+struct UpstreamResponseHead {
+    /// How the response body is delimited on the upstream connection (RFC 9112 §6.3).
+    enum Body: Equatable {
+        /// No body: a response to HEAD, 204, 304.
+        case none
+        case length(Int)
+        case chunked
+        /// Delimited by the upstream closing the connection.
+        case untilClose
+    }
+
+    var status: Int
+    /// `HTTP/1.1 STATUS REASON` and the header lines the client gets, each ending in CRLF:
+    /// hop-by-hop headers, those named in `Connection`, and framing headers are left out (the
+    /// proxy frames the body for its own hop).
+    var forwardedBytes: ByteBuffer
+    /// `Content-Length` as declared (also on a bodiless answer, where it describes the GET).
+    var contentLength: Int?
+    var body: Body
+    /// Whether the upstream connection may carry another request after this response.
+    var keepAlive: Bool
+    var wwwAuthenticate: [String] = []
+    var retryAfter: String?
+
+    /// A 401 that means "this token is no good": bare, or `WWW-Authenticate: Bearer error="invalid_token"`.
+    var isTokenRejection: Bool {
+        guard status == 401 else { return false }
+        guard !wwwAuthenticate.isEmpty else { return true }
+        return wwwAuthenticate.contains { challenge in
+            let lowered = challenge.lowercased()
+            return lowered.hasPrefix("bearer") && (lowered.contains("invalid_token") || !lowered.contains("error="))
+        }
+    }
+
+    /// A head the proxy makes up itself (an injected fault), with an empty body.
+    static func synthesized(status: Int, headers: [(String, String)], allocator: ByteBufferAllocator) -> UpstreamResponseHead {
+        var bytes = allocator.buffer(capacity: 128)
+        bytes.writeStatusLine(status)
+        var wwwAuthenticate: [String] = []
+        for (name, value) in headers {
+            bytes.writeHeaderLine(name, value)
+            if name.lowercased() == "www-authenticate" { wwwAuthenticate.append(value) }
+        }
+        return UpstreamResponseHead(
+            status: status, forwardedBytes: bytes, contentLength: 0, body: .length(0), keepAlive: true, wwwAuthenticate: wwwAuthenticate
+        )
+    }
+}
+
+extension ByteBuffer {
+    /// `name: value` and CRLF, in one write.
+    mutating func writeHeaderLine(_ name: String, _ value: String) {
+        var name = name
+        var value = value
+        _ = name.withUTF8 { name in
+            value.withUTF8 { value in
+                writeWithUnsafeMutableBytes(minimumWritableBytes: name.count + value.count + 4) { target in
+                    let base = target.baseAddress!
+                    base.copyMemory(from: name.baseAddress!, byteCount: name.count)
+                    var offset = name.count
+                    base.storeBytes(of: UInt8(ascii: ":"), toByteOffset: offset, as: UInt8.self)
+                    base.storeBytes(of: UInt8(ascii: " "), toByteOffset: offset + 1, as: UInt8.self)
+                    offset += 2
+                    if value.count > 0 { (base + offset).copyMemory(from: value.baseAddress!, byteCount: value.count) }
+                    offset += value.count
+                    base.storeBytes(of: UInt8(ascii: "\r"), toByteOffset: offset, as: UInt8.self)
+                    base.storeBytes(of: UInt8(ascii: "\n"), toByteOffset: offset + 1, as: UInt8.self)
+                    return offset + 2
+                }
+            }
+        }
+    }
+
+    /// `HTTP/1.1 STATUS REASON` and CRLF.
+    mutating func writeStatusLine(_ status: Int) {
+        writeString("HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\n")
+    }
+}

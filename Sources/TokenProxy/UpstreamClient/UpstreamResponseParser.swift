@@ -1,0 +1,402 @@
+import NIOCore
+
+/// Reads HTTP/1.1 responses from an upstream connection, byte by byte as they arrive: the head
+/// is parsed once into an ``UpstreamResponseHead`` whose client-bound bytes are copied in runs
+/// of whole lines, and body bytes are handed on as slices of what was read, de-chunked.
+///
+/// Strict where a lenient reading could desynchronise the connection: conflicting
+/// `Content-Length`, folded or malformed header lines, oversized heads and chunk lines all end
+/// the exchange with an ``UpstreamResponseError``, and the connection is not reused.
+struct UpstreamResponseParser {
+    enum Part {
+        case head(UpstreamResponseHead)
+        case body(ByteBuffer)
+        /// The response is complete; `reusable` tells whether the connection can carry another.
+        case end(reusable: Bool)
+    }
+
+    private enum State {
+        /// No request is outstanding: bytes now are a protocol error.
+        case idle
+        case head
+        case fixed(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        /// The CRLF after a chunk's data.
+        case chunkDataEnd
+        case trailers
+        case untilClose
+    }
+
+    static let maximumHeadBytes = 64 * 1024
+    static let maximumChunkLineBytes = 4 * 1024
+
+    private var state = State.idle
+    private var respondingToHEAD = false
+    private var keepAlive = true
+    /// Bytes read but not yet parsed (an incomplete head or chunk line).
+    private var pending: ByteBuffer?
+
+    /// A request was sent: its response comes next. A response to HEAD has no body.
+    mutating func expectResponse(toHEAD: Bool) {
+        state = .head
+        respondingToHEAD = toHEAD
+        keepAlive = true
+        pending = nil
+    }
+
+    /// Whether the response so far ends when the connection does (so its close is the end).
+    var endsAtClose: Bool {
+        if case .untilClose = state { return true }
+        return false
+    }
+
+    /// Parses what was read, appending each complete part to `parts`. Parts are collected rather
+    /// than delivered so that their receiver may start the next request on this connection.
+    /// On a protocol error the parts before it are in `parts`.
+    mutating func feed(_ input: ByteBuffer, into parts: inout CircularBuffer<Part>) throws(UpstreamResponseError) {
+        func emit(_ part: Part) { parts.append(part) }
+        var buffer: ByteBuffer
+        if var pending = self.pending {
+            self.pending = nil
+            var input = input
+            pending.writeBuffer(&input)
+            buffer = pending
+        } else {
+            buffer = input
+        }
+        while buffer.readableBytes > 0 {
+            switch state {
+            case .idle:
+                throw UpstreamResponseError("the upstream sent \(buffer.readableBytes) bytes without a request")
+            case .head:
+                guard let head = try parseHead(&buffer) else { return keep(buffer) }
+                if let head { startBody(of: head, into: &parts) }
+            case .fixed(let remaining):
+                let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
+                emit(.body(slice))
+                if remaining == slice.readableBytes {
+                    finish(into: &parts)
+                } else {
+                    state = .fixed(remaining: remaining - slice.readableBytes)
+                }
+            case .chunkSize:
+                guard let line = try readLine(&buffer, limit: Self.maximumChunkLineBytes, what: "chunk size line") else { return keep(buffer) }
+                let size = try Self.chunkSize(line)
+                state = size == 0 ? .trailers : .chunkData(remaining: size)
+            case .chunkData(let remaining):
+                let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
+                emit(.body(slice))
+                state = remaining == slice.readableBytes ? .chunkDataEnd : .chunkData(remaining: remaining - slice.readableBytes)
+            case .chunkDataEnd:
+                guard let line = try readLine(&buffer, limit: 2, what: "chunk end") else { return keep(buffer) }
+                guard line.readableBytes == 0 else { throw UpstreamResponseError("a chunk is longer than its declared size") }
+                state = .chunkSize
+            case .trailers:
+                // Trailer fields are not forwarded (the client's hop is re-chunked without them).
+                guard let line = try readLine(&buffer, limit: Self.maximumHeadBytes, what: "trailer") else { return keep(buffer) }
+                if line.readableBytes == 0 { finish(into: &parts) }
+            case .untilClose:
+                emit(.body(buffer))
+                return
+            }
+        }
+    }
+
+    /// The connection closed: the end of a response delimited by the close, else `nil` (the
+    /// response, if one was expected, is cut short).
+    mutating func connectionClosed() -> Part? {
+        guard case .untilClose = state else { return nil }
+        state = .idle
+        return .end(reusable: false)
+    }
+
+    private mutating func keep(_ buffer: ByteBuffer) {
+        pending = buffer.readableBytes > 0 ? buffer : nil
+    }
+
+    private mutating func finish(into parts: inout CircularBuffer<Part>) {
+        state = .idle
+        parts.append(.end(reusable: keepAlive))
+    }
+
+    private mutating func startBody(of head: UpstreamResponseHead, into parts: inout CircularBuffer<Part>) {
+        keepAlive = head.keepAlive
+        parts.append(.head(head))
+        switch head.body {
+        case .none, .length(0): finish(into: &parts)
+        case .length(let length): state = .fixed(remaining: length)
+        case .chunked: state = .chunkSize
+        case .untilClose:
+            keepAlive = false
+            state = .untilClose
+        }
+    }
+
+    // MARK: Lines
+
+    /// The next line without its line ending (CRLF, or a bare LF), or `nil` until it is complete.
+    private func readLine(_ buffer: inout ByteBuffer, limit: Int, what: String) throws(UpstreamResponseError) -> ByteBuffer? {
+        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+            if buffer.readableBytes > limit { throw UpstreamResponseError("the upstream's \(what) is longer than \(limit) bytes") }
+            return nil
+        }
+        let length = newline - buffer.readerIndex
+        var line = buffer.readSlice(length: length)!
+        buffer.moveReaderIndex(forwardBy: 1)
+        if line.readableBytesView.last == UInt8(ascii: "\r") { line.moveWriterIndex(to: line.writerIndex - 1) }
+        return line
+    }
+
+    static func chunkSize(_ line: ByteBuffer) throws(UpstreamResponseError) -> Int {
+        var size = 0
+        var digits = 0
+        for byte in line.readableBytesView {
+            let value: Int
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
+            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
+                // Chunk extensions are ignored.
+                guard digits > 0 else { throw UpstreamResponseError("a chunk size line has no size") }
+                return size
+            default:
+                throw UpstreamResponseError("a chunk size line is not hexadecimal")
+            }
+            digits += 1
+            guard digits <= 15 else { throw UpstreamResponseError("a chunk size is too large") }
+            size = size << 4 | value
+        }
+        guard digits > 0 else { throw UpstreamResponseError("a chunk size line has no size") }
+        return size
+    }
+
+    // MARK: Head
+
+    /// Parses a complete head off `buffer`: `nil` while incomplete, `.some(nil)` for an interim
+    /// (1xx) response, which concerns this hop only and is skipped.
+    private mutating func parseHead(_ buffer: inout ByteBuffer) throws(UpstreamResponseError) -> UpstreamResponseHead?? {
+        let respondingToHEAD = self.respondingToHEAD
+        let result: Result<(consumed: Int, head: UpstreamResponseHead?)?, UpstreamResponseError> = buffer.withUnsafeReadableBytes { bytes in
+            do throws(UpstreamResponseError) {
+                return .success(try Self.parseHead(bytes, respondingToHEAD: respondingToHEAD, allocator: ByteBufferAllocator()))
+            } catch {
+                return .failure(error)
+            }
+        }
+        guard let parsed = try result.get() else {
+            if buffer.readableBytes > Self.maximumHeadBytes {
+                throw UpstreamResponseError("the upstream's response head is larger than \(Self.maximumHeadBytes / 1024) KiB")
+            }
+            return nil
+        }
+        buffer.moveReaderIndex(forwardBy: parsed.consumed)
+        return .some(parsed.head)
+    }
+
+    static func parseHead(
+        _ bytes: UnsafeRawBufferPointer, respondingToHEAD: Bool, allocator: ByteBufferAllocator
+    ) throws(UpstreamResponseError) -> (consumed: Int, head: UpstreamResponseHead?)? {
+        // Find the end of the head before parsing anything, so that an incomplete head costs one scan.
+        var lineStart = 0
+        var headEnd = -1
+        while let newline = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) {
+            let lineLength = newline - lineStart - (newline > lineStart && bytes[newline - 1] == UInt8(ascii: "\r") ? 1 : 0)
+            if lineLength == 0, lineStart > 0 {
+                headEnd = newline + 1
+                break
+            }
+            lineStart = newline + 1
+            if lineStart > maximumHeadBytes { break }
+        }
+        guard headEnd > 0 else {
+            if lineStart > maximumHeadBytes { throw UpstreamResponseError("the upstream's response head is larger than \(maximumHeadBytes / 1024) KiB") }
+            return nil
+        }
+
+        var lines = LineIterator(bytes: bytes, end: headEnd)
+        let statusLine = lines.next()!
+        let (status, http11) = try parseStatusLine(bytes, statusLine)
+        if status == 101 { throw UpstreamResponseError("the upstream switched protocols (101), which the proxy does not forward") }
+        if status < 200 { return (headEnd, nil) }
+
+        var forwarded = allocator.buffer(capacity: headEnd + 64)
+        forwarded.writeStaticString("HTTP/1.1 ")
+        forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[(statusLine.lowerBound + 9)..<statusLine.upperBound]))
+        forwarded.writeStaticString("\r\n")
+        let statusLineBytes = forwarded.readableBytes
+
+        var contentLength: Int?
+        var transferEncoding: [UInt8]?
+        var keepAlive = http11
+        var connectionOptions: [String] = []
+        var wwwAuthenticate: [String] = []
+        var retryAfter: String?
+        // Lines passed on unchanged are copied in runs: [runStart, runEnd) of `bytes`.
+        var runStart = -1
+        var runEnd = -1
+        func flushRun() {
+            if runStart >= 0 { forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[runStart..<runEnd])) }
+            runStart = -1
+        }
+
+        while let line = lines.next(), !line.isEmpty {
+            guard let colon = bytes[line].firstIndex(of: UInt8(ascii: ":")), colon > line.lowerBound else {
+                throw UpstreamResponseError("the upstream sent a malformed header line")
+            }
+            let nameRange = line.lowerBound..<colon
+            guard bytes[nameRange].allSatisfy(isTokenCharacter) else {
+                throw UpstreamResponseError("the upstream sent a folded or malformed header line")
+            }
+            let value = trimmed(bytes, (colon + 1)..<line.upperBound)
+            var forward = false
+            switch HeaderName(bytes: UnsafeRawBufferPointer(rebasing: bytes[nameRange])) {
+            case .contentLength:
+                guard let length = parseDecimal(bytes, value) else { throw UpstreamResponseError("the upstream sent an invalid Content-Length") }
+                if let contentLength, contentLength != length { throw UpstreamResponseError("the upstream sent conflicting Content-Length values") }
+                contentLength = length
+            case .transferEncoding:
+                transferEncoding = (transferEncoding.map { $0 + [UInt8(ascii: ",")] } ?? []) + bytes[value]
+            case .connection:
+                for option in String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value]), as: UTF8.self).split(separator: ",") {
+                    let option = option.trimmingWhitespace().lowercased()
+                    if option == "close" { keepAlive = false } else if option == "keep-alive" { if !http11 { keepAlive = true } } else { connectionOptions.append(option) }
+                }
+            case .hopByHop:
+                break
+            case .wwwAuthenticate:
+                wwwAuthenticate.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value]), as: UTF8.self))
+                forward = true
+            case .retryAfter:
+                retryAfter = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value]), as: UTF8.self)
+                forward = true
+            default:
+                forward = true
+            }
+            guard forward else {
+                flushRun()
+                continue
+            }
+            if lines.lastLineEndedWithCRLF {
+                if runStart < 0 { runStart = line.lowerBound }
+                runEnd = line.upperBound + 2
+            } else {
+                flushRun()
+                forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[line]))
+                forwarded.writeStaticString("\r\n")
+            }
+        }
+        flushRun()
+        if !connectionOptions.isEmpty {
+            // Rare: `Connection` names headers of this hop, which may come before it.
+            forwarded.moveWriterIndex(to: forwarded.readerIndex + statusLineBytes)
+            var lines = LineIterator(bytes: bytes, end: headEnd)
+            _ = lines.next()
+            while let line = lines.next(), !line.isEmpty {
+                let colon = bytes[line].firstIndex(of: UInt8(ascii: ":"))!
+                let name = UnsafeRawBufferPointer(rebasing: bytes[line.lowerBound..<colon])
+                switch HeaderName(bytes: name) {
+                case .contentLength, .transferEncoding, .connection, .hopByHop: continue
+                default:
+                    if connectionOptions.contains(String(decoding: name, as: UTF8.self).lowercased()) { continue }
+                    forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[line]))
+                    forwarded.writeStaticString("\r\n")
+                }
+            }
+        }
+
+        let body: UpstreamResponseHead.Body
+        if respondingToHEAD || status == 204 || status == 304 {
+            body = .none
+        } else if let transferEncoding {
+            // RFC 9112 §6.3: chunked must be the final coding, else the body runs to the close.
+            let codings = String(decoding: transferEncoding, as: UTF8.self).split(separator: ",")
+            body = codings.last.map { $0.trimmingWhitespace().lowercased() == "chunked" } == true ? .chunked : .untilClose
+            contentLength = nil
+        } else if let contentLength {
+            body = .length(contentLength)
+        } else {
+            body = .untilClose
+        }
+        return (headEnd, UpstreamResponseHead(
+            status: status, forwardedBytes: forwarded, contentLength: contentLength, body: body,
+            keepAlive: keepAlive && body != .untilClose, wwwAuthenticate: wwwAuthenticate, retryAfter: retryAfter
+        ))
+    }
+
+    private static func parseStatusLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(UpstreamResponseError) -> (status: Int, http11: Bool) {
+        // "HTTP/1.x SSS[ reason]"
+        let prefix: StaticString = "HTTP/1."
+        guard line.count >= 12, (0..<7).allSatisfy({ bytes[line.lowerBound + $0] == prefix.utf8Start[$0] }),
+            bytes[line.lowerBound + 8] == UInt8(ascii: " "),
+            line.count == 12 || bytes[line.lowerBound + 12] == UInt8(ascii: " "),
+            let status = parseDecimal(bytes, (line.lowerBound + 9)..<(line.lowerBound + 12)), status >= 100
+        else {
+            throw UpstreamResponseError("the upstream did not answer with an HTTP/1.x status line")
+        }
+        return (status, bytes[line.lowerBound + 7] == UInt8(ascii: "1"))
+    }
+
+    /// RFC 9110 §5.6.2 `tchar`: what a header name is made of.
+    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
+            UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "^"),
+            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
+    private static func trimmed(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Range<Int> {
+        var lower = range.lowerBound
+        var upper = range.upperBound
+        while lower < upper, bytes[lower] == UInt8(ascii: " ") || bytes[lower] == UInt8(ascii: "\t") { lower += 1 }
+        while upper > lower, bytes[upper - 1] == UInt8(ascii: " ") || bytes[upper - 1] == UInt8(ascii: "\t") { upper -= 1 }
+        return lower..<upper
+    }
+
+    private static func parseDecimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+        guard !range.isEmpty, range.count <= 18 else { return nil }
+        var value = 0
+        for index in range {
+            let byte = bytes[index]
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        return value
+    }
+}
+
+/// The lines of a complete head, without their line endings.
+private struct LineIterator {
+    let bytes: UnsafeRawBufferPointer
+    let end: Int
+    var position = 0
+    private(set) var lastLineEndedWithCRLF = false
+
+    init(bytes: UnsafeRawBufferPointer, end: Int) {
+        self.bytes = bytes
+        self.end = end
+    }
+
+    mutating func next() -> Range<Int>? {
+        guard position < end, let newline = bytes[position..<end].firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        lastLineEndedWithCRLF = newline > position && bytes[newline - 1] == UInt8(ascii: "\r")
+        let line = position..<(lastLineEndedWithCRLF ? newline - 1 : newline)
+        position = newline + 1
+        return line
+    }
+}
+
+/// The upstream's response could not be read as HTTP/1.1; the connection is dropped.
+struct UpstreamResponseError: Error, CustomStringConvertible {
+    let description: String
+
+    init(_ description: String) {
+        self.description = description
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import NIOCore
+import Testing
+
+@testable import TokenProxy
+
+/// The upstream side of the data path reads responses itself and forwards their bytes (SPEC §5):
+/// framing, hop-by-hop headers, and upstreams that break HTTP.
+@Suite("Upstream responses")
+struct UpstreamResponseTests {
+    /// Feeds `text` to a parser in pieces of `step` bytes and returns the parts.
+    private static func parse(_ text: String, step: Int, toHEAD: Bool = false) throws -> [UpstreamResponseParser.Part] {
+        var parser = UpstreamResponseParser()
+        parser.expectResponse(toHEAD: toHEAD)
+        var parts = CircularBuffer<UpstreamResponseParser.Part>()
+        let bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let end = min(offset + step, bytes.count)
+            try parser.feed(ByteBuffer(bytes: bytes[offset..<end]), into: &parts)
+            offset = end
+        }
+        return Array(parts)
+    }
+
+    private static func summary(_ parts: [UpstreamResponseParser.Part]) -> (head: UpstreamResponseHead?, body: String, ends: [Bool]) {
+        var head: UpstreamResponseHead?
+        var body = ""
+        var ends: [Bool] = []
+        for part in parts {
+            switch part {
+            case .head(let value): head = value
+            case .body(let buffer): body += String(buffer: buffer)
+            case .end(let reusable): ends.append(reusable)
+            }
+        }
+        return (head, body, ends)
+    }
+
+    @Test("a chunked response parses the same however it is split", arguments: [1, 2, 7, 64, 4096])
+    func chunkedResponseInAnySplit(step: Int) throws {
+        let response = "HTTP/1.1 200 OK\r\nServer: test\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nX-Kept: yes\r\n\r\n"
+            + "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        let (head, body, ends) = Self.summary(try Self.parse(response, step: step))
+        let forwarded = String(buffer: try #require(head).forwardedBytes)
+        #expect(forwarded == "HTTP/1.1 200 OK\r\nServer: test\r\nX-Kept: yes\r\n", "hop-by-hop, Connection-named and framing headers are the proxy's to write")
+        #expect(head?.body == .chunked)
+        #expect(body == "hello world")
+        #expect(ends == [true])
+    }
+
+    @Test func interimResponsesAreSkippedAndBareLineFeedsAccepted() throws {
+        let response = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\nContent-Length: 2\nLocation: /x\n\nok"
+        let (head, body, ends) = Self.summary(try Self.parse(response, step: 3))
+        #expect(head?.status == 201)
+        #expect(String(buffer: try #require(head).forwardedBytes) == "HTTP/1.1 201 Created\r\nLocation: /x\r\n")
+        #expect(head?.contentLength == 2)
+        #expect(body == "ok")
+        #expect(ends == [true])
+    }
+
+    @Test func aResponseToHEADHasNoBodyWhateverItsLength() throws {
+        let (head, body, ends) = Self.summary(try Self.parse("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", step: 100, toHEAD: true))
+        #expect(head?.body == UpstreamResponseHead.Body.none)
+        #expect(head?.contentLength == 1000)
+        #expect(body.isEmpty)
+        #expect(ends == [true])
+    }
+
+    @Test func connectionCloseAndHTTP10AreNotReused() throws {
+        #expect(Self.summary(try Self.parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", step: 9)).ends == [false])
+        #expect(Self.summary(try Self.parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", step: 9)).ends == [false])
+        #expect(Self.summary(try Self.parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", step: 9)).ends == [true])
+    }
+
+    @Test("responses that could desynchronise the connection are errors", arguments: [
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 0\r\n\r\n",
+        "ICY 200 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "a", count: 70_000) + "\r\n\r\n",
+    ])
+    func malformedResponses(response: String) {
+        #expect(throws: UpstreamResponseError.self) { try Self.parse(response, step: 1000) }
+    }
+
+    @Test func bytesWithoutARequestAreAnError() {
+        var parser = UpstreamResponseParser()
+        var parts = CircularBuffer<UpstreamResponseParser.Part>()
+        #expect(throws: UpstreamResponseError.self) { try parser.feed(ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n"), into: &parts) }
+    }
+
+    // MARK: Through the proxy, with an upstream that writes raw bytes
+
+    private static func harness(_ answer: @escaping RawUpstream.Answer) async throws -> (ProxyHarness, RawUpstream) {
+        let upstream = try await RawUpstream(answer: answer)
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.upstreamAddress = upstream.url
+        return (try await ProxyHarness(options), upstream)
+    }
+
+    @Test func aBodyDelimitedByCloseReachesHTTP11ClientsChunkedAndHTTP10ClientsUntilClose() async throws {
+        let (harness, upstream) = try await Self.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true) }
+        let modern = try await RawHTTPClient(port: harness.port).exchange("GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        #expect(modern.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(modern)")
+        #expect(modern.lowercased().contains("transfer-encoding: chunked"), "\(modern)")
+        #expect(modern.hasSuffix("d\r\nuntil the end\r\n0\r\n\r\n"), "\(modern)")
+
+        let legacy = try await RawHTTPClient(port: harness.port).exchange("GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        #expect(legacy.lowercased().contains("connection: close"), "\(legacy)")
+        #expect(!legacy.lowercased().contains("transfer-encoding"), "\(legacy)")
+        #expect(legacy.hasSuffix("\r\n\r\nuntil the end"), "\(legacy)")
+        #expect(upstream.received.count == 2)
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
+    @Test func aHEADAnswerKeepsItsLengthAndTheConnectionStaysInStep() async throws {
+        let (harness, upstream) = try await Self.harness { head in
+            head.hasPrefix("HEAD") ? ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", false) : ("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody", false)
+        }
+        let answer = try await RawHTTPClient(port: harness.port).exchange(
+            "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /g HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"), "\(answer)")
+        #expect(upstream.received.count == 2)
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
+    @Test func anUpstreamThatBreaksHTTPGets502() async throws {
+        let (harness, upstream) = try await Self.harness { _ in ("SSH-2.0-OpenSSH_9.2\r\n\r\n", false) }
+        let response = try await harness.send(.GET, "/x")
+        #expect(response.status == 502)
+        #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_unavailable")
+        #expect(response.body.contains("HTTP/1.x status line"), "\(response.body)")
+        #expect(upstream.received.count == 3, "a GET is retried: retry.attempts")
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+}
