@@ -38,6 +38,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var clientReadPending = false
     private var queuedParts = CircularBuffer<HTTPServerRequestPart>()
     private var needsFlush = false
+    /// Body parts were written upstream since the last flush.
+    private var upstreamNeedsFlush = false
+    /// The response head, held until the first body bytes or the end so that both go out in
+    /// one write (and one system call).
+    private var pendingResponseHead: ByteBuffer?
     private var readTimeout: Scheduled<Void>?
     private var readTimeoutActive = false
     /// `upstream.readTimeout` of the current request's context (a reload may change it).
@@ -125,7 +130,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        upstream?.flush()
+        if upstreamNeedsFlush {
+            upstreamNeedsFlush = false
+            upstream?.flush()
+        }
         context.fireChannelReadComplete()
     }
 
@@ -248,20 +256,26 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .sendRequest(let head, let headEnding, let body, let end):
             guard let upstream, let machine else { return }
             upstream.startRequest(isHEAD: machine.method == .HEAD)
-            upstream.write(head)
+            // One buffer for the head: a copy of ~200 bytes costs less than a second write.
+            var bytes = head
+            bytes.writeImmutableBuffer(headEnding)
             if body.isEmpty, end, machine.bodyFraming != .chunked {
-                upstream.write(headEnding, promise: requestEndPromise(on: upstream))
+                upstream.write(bytes, promise: requestEndPromise(on: upstream))
             } else {
-                upstream.write(headEnding)
+                upstream.write(bytes)
                 for part in body { writeBodyPart(part, to: upstream) }
                 if end { writeRequestEnd(to: upstream) }
             }
             upstream.flush()
+            upstreamNeedsFlush = false
             armReadTimeout()
             resumeClientReadsIfPossible()
 
         case .sendBodyPart(let buffer):
-            if let upstream { writeBodyPart(buffer, to: upstream) }
+            if let upstream {
+                writeBodyPart(buffer, to: upstream)
+                upstreamNeedsFlush = true
+            }
 
         case .sendEnd:
             if let upstream {
@@ -387,9 +401,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             return
         }
         guard buffer.readableBytes > 0 else { return }
-        upstream.write(Self.chunkSizeLine(buffer.readableBytes))
-        upstream.write(buffer)
-        upstream.write(Self.crlf)
+        upstream.write(Self.chunk(buffer))
     }
 
     private func writeRequestEnd(to upstream: UpstreamConnection) {
@@ -397,12 +409,15 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         upstream.write(ending, promise: requestEndPromise(on: upstream))
     }
 
-    private static func chunkSizeLine(_ size: Int) -> ByteBuffer {
-        var line = ByteBuffer()
-        line.reserveCapacity(18)
-        line.writeString(String(size, radix: 16))
-        line.writeStaticString("\r\n")
-        return line
+    /// `buffer` as one chunk of a chunked body: size line, bytes, CRLF.
+    private static func chunk(_ buffer: ByteBuffer, after prefix: ByteBuffer? = nil) -> ByteBuffer {
+        var chunk = prefix ?? ByteBuffer()
+        chunk.reserveCapacity(minimumWritableBytes: buffer.readableBytes + 20)
+        chunk.writeString(String(buffer.readableBytes, radix: 16))
+        chunk.writeStaticString("\r\n")
+        chunk.writeImmutableBuffer(buffer)
+        chunk.writeStaticString("\r\n")
+        return chunk
     }
 
     /// The upstream's head as the client gets it: framed for the client's connection, with
@@ -435,27 +450,63 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             bytes.writeStaticString("Connection: keep-alive\r\n")
         }
         bytes.writeStaticString("\r\n")
-        context.write(wrapOutboundOut(bytes), promise: nil)
+        pendingResponseHead = bytes
     }
+
+    /// Body bytes up to this size are copied behind the head or into their chunk: a copy is
+    /// cheaper than another write; larger ones are written as they are.
+    private static let copyLimit = 16 * 1024
 
     private func writeResponseBodyPart(_ buffer: ByteBuffer) {
         guard let context else { return }
-        guard responseFraming == .chunked else {
+        let head = pendingResponseHead
+        pendingResponseHead = nil
+        switch responseFraming {
+        case .chunked:
+            guard buffer.readableBytes > 0 else { break }
+            if buffer.readableBytes <= Self.copyLimit {
+                context.write(wrapOutboundOut(Self.chunk(buffer, after: head)), promise: nil)
+                return
+            }
+            if let head { context.write(wrapOutboundOut(head), promise: nil) }
+            var sizeLine = ByteBuffer()
+            sizeLine.writeString(String(buffer.readableBytes, radix: 16))
+            sizeLine.writeStaticString("\r\n")
+            context.write(wrapOutboundOut(sizeLine), promise: nil)
             context.write(wrapOutboundOut(buffer), promise: nil)
+            context.write(wrapOutboundOut(Self.crlf), promise: nil)
             return
+        case .asIs, .untilClose:
+            if var head, buffer.readableBytes <= Self.copyLimit {
+                head.writeImmutableBuffer(buffer)
+                context.write(wrapOutboundOut(head), promise: nil)
+                return
+            }
         }
-        guard buffer.readableBytes > 0 else { return }
-        context.write(wrapOutboundOut(Self.chunkSizeLine(buffer.readableBytes)), promise: nil)
-        context.write(wrapOutboundOut(buffer), promise: nil)
-        context.write(wrapOutboundOut(Self.crlf), promise: nil)
+        if let head { context.write(wrapOutboundOut(head), promise: nil) }
+        if buffer.readableBytes > 0 { context.write(wrapOutboundOut(buffer), promise: nil) }
+    }
+
+    /// Writes a held response head (before a flush, so that a head without body bytes yet, such
+    /// as an event stream's, reaches the client).
+    private func writePendingResponseHead() {
+        guard let head = pendingResponseHead, let context else { return }
+        pendingResponseHead = nil
+        context.write(wrapOutboundOut(head), promise: nil)
     }
 
     private func writeResponseEnd(keepAlive: Bool) {
         guard let context else { return }
         needsFlush = false
         if responseFraming == .chunked {
-            context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
+            if var head = pendingResponseHead {
+                head.writeImmutableBuffer(Self.lastChunk)
+                pendingResponseHead = head
+            } else {
+                context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
+            }
         }
+        writePendingResponseHead()
         responseFraming = .asIs
         if keepAlive, !closeAfterResponse {
             context.flush()
@@ -468,7 +519,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func respond(with error: ProxyError, keepAlive: Bool) {
         guard let context else { return }
         responseFraming = .asIs
-        context.write(wrapOutboundOut(error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator)), promise: nil)
+        pendingResponseHead = error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator)
         writeResponseEnd(keepAlive: keepAlive)
     }
 
@@ -516,6 +567,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     func upstreamReadComplete() {
         if needsFlush {
             needsFlush = false
+            writePendingResponseHead()
             context?.flush()
         }
     }

@@ -4,14 +4,20 @@ import NIOHTTP1
 /// What a client request becomes on its way upstream (SPEC §5), decided without I/O: the target
 /// is checked (not an open proxy), framing ambiguities are refused, hop-by-hop headers dropped,
 /// `Host` rewritten and the `X-Forwarded-*` headers set.
-struct ForwardingRules: Sendable {
+final class ForwardingRules: Sendable {
     let upstream: UpstreamURL
     /// Authorities an absolute-form target may name besides loopback ones: the upstream's.
     let upstreamAuthorities: Set<String>
+    /// `Host` and `X-Forwarded-Proto`, the same on every request: written once.
+    private let fixedLines: ByteBuffer
 
     init(upstream: UpstreamURL) {
         self.upstream = upstream
         upstreamAuthorities = [upstream.hostHeader.lowercased(), "\(upstream.host.lowercased()):\(upstream.port)"]
+        var fixedLines = ByteBuffer()
+        fixedLines.writeHeaderLine("Host", upstream.hostHeader)
+        fixedLines.writeHeaderLine("X-Forwarded-Proto", "http")
+        self.fixedLines = fixedLines
     }
 
     /// An absolute-form target is served only when it names the upstream or this host (the
@@ -137,9 +143,8 @@ struct ForwardingRules: Sendable {
             if !connectionOptions.isEmpty, connectionOptions.contains(name.lowercased()) { continue }
             bytes.writeHeaderLine(name, value)
         }
-        bytes.writeHeaderLine("Host", upstream.hostHeader)
+        bytes.writeImmutableBuffer(fixedLines)
         bytes.writeHeaderLine("X-Forwarded-For", forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
-        bytes.writeStaticString("X-Forwarded-Proto: http\r\n")
         if let originalHost { bytes.writeHeaderLine("X-Forwarded-Host", originalHost) }
 
         return .success(PreparedRequest(

@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 
 /// Reads HTTP/1.1 responses from an upstream connection, byte by byte as they arrive: the head
@@ -201,7 +202,7 @@ struct UpstreamResponseParser {
         // Find the end of the head before parsing anything, so that an incomplete head costs one scan.
         var lineStart = 0
         var headEnd = -1
-        while let newline = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) {
+        while let newline = newlineIndex(bytes, from: lineStart, to: bytes.count) {
             let lineLength = newline - lineStart - (newline > lineStart && bytes[newline - 1] == UInt8(ascii: "\r") ? 1 : 0)
             if lineLength == 0, lineStart > 0 {
                 headEnd = newline + 1
@@ -259,7 +260,13 @@ struct UpstreamResponseParser {
             case .transferEncoding:
                 transferEncoding = (transferEncoding.map { $0 + [UInt8(ascii: ",")] } ?? []) + bytes[value]
             case .connection:
-                for option in String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value]), as: UTF8.self).split(separator: ",") {
+                let options = UnsafeRawBufferPointer(rebasing: bytes[value])
+                if HeaderName.equalsIgnoringCase(options.assumingMemoryBound(to: UInt8.self), "keep-alive") {
+                    // The common case, without making a string.
+                    if !http11 { keepAlive = true }
+                    break
+                }
+                for option in String(decoding: options, as: UTF8.self).split(separator: ",") {
                     let option = option.trimmingWhitespace().lowercased()
                     if option == "close" { keepAlive = false } else if option == "keep-alive" { if !http11 { keepAlive = true } } else { connectionOptions.append(option) }
                 }
@@ -371,6 +378,12 @@ struct UpstreamResponseParser {
     }
 }
 
+/// The index of the next LF in `bytes[start..<end]` (memchr: heads are scanned a line at a time).
+private func newlineIndex(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Int? {
+    guard start < end, let base = bytes.baseAddress, let found = memchr(base + start, Int32(UInt8(ascii: "\n")), end - start) else { return nil }
+    return base.distance(to: UnsafeRawPointer(found))
+}
+
 /// The lines of a complete head, without their line endings.
 private struct LineIterator {
     let bytes: UnsafeRawBufferPointer
@@ -384,7 +397,7 @@ private struct LineIterator {
     }
 
     mutating func next() -> Range<Int>? {
-        guard position < end, let newline = bytes[position..<end].firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        guard let newline = newlineIndex(bytes, from: position, to: end) else { return nil }
         lastLineEndedWithCRLF = newline > position && bytes[newline - 1] == UInt8(ascii: "\r")
         let line = position..<(lastLineEndedWithCRLF ? newline - 1 : newline)
         position = newline + 1
