@@ -254,12 +254,13 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             apply { $0.injectedFaultReady(jitter: random.unit()) }
 
         case .sendRequest(let head, let headEnding, let body, let end):
-            guard let upstream, let machine else { return }
-            upstream.startRequest(isHEAD: machine.method == .HEAD)
+            // Fields are read one by one: binding the machine to a local would copy all of it.
+            guard let upstream, let bodyFraming = machine?.bodyFraming else { return }
+            upstream.startRequest(isHEAD: machine?.method == .HEAD)
             // One buffer for the head: a copy of ~200 bytes costs less than a second write.
             var bytes = head
             bytes.writeImmutableBuffer(headEnding)
-            if body.isEmpty, end, machine.bodyFraming != .chunked {
+            if body.isEmpty, end, bodyFraming != .chunked {
                 upstream.write(bytes, promise: requestEndPromise(on: upstream))
             } else {
                 upstream.write(bytes)
@@ -423,9 +424,14 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// The upstream's head as the client gets it: framed for the client's connection, with
     /// `Connection: close` when the connection ends after it.
     private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool? = nil) {
-        guard let context, let machine else { return }
-        var bytes = head.forwardedBytes
-        var keepAlive = keepAlive ?? machine.clientKeepAlive
+        guard let context, let clientKeepAlive = machine?.clientKeepAlive else { return }
+        let clientAcceptsChunked = machine?.clientAcceptsChunked ?? false
+        var keepAlive = keepAlive ?? clientKeepAlive
+        // Room for the framing lines and for a small body, which is copied in behind the head.
+        var copiedBody = 0
+        if case .length(let length) = head.body, length <= Self.copyLimit { copiedBody = length }
+        var bytes = context.channel.allocator.buffer(capacity: head.forwardedBytes.readableBytes + 64 + copiedBody)
+        bytes.writeImmutableBuffer(head.forwardedBytes)
         switch head.body {
         case .none, .length:
             responseFraming = .asIs
@@ -435,7 +441,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 bytes.writeStaticString("\r\n")
             }
         case .chunked, .untilClose:
-            if machine.clientAcceptsChunked {
+            if clientAcceptsChunked {
                 responseFraming = .chunked
                 bytes.writeStaticString("Transfer-Encoding: chunked\r\n")
             } else {
@@ -445,7 +451,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
         if !keepAlive || closeAfterResponse {
             bytes.writeStaticString("Connection: close\r\n")
-        } else if !machine.clientAcceptsChunked {
+        } else if !clientAcceptsChunked {
             // An HTTP/1.0 client keeps the connection only when told so.
             bytes.writeStaticString("Connection: keep-alive\r\n")
         }
@@ -459,7 +465,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func writeResponseBodyPart(_ buffer: ByteBuffer) {
         guard let context else { return }
-        let head = pendingResponseHead
+        // Taken out of the property first, so that appending to it does not copy it.
+        var head = pendingResponseHead
         pendingResponseHead = nil
         switch responseFraming {
         case .chunked:
@@ -477,9 +484,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             context.write(wrapOutboundOut(Self.crlf), promise: nil)
             return
         case .asIs, .untilClose:
-            if var head, buffer.readableBytes <= Self.copyLimit {
-                head.writeImmutableBuffer(buffer)
-                context.write(wrapOutboundOut(head), promise: nil)
+            if head != nil, buffer.readableBytes <= Self.copyLimit {
+                head!.writeImmutableBuffer(buffer)
+                context.write(wrapOutboundOut(head!), promise: nil)
                 return
             }
         }
@@ -624,8 +631,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     // MARK: Completion (duration metric and the log line)
 
     private func recordCompletion(status: UInt?, error: ProxyError? = nil) {
-        guard let machine else { return }
-        recordCompletion(method: machine.method, uri: currentURI, status: status, attempts: machine.attempts + (machine.replayedAfter401 ? 1 : 0), refreshed: machine.refreshed, error: error)
+        guard let method = machine?.method else { return }
+        let attempts = (machine?.attempts ?? 0) + (machine?.replayedAfter401 == true ? 1 : 0)
+        recordCompletion(method: method, uri: currentURI, status: status, attempts: attempts, refreshed: machine?.refreshed ?? false, error: error)
     }
 
     private func recordCompletion(method: HTTPMethod, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
