@@ -1,7 +1,6 @@
 # Shared by the bench scripts: build the deployed binary, a work folder cleaned up on exit with
 # every background process, and small waits. Source it; it sets $binary and $work.
-swift build -c release --static-swift-stdlib --product tokenproxy >/dev/null  # as deploy/ installs it
-binary=$(swift build -c release --show-bin-path)/tokenproxy
+binary=$(deploy/build-release.sh 2>/dev/null)  # the binary deploy/ installs
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -5,7 +5,7 @@
 #   deploy/install.sh [--dry-run] [--no-build] [--no-enable] [--instance NAME]
 #
 #   --dry-run     print what would be done, change nothing
-#   --no-build    install the already built .build/release/tokenproxy
+#   --no-build    install the already built .build-release/release/tokenproxy
 #   --no-enable   install, but do not enable or start the unit
 #   --instance N  enable tokenproxy@N (config /etc/tokenproxy/N.json) instead of tokenproxy
 set -euo pipefail
@@ -34,9 +34,9 @@ if [ "$(id -u)" != 0 ] && ! $dry_run; then
 fi
 
 if $build; then
-  run swift build -c release --static-swift-stdlib --product tokenproxy
+  run deploy/build-release.sh
 fi
-binary=.build/release/tokenproxy
+binary=.build-release/release/tokenproxy
 if ! $dry_run && [ ! -x "$binary" ]; then
   echo "install.sh: $binary is missing; build it or drop --no-build" >&2
   exit 2

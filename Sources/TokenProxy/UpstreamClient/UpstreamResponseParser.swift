@@ -237,17 +237,16 @@ struct UpstreamResponseParser {
         // Lines passed on unchanged are copied in runs: [runStart, runEnd) of `bytes`.
         var runStart = -1
         var runEnd = -1
-        func flushRun() {
-            if runStart >= 0 { forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[runStart..<runEnd])) }
-            runStart = -1
-        }
+        let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
 
         while let line = lines.next(), !line.isEmpty {
-            guard let colon = bytes[line].firstIndex(of: UInt8(ascii: ":")), colon > line.lowerBound else {
+            guard let colon = index(of: UInt8(ascii: ":"), in: bytes, line), colon > line.lowerBound else {
                 throw UpstreamResponseError("the upstream sent a malformed header line")
             }
             let nameRange = line.lowerBound..<colon
-            guard bytes[nameRange].allSatisfy(isTokenCharacter) else {
+            var position = line.lowerBound
+            while position < colon, isTokenCharacter(base[position]) { position += 1 }
+            guard position == colon else {
                 throw UpstreamResponseError("the upstream sent a folded or malformed header line")
             }
             let value = trimmed(bytes, (colon + 1)..<line.upperBound)
@@ -281,27 +280,28 @@ struct UpstreamResponseParser {
             default:
                 forward = true
             }
-            guard forward else {
-                flushRun()
-                continue
-            }
-            if lines.lastLineEndedWithCRLF {
+            if forward, lines.lastLineEndedWithCRLF {
                 if runStart < 0 { runStart = line.lowerBound }
                 runEnd = line.upperBound + 2
-            } else {
-                flushRun()
+                continue
+            }
+            if runStart >= 0 {
+                forwarded.writeBytes(UnsafeRawBufferPointer(start: base + runStart, count: runEnd - runStart))
+                runStart = -1
+            }
+            if forward {
                 forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[line]))
                 forwarded.writeStaticString("\r\n")
             }
         }
-        flushRun()
+        if runStart >= 0 { forwarded.writeBytes(UnsafeRawBufferPointer(start: base + runStart, count: runEnd - runStart)) }
         if !connectionOptions.isEmpty {
             // Rare: `Connection` names headers of this hop, which may come before it.
             forwarded.moveWriterIndex(to: forwarded.readerIndex + statusLineBytes)
             var lines = LineIterator(bytes: bytes, end: headEnd)
             _ = lines.next()
             while let line = lines.next(), !line.isEmpty {
-                let colon = bytes[line].firstIndex(of: UInt8(ascii: ":"))!
+                let colon = index(of: UInt8(ascii: ":"), in: bytes, line)!
                 let name = UnsafeRawBufferPointer(rebasing: bytes[line.lowerBound..<colon])
                 switch HeaderName(bytes: name) {
                 case .contentLength, .transferEncoding, .connection, .hopByHop: continue
@@ -378,9 +378,14 @@ struct UpstreamResponseParser {
     }
 }
 
-/// The index of the next LF in `bytes[start..<end]` (memchr: heads are scanned a line at a time).
+/// The index of the next LF in `bytes[start..<end]`.
 private func newlineIndex(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Int? {
-    guard start < end, let base = bytes.baseAddress, let found = memchr(base + start, Int32(UInt8(ascii: "\n")), end - start) else { return nil }
+    index(of: UInt8(ascii: "\n"), in: bytes, start..<end)
+}
+
+/// The index of the first `byte` in `bytes[range]` (memchr: heads are scanned a line at a time).
+private func index(of byte: UInt8, in bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+    guard !range.isEmpty, let base = bytes.baseAddress, let found = memchr(base + range.lowerBound, Int32(byte), range.count) else { return nil }
     return base.distance(to: UnsafeRawPointer(found))
 }
 
