@@ -167,7 +167,8 @@ struct TokenBrokerTests {
         // A token with 30 s left of a 10-minute lifetime: inside refreshBefore (5m), far from minValidity.
         let now = Date()
         try harness.store.write(TokenSet(accessToken: "at-still-valid", refreshToken: "rt-initial", expiresAt: now + 30, obtainedAt: now - 570))
-        let deadline = ContinuousClock.now.advanced(by: .milliseconds(4500))
+        // With ±20 % jitter the third call comes by 3.6 s, the fourth not before 5.6 s.
+        let deadline = ContinuousClock.now.advanced(by: .milliseconds(5000))
         while ContinuousClock.now < deadline {
             #expect(try await harness.broker.token(for: .usable).accessToken == "at-still-valid")
             try await Task.sleep(for: .milliseconds(20))

@@ -260,14 +260,22 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             // One buffer for the head: a copy of ~200 bytes costs less than a second write.
             var bytes = head
             bytes.writeImmutableBuffer(headEnding)
-            if body.isEmpty, end, bodyFraming != .chunked {
+            if body.isEmpty, end, bodyFraming != .chunked, machine?.isRetryableAfterSending == true {
+                // The common GET: whether the write completed only matters for requests that may
+                // not be sent twice, so it needs no promise. A head this small is taken by the
+                // socket during the flush; a failed write closes the connection right there.
+                upstream.write(bytes)
+                upstream.flush()
+                if upstream.isActive { machine?.requestEndWritten() }
+            } else if body.isEmpty, end, bodyFraming != .chunked {
                 upstream.write(bytes, promise: requestEndPromise(on: upstream))
+                upstream.flush()
             } else {
                 upstream.write(bytes)
                 for part in body { writeBodyPart(part, to: upstream) }
                 if end { writeRequestEnd(to: upstream) }
+                upstream.flush()
             }
-            upstream.flush()
             upstreamNeedsFlush = false
             armReadTimeout()
             resumeClientReadsIfPossible()

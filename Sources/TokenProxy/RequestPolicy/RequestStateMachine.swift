@@ -71,12 +71,16 @@ struct RequestStateMachine {
         self.policy = policy
         self.body = RequestBody(replayLimit: replayLimit)
         self.injectFirst401 = injectFirst401
+        // Without Content-Length or Transfer-Encoding there is no body: the request is whole
+        // now, and its head goes upstream complete, in one write.
+        if request.bodyFraming == .none { body.markComplete() }
     }
 
     var clientKeepAlive: Bool { request.clientKeepAlive }
     var method: HTTPMethod { request.method }
     var bodyFraming: ForwardingRules.BodyFraming { request.bodyFraming }
     var clientAcceptsChunked: Bool { request.clientAcceptsChunked }
+    var isRetryableAfterSending: Bool { request.isRetryableAfterSending }
     /// Whether a refresh happened for this request (for the log line).
     var refreshed: Bool { replayedAfter401 }
 
@@ -173,6 +177,7 @@ struct RequestStateMachine {
     }
 
     mutating func clientBodyEnd(jitter: Double) -> Action {
+        guard !body.isComplete else { return .none }
         body.markComplete()
         switch state {
         case .awaitingResponse, .streamingResponse:
