@@ -132,6 +132,21 @@ struct UpstreamResponseTests {
         await upstream.shutdown()
     }
 
+    @Test func keepAliveUpstreamConnectionsAreReused() async throws {
+        let (harness, upstream) = try await Self.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", false) }
+        for _ in 0..<5 {
+            let response = try await harness.send(.GET, "/x")
+            #expect(response.status == 200)
+            #expect(response.body == "ok")
+        }
+        let post = try await harness.send(.POST, "/y", body: "{}")
+        #expect(post.status == 200)
+        #expect(upstream.received.count == 6)
+        #expect(upstream.connections == 1, "one keep-alive connection carried every request")
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
     @Test func anUpstreamThatBreaksHTTPGets502() async throws {
         let (harness, upstream) = try await Self.harness { _ in ("SSH-2.0-OpenSSH_9.2\r\n\r\n", false) }
         let response = try await harness.send(.GET, "/x")

@@ -80,6 +80,12 @@ final class UpstreamHandler: ChannelDuplexHandler {
         self.context = nil
     }
 
+    /// The connection is established (called when the connect completes, which comes before
+    /// `channelActive` reaches this handler).
+    func connected() {
+        isActive = true
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         isActive = true
         context.fireChannelActive()

@@ -10,17 +10,22 @@ final class RawUpstream: Sendable {
 
     private let channel: any Channel
     private let heads = NIOLockedValueBox<[String]>([])
+    private let accepted = NIOLockedValueBox(0)
 
     var port: Int { channel.localAddress?.port ?? 0 }
     var url: String { "http://127.0.0.1:\(port)" }
     /// The request heads received, in order.
     var received: [String] { heads.withLockedValue { $0 } }
+    /// Connections accepted so far.
+    var connections: Int { accepted.withLockedValue { $0 } }
 
     init(answer: @escaping Answer) async throws {
         let heads = self.heads
+        let accepted = self.accepted
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                accepted.withLockedValue { $0 += 1 }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Handler(answer: answer, heads: heads))
                 }
             }
