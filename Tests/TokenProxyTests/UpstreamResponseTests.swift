@@ -132,6 +132,16 @@ struct UpstreamResponseTests {
         await upstream.shutdown()
     }
 
+    @Test func anHTTP10ClientKeepsItsConnectionOnlyWhenItAskedAndTheLengthIsKnown() async throws {
+        let (harness, upstream) = try await Self.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
+        let answer = try await RawHTTPClient(port: harness.port).exchange("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
+        #expect(answer == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+            + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "\(answer)")
+        #expect(upstream.received.count == 2)
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
     @Test func keepAliveUpstreamConnectionsAreReused() async throws {
         let (harness, upstream) = try await Self.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", false) }
         for _ in 0..<5 {
