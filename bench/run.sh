@@ -7,8 +7,9 @@
 # the same Authorization header; nginx keeps 256 upstream connections alive, tokenproxy its
 # per-EventLoop pool. wrk drives each at 64 and 256 connections, alternating, ROUNDS times;
 # the table gives medians and ratios to nginx. Then memory: idle RSS, growth during a 1 GiB
-# download, 1,000 idle keep-alive clients; and the cost of a 401 recovery.
-# Needs: nginx (nginx-light), wrk, curl, python3 (Debian packages); builds tokenproxy -c release.
+# download and a 1 GiB upload, 1,000 idle keep-alive clients; and the cost of a 401 recovery.
+# Needs: nginx (nginx-light), wrk, curl, python3 (Debian packages); builds tokenproxy with
+# deploy/build-release.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-8}
@@ -70,14 +71,14 @@ python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
 wait_file "$work/token.port"
 token_port=$(cat "$work/token.port")
 expires=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
-write_config() { # name port faults
+write_config() { # name port faults [upstream-port]
   mkdir -p "$work/$1"
   printf '{"version": 1, "access_token": "bench-token-0123456789abcdef", "refresh_token": "rt-0", "token_type": "Bearer", "expires_at": "%s"}\n' "$expires" > "$work/$1/token.json"
   chmod 600 "$work/$1/token.json"
   cat > "$work/$1/config.json" <<CONF
 {
   "listen": "127.0.0.1:$2",
-  "upstream": { "url": "http://127.0.0.1:$backend" },
+  "upstream": { "url": "http://127.0.0.1:${4:-$backend}" },
   "token": { "endpoint": "http://127.0.0.1:$token_port/token", "grant": "refresh_token", "clientAuth": "none",
              "clientId": "bench", "store": "token.json", "minRefreshInterval": "0s" },
   "admin": null,
@@ -127,6 +128,20 @@ wait "$curl_pid"
 download_growth=$(( peak - before ))
 [ "$(cat "$work/size.txt")" = 1073741824 ] || { echo "the 1 GiB download through tokenproxy delivered $(cat "$work/size.txt") bytes" >&2; exit 1; }
 
+# Memory: a 1 GiB upload through the proxy to an upstream that reads all of it.
+python3 bench/upload_sink.py "$work/sink.port" & pids+=($!)
+wait_file "$work/sink.port"
+tp_upload=$(free_port)
+write_config tp-upload "$tp_upload" false "$(cat "$work/sink.port")"
+"$binary" run --config "$work/tp-upload/config.json" 2>"$work/tp-upload.log" & upload_pid=$!; pids+=($upload_pid)
+wait_port "$tp_upload"
+before=$(rss_kib "$upload_pid"); peak=$before
+curl -s -o "$work/uploaded.txt" -X POST -T "$work/big.bin" "http://127.0.0.1:$tp_upload/upload" & curl_pid=$!
+while kill -0 "$curl_pid" 2>/dev/null; do now=$(rss_kib "$upload_pid"); (( now > peak )) && peak=$now; sleep 0.05; done
+wait "$curl_pid"
+upload_growth=$(( peak - before ))
+[ "$(cat "$work/uploaded.txt")" = 1073741824 ] || { echo "the 1 GiB upload through tokenproxy delivered $(cat "$work/uploaded.txt") bytes" >&2; exit 1; }
+
 # Memory: 1,000 idle keep-alive clients.
 python3 bench/idle_connections.py "$tp" 1000 3 > "$work/idle.txt" & idle_pid=$!
 sleep 2; idle_conn_rss=$(rss_kib "$tp_pid"); wait "$idle_pid"
@@ -137,6 +152,7 @@ echo "|---|---|---|---|"
 awk -v v="$idle_rss" 'BEGIN {printf "| idle RSS after start | %.1f MiB | 20 MiB | %.2f |\n", v/1024, v/1024/20}'
 awk -v v="$after_load_rss" 'BEGIN {printf "| RSS after the load runs | %.1f MiB | — | — |\n", v/1024}'
 awk -v v="$download_growth" 'BEGIN {printf "| growth during a 1 GiB download | %.1f MiB | 8 MiB | %.2f |\n", v/1024, v/1024/8}'
+awk -v v="$upload_growth" 'BEGIN {printf "| growth during a 1 GiB upload | %.1f MiB | 8 MiB | %.2f |\n", v/1024, v/1024/8}'
 awk -v v="$idle_conn_rss" -v t="$(cat "$work/idle.txt")" 'BEGIN {printf "| RSS with 1,000 idle keep-alive clients (%s) | %.1f MiB | 100 MiB | %.2f |\n", t, v/1024, v/1024/100}'
 
 "$binary" run --config "$work/tp-faults/config.json" 2>"$work/tp-faults.log" & pids+=($!)
