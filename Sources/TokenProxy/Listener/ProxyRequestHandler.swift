@@ -15,15 +15,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// How the current response's body is delimited on the client's connection.
-    private enum ResponseFraming {
-        /// As the upstream framed it (`Content-Length`, or no body).
-        case asIs
-        case chunked
-        /// Until the proxy closes the connection (an HTTP/1.0 client, body of unknown length).
-        case untilClose
-    }
-
     private let contextBox: ManagedAtomic<ProxyContext>
     /// The context of the current request (a reload swaps the box; a request keeps its own).
     private var shared: ProxyContext
@@ -40,9 +31,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var needsFlush = false
     /// Body parts were written upstream since the last flush.
     private var upstreamNeedsFlush = false
-    /// The response head, held until the first body bytes or the end so that both go out in
-    /// one write (and one system call).
-    private var pendingResponseHead: ByteBuffer?
+    private var response = ClientResponseWriter()
     private var readTimeout: Scheduled<Void>?
     private var readTimeoutActive = false
     /// `upstream.readTimeout` of the current request's context (a reload may change it).
@@ -54,7 +43,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var random = SplitMix64()
     private var currentURI = ""
     private var currentStatus: UInt = 0
-    private var responseFraming = ResponseFraming.asIs
 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
@@ -307,7 +295,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 self.upstream = nil
                 if reuse { pool.release(upstream) } else { upstream.close() }
             }
-            let keepAlive = (machine?.clientKeepAlive ?? false) && responseFraming != .untilClose
+            let keepAlive = (machine?.clientKeepAlive ?? false) && response.framing != .untilClose
             recordCompletion(status: currentStatus)
             writeResponseEnd(keepAlive: keepAlive && machine?.body.isComplete == true)
             finishIfDone()
@@ -387,7 +375,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Wire format (the request's way upstream, the response's way back)
 
-    private static let crlf = ByteBuffer(staticString: "\r\n")
     private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
     private static let nothing = ByteBuffer()
     private static let continueResponse = ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")
@@ -410,7 +397,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             return
         }
         guard buffer.readableBytes > 0 else { return }
-        upstream.write(Self.chunk(buffer))
+        var chunk = ByteBuffer()
+        chunk.writeChunk(buffer)
+        upstream.write(chunk)
     }
 
     private func writeRequestEnd(to upstream: UpstreamConnection) {
@@ -418,111 +407,28 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         upstream.write(ending, promise: requestEndPromise(on: upstream))
     }
 
-    /// `buffer` as one chunk of a chunked body: size line, bytes, CRLF.
-    private static func chunk(_ buffer: ByteBuffer, after prefix: ByteBuffer? = nil) -> ByteBuffer {
-        var chunk = prefix ?? ByteBuffer()
-        chunk.reserveCapacity(minimumWritableBytes: buffer.readableBytes + 20)
-        chunk.writeString(String(buffer.readableBytes, radix: 16))
-        chunk.writeStaticString("\r\n")
-        chunk.writeImmutableBuffer(buffer)
-        chunk.writeStaticString("\r\n")
-        return chunk
-    }
-
-    /// The upstream's head as the client gets it: framed for the client's connection, with
-    /// `Connection: close` when the connection ends after it.
     private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool? = nil) {
         guard let context, let clientKeepAlive = machine?.clientKeepAlive else { return }
-        let clientAcceptsChunked = machine?.clientAcceptsChunked ?? false
-        var keepAlive = keepAlive ?? clientKeepAlive
-        // Room for the framing lines and for a small body, which is copied in behind the head.
-        var copiedBody = 0
-        if case .length(let length) = head.body, length <= Self.copyLimit { copiedBody = length }
-        var bytes = context.channel.allocator.buffer(capacity: head.forwardedBytes.readableBytes + 64 + copiedBody)
-        bytes.writeImmutableBuffer(head.forwardedBytes)
-        switch head.body {
-        case .none, .length:
-            responseFraming = .asIs
-            if let length = head.contentLength {
-                bytes.writeStaticString("Content-Length: ")
-                bytes.writeString(String(length))
-                bytes.writeStaticString("\r\n")
-            }
-        case .chunked, .untilClose:
-            if clientAcceptsChunked {
-                responseFraming = .chunked
-                bytes.writeStaticString("Transfer-Encoding: chunked\r\n")
-            } else {
-                responseFraming = .untilClose
-                keepAlive = false
-            }
-        }
-        if !keepAlive || closeAfterResponse {
-            bytes.writeStaticString("Connection: close\r\n")
-        } else if !clientAcceptsChunked {
-            // An HTTP/1.0 client keeps the connection only when told so.
-            bytes.writeStaticString("Connection: keep-alive\r\n")
-        }
-        bytes.writeStaticString("\r\n")
-        pendingResponseHead = bytes
+        response.start(
+            head, keepAlive: (keepAlive ?? clientKeepAlive) && !closeAfterResponse,
+            clientAcceptsChunked: machine?.clientAcceptsChunked ?? false, allocator: context.channel.allocator
+        )
     }
-
-    /// Body bytes up to this size are copied behind the head or into their chunk: a copy is
-    /// cheaper than another write; larger ones are written as they are.
-    private static let copyLimit = 16 * 1024
 
     private func writeResponseBodyPart(_ buffer: ByteBuffer) {
         guard let context else { return }
-        // Taken out of the property first, so that appending to it does not copy it.
-        var head = pendingResponseHead
-        pendingResponseHead = nil
-        switch responseFraming {
-        case .chunked:
-            guard buffer.readableBytes > 0 else { break }
-            if buffer.readableBytes <= Self.copyLimit {
-                context.write(wrapOutboundOut(Self.chunk(buffer, after: head)), promise: nil)
-                return
-            }
-            if let head { context.write(wrapOutboundOut(head), promise: nil) }
-            var sizeLine = ByteBuffer()
-            sizeLine.writeString(String(buffer.readableBytes, radix: 16))
-            sizeLine.writeStaticString("\r\n")
-            context.write(wrapOutboundOut(sizeLine), promise: nil)
-            context.write(wrapOutboundOut(buffer), promise: nil)
-            context.write(wrapOutboundOut(Self.crlf), promise: nil)
-            return
-        case .asIs, .untilClose:
-            if head != nil, buffer.readableBytes <= Self.copyLimit {
-                head!.writeImmutableBuffer(buffer)
-                context.write(wrapOutboundOut(head!), promise: nil)
-                return
-            }
-        }
-        if let head { context.write(wrapOutboundOut(head), promise: nil) }
-        if buffer.readableBytes > 0 { context.write(wrapOutboundOut(buffer), promise: nil) }
+        response.body(buffer) { context.write(wrapOutboundOut($0), promise: nil) }
     }
 
-    /// Writes a held response head (before a flush, so that a head without body bytes yet, such
-    /// as an event stream's, reaches the client).
     private func writePendingResponseHead() {
-        guard let head = pendingResponseHead, let context else { return }
-        pendingResponseHead = nil
-        context.write(wrapOutboundOut(head), promise: nil)
+        guard let context else { return }
+        response.writeHead { context.write(wrapOutboundOut($0), promise: nil) }
     }
 
     private func writeResponseEnd(keepAlive: Bool) {
         guard let context else { return }
         needsFlush = false
-        if responseFraming == .chunked {
-            if var head = pendingResponseHead {
-                head.writeImmutableBuffer(Self.lastChunk)
-                pendingResponseHead = head
-            } else {
-                context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
-            }
-        }
-        writePendingResponseHead()
-        responseFraming = .asIs
+        response.end { context.write(wrapOutboundOut($0), promise: nil) }
         if keepAlive, !closeAfterResponse {
             context.flush()
         } else {
@@ -533,8 +439,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func respond(with error: ProxyError, keepAlive: Bool) {
         guard let context else { return }
-        responseFraming = .asIs
-        pendingResponseHead = error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator)
+        response.start(complete: error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator))
         writeResponseEnd(keepAlive: keepAlive)
     }
 

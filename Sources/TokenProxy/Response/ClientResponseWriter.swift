@@ -1,0 +1,125 @@
+import NIOCore
+
+/// The response's way back to the client: frames the body for the client's connection, and
+/// holds the head until the first body bytes (or the end) so that a small response is one
+/// write, and one system call.
+///
+/// Pure: bytes leave through the `write` closure each method takes.
+struct ClientResponseWriter {
+    /// How the current response's body is delimited on the client's connection.
+    enum Framing {
+        /// As the upstream framed it (`Content-Length`, or no body).
+        case asIs
+        case chunked
+        /// Until the proxy closes the connection (an HTTP/1.0 client, a body of unknown length).
+        case untilClose
+    }
+
+    private(set) var framing = Framing.asIs
+    private var pendingHead: ByteBuffer?
+
+    /// Body bytes up to this size are copied behind the head or into their chunk: a copy is
+    /// cheaper than another write; larger ones are written as they are.
+    static let copyLimit = 16 * 1024
+
+    private static let crlf = ByteBuffer(staticString: "\r\n")
+    private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
+
+    /// Starts an upstream response: its head, framed for the client. `keepAlive` false adds
+    /// `Connection: close`; so does a body that can only end with the connection.
+    mutating func start(_ head: UpstreamResponseHead, keepAlive: Bool, clientAcceptsChunked: Bool, allocator: ByteBufferAllocator) {
+        var keepAlive = keepAlive
+        // Room for the framing lines and for a small body, which is copied in behind the head.
+        var copiedBody = 0
+        if case .length(let length) = head.body, length <= Self.copyLimit { copiedBody = length }
+        var bytes = allocator.buffer(capacity: head.forwardedBytes.readableBytes + 64 + copiedBody)
+        bytes.writeImmutableBuffer(head.forwardedBytes)
+        switch head.body {
+        case .none, .length:
+            framing = .asIs
+            if let length = head.contentLength {
+                bytes.writeStaticString("Content-Length: ")
+                bytes.writeString(String(length))
+                bytes.writeStaticString("\r\n")
+            }
+        case .chunked, .untilClose:
+            if clientAcceptsChunked {
+                framing = .chunked
+                bytes.writeStaticString("Transfer-Encoding: chunked\r\n")
+            } else {
+                framing = .untilClose
+                keepAlive = false
+            }
+        }
+        if !keepAlive {
+            bytes.writeStaticString("Connection: close\r\n")
+        } else if !clientAcceptsChunked {
+            // An HTTP/1.0 client keeps the connection only when told so.
+            bytes.writeStaticString("Connection: keep-alive\r\n")
+        }
+        bytes.writeStaticString("\r\n")
+        pendingHead = bytes
+    }
+
+    /// Starts a response the proxy made whole (its own errors).
+    mutating func start(complete response: ByteBuffer) {
+        framing = .asIs
+        pendingHead = response
+    }
+
+    mutating func body(_ buffer: ByteBuffer, write: (ByteBuffer) -> Void) {
+        // Taken out of the property first, so that appending to it does not copy it.
+        var head = pendingHead
+        pendingHead = nil
+        switch framing {
+        case .chunked:
+            guard buffer.readableBytes > 0 else { break }
+            if buffer.readableBytes <= Self.copyLimit {
+                var chunk = head ?? ByteBuffer()
+                head = nil
+                chunk.writeChunk(buffer)
+                write(chunk)
+                return
+            }
+            if let head { write(head) }
+            var sizeLine = ByteBuffer()
+            sizeLine.writeString(String(buffer.readableBytes, radix: 16))
+            sizeLine.writeStaticString("\r\n")
+            write(sizeLine)
+            write(buffer)
+            write(Self.crlf)
+            return
+        case .asIs, .untilClose:
+            if head != nil, buffer.readableBytes <= Self.copyLimit {
+                head!.writeImmutableBuffer(buffer)
+                write(head!)
+                return
+            }
+        }
+        if let head { write(head) }
+        if buffer.readableBytes > 0 { write(buffer) }
+    }
+
+    /// Writes a held head (before a flush, so that a head without body bytes yet, such as an
+    /// event stream's, reaches the client).
+    mutating func writeHead(_ write: (ByteBuffer) -> Void) {
+        guard let head = pendingHead else { return }
+        pendingHead = nil
+        write(head)
+    }
+
+    /// Completes the response: the last chunk, if chunked, with whatever is still held.
+    mutating func end(write: (ByteBuffer) -> Void) {
+        if framing == .chunked {
+            if var head = pendingHead {
+                pendingHead = nil
+                head.writeImmutableBuffer(Self.lastChunk)
+                pendingHead = head
+            } else {
+                write(Self.lastChunk)
+            }
+        }
+        writeHead(write)
+        framing = .asIs
+    }
+}
