@@ -46,17 +46,10 @@ struct UpstreamResponseParser {
         pending = nil
     }
 
-    /// Whether the response so far ends when the connection does (so its close is the end).
-    var endsAtClose: Bool {
-        if case .untilClose = state { return true }
-        return false
-    }
-
     /// Parses what was read, appending each complete part to `parts`. Parts are collected rather
     /// than delivered so that their receiver may start the next request on this connection.
     /// On a protocol error the parts before it are in `parts`.
     mutating func feed(_ input: ByteBuffer, into parts: inout CircularBuffer<Part>) throws(UpstreamResponseError) {
-        func emit(_ part: Part) { parts.append(part) }
         var buffer: ByteBuffer
         if var pending = self.pending {
             self.pending = nil
@@ -75,7 +68,7 @@ struct UpstreamResponseParser {
                 if let head { startBody(of: head, into: &parts) }
             case .fixed(let remaining):
                 let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
-                emit(.body(slice))
+                parts.append(.body(slice))
                 if remaining == slice.readableBytes {
                     finish(into: &parts)
                 } else {
@@ -87,7 +80,7 @@ struct UpstreamResponseParser {
                 state = size == 0 ? .trailers : .chunkData(remaining: size)
             case .chunkData(let remaining):
                 let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
-                emit(.body(slice))
+                parts.append(.body(slice))
                 state = remaining == slice.readableBytes ? .chunkDataEnd : .chunkData(remaining: remaining - slice.readableBytes)
             case .chunkDataEnd:
                 guard let line = try readLine(&buffer, limit: 2, what: "chunk end") else { return keep(buffer) }
@@ -98,7 +91,7 @@ struct UpstreamResponseParser {
                 guard let line = try readLine(&buffer, limit: Self.maximumHeadBytes, what: "trailer") else { return keep(buffer) }
                 if line.readableBytes == 0 { finish(into: &parts) }
             case .untilClose:
-                emit(.body(buffer))
+                parts.append(.body(buffer))
                 return
             }
         }
