@@ -93,7 +93,8 @@ struct DemoCommand: AsyncParsableCommand {
         await issuer.shutdown()
         let counters = api.counters
         let recovered = counters.unauthorized == 1 ? "1 of them was" : "\(counters.unauthorized) of them were"
-        print("\ndone: \(counters.requests) requests reached the API, \(recovered) answered 401 and recovered by the proxy; the token endpoint was called \(issuer.callCount) times.")
+        let calls = issuer.callCount == 1 ? "once" : "\(issuer.callCount) times"
+        print("\ndone: \(counters.requests) requests reached the API, \(recovered) answered 401 and recovered by the proxy; the token endpoint was called \(calls).")
     }
 
     private static func driveTraffic(proxyURL: String, issuer: MockTokenIssuer, api: MockAPI) async {
