@@ -37,8 +37,7 @@ enum ExitStatus {
 }
 
 func printError(_ message: String) {
-    var line = message + "\n"
-    line.withUTF8 { bytes in _ = write(STDERR_FILENO, bytes.baseAddress, bytes.count) }
+    StderrLogHandler.writeToStandardError(message + "\n")
 }
 
 /// Runs `body` with a broker for `configuration`, shutting the endpoint client down afterwards.

@@ -248,16 +248,15 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             // One buffer for the head: a copy of ~200 bytes costs less than a second write.
             var bytes = head
             bytes.writeImmutableBuffer(headEnding)
-            if body.isEmpty, end, bodyFraming != .chunked, machine?.isRetryableAfterSending == true {
-                // The common GET: whether the write completed only matters for requests that may
-                // not be sent twice, so it needs no promise. A head this small is taken by the
-                // socket during the flush; a failed write closes the connection right there.
-                upstream.write(bytes)
+            if body.isEmpty, end, bodyFraming != .chunked {
+                // The whole request is this one buffer. Whether its write completed matters only
+                // for requests that may not be sent twice; the others (the common GET) skip the
+                // promise: a head this small is taken by the socket during the flush, and a failed
+                // write closes the connection right there.
+                let confirmed = machine?.isRetryableAfterSending == false
+                upstream.write(bytes, promise: confirmed ? requestEndPromise(on: upstream) : nil)
                 upstream.flush()
-                if upstream.isActive { machine?.requestEndWritten() }
-            } else if body.isEmpty, end, bodyFraming != .chunked {
-                upstream.write(bytes, promise: requestEndPromise(on: upstream))
-                upstream.flush()
+                if !confirmed, upstream.isActive { machine?.requestEndWritten() }
             } else {
                 upstream.write(bytes)
                 for part in body { writeBodyPart(part, to: upstream) }

@@ -42,11 +42,16 @@ public struct StderrLogHandler: LogHandler {
             let details = merged.keys.sorted().map { "\($0)=\(merged[$0]!)" }.joined(separator: " ")
             line = "\(time) \(event.level.rawValue.uppercased()) \(event.message)\(details.isEmpty ? "" : " " + details)\n"
         }
-        let bytes = Array(line.utf8)
-        bytes.withUnsafeBytes { buffer in
+        Self.writeToStandardError(line)
+    }
+
+    /// Writes `text` to stderr whole (retrying interrupted writes), without Foundation.
+    public static func writeToStandardError(_ text: String) {
+        var text = text
+        text.withUTF8 { buffer in
             var offset = 0
             while offset < buffer.count {
-                let written = write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                let written = write(STDERR_FILENO, buffer.baseAddress! + offset, buffer.count - offset)
                 if written <= 0 { if errno == EINTR { continue } else { return } }
                 offset += written
             }

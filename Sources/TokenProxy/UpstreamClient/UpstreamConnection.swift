@@ -32,7 +32,7 @@ final class UpstreamConnection {
         set { handler.receiver = newValue }
     }
 
-    var isActive: Bool { handler.isActive }
+    var isActive: Bool { channel.isActive }
     var isWritable: Bool { channel.isWritable }
 
     /// A new request goes out: its response comes next (one to HEAD has no body).
@@ -69,26 +69,13 @@ final class UpstreamHandler: ChannelDuplexHandler {
     /// Parts parsed from the last read, delivered once parsing is done.
     private var parsedParts = CircularBuffer<UpstreamResponseParser.Part>(initialCapacity: 4)
     private var readPending = false
-    private(set) var isActive = true
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        isActive = context.channel.isActive
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
-    }
-
-    /// The connection is established (called when the connect completes, which comes before
-    /// `channelActive` reaches this handler).
-    func connected() {
-        isActive = true
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        isActive = true
-        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -112,7 +99,6 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        isActive = false
         // A body delimited by the close is complete now.
         if let end = parser.connectionClosed() {
             receiver?.upstreamRead(end)
@@ -124,7 +110,6 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        isActive = false
         let receiver = self.receiver
         self.receiver = nil
         receiver?.upstreamClosed(error: error)
@@ -162,3 +147,4 @@ final class UpstreamHandler: ChannelDuplexHandler {
         context.read()
     }
 }
+

@@ -66,8 +66,6 @@ final class UpstreamConnectionPool {
             .connect(host: target.host, port: target.port)
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
-                // NIO completes the connect before it fires channelActive down the pipeline.
-                handler.connected()
                 return UpstreamConnection(channel: channel, handler: handler, target: target)
             }
     }

@@ -44,7 +44,7 @@ struct UpstreamResponseHead {
         var wwwAuthenticate: [String] = []
         for (name, value) in headers {
             bytes.writeHeaderLine(name, value)
-            if name.lowercased() == "www-authenticate" { wwwAuthenticate.append(value) }
+            if HeaderName(name) == .wwwAuthenticate { wwwAuthenticate.append(value) }
         }
         return UpstreamResponseHead(
             status: status, forwardedBytes: bytes, contentLength: 0, body: .length(0), keepAlive: true, wwwAuthenticate: wwwAuthenticate
