@@ -96,6 +96,10 @@ struct UpstreamResponseTests {
 
     // MARK: Through the proxy, with an upstream that writes raw bytes
 
+    /// Every exchange below ends with the connection closing; the long limit only matters when
+    /// the shared event loops are starved by the rest of the suite on a 2-core machine.
+    private static let closeTimeout = Duration.seconds(30)
+
     private static func harness(_ answer: @escaping RawUpstream.Answer) async throws -> (ProxyHarness, RawUpstream) {
         let upstream = try await RawUpstream(answer: answer)
         var options = ProxyHarness.Options()
@@ -106,12 +110,12 @@ struct UpstreamResponseTests {
 
     @Test func aBodyDelimitedByCloseReachesHTTP11ClientsChunkedAndHTTP10ClientsUntilClose() async throws {
         let (harness, upstream) = try await Self.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true) }
-        let modern = try await RawHTTPClient(port: harness.port).exchange("GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        let modern = try await RawHTTPClient(port: harness.port).exchange("GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", timeout: Self.closeTimeout)
         #expect(modern.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(modern)")
         #expect(modern.lowercased().contains("transfer-encoding: chunked"), "\(modern)")
         #expect(modern.hasSuffix("d\r\nuntil the end\r\n0\r\n\r\n"), "\(modern)")
 
-        let legacy = try await RawHTTPClient(port: harness.port).exchange("GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        let legacy = try await RawHTTPClient(port: harness.port).exchange("GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout: Self.closeTimeout)
         #expect(legacy.lowercased().contains("connection: close"), "\(legacy)")
         #expect(!legacy.lowercased().contains("transfer-encoding"), "\(legacy)")
         #expect(legacy.hasSuffix("\r\n\r\nuntil the end"), "\(legacy)")
@@ -125,7 +129,7 @@ struct UpstreamResponseTests {
             head.hasPrefix("HEAD") ? ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", false) : ("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody", false)
         }
         let answer = try await RawHTTPClient(port: harness.port).exchange(
-            "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /g HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /g HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", timeout: Self.closeTimeout)
         #expect(answer.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"), "\(answer)")
         #expect(upstream.received.count == 2)
         await harness.shutdown()
@@ -134,7 +138,7 @@ struct UpstreamResponseTests {
 
     @Test func anHTTP10ClientKeepsItsConnectionOnlyWhenItAskedAndTheLengthIsKnown() async throws {
         let (harness, upstream) = try await Self.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
-        let answer = try await RawHTTPClient(port: harness.port).exchange("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
+        let answer = try await RawHTTPClient(port: harness.port).exchange("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n", timeout: Self.closeTimeout)
         #expect(answer == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
             + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "\(answer)")
         #expect(upstream.received.count == 2)
