@@ -30,7 +30,8 @@ enum ExitStatus {
     static func forBrokerError(_ error: TokenBrokerError) -> ExitCode {
         switch error {
         case .reauthenticationRequired: reauthenticationRequired
-        case .unavailable: runtimeFailure
+        case .unavailable, .rateLimited: runtimeFailure
+        case .misconfigured: configurationError
         }
     }
 }
@@ -39,19 +40,18 @@ func printError(_ message: String) {
     StderrLogHandler.writeToStandardError(message + "\n")
 }
 
-/// Runs `body` with a broker for `configuration`, shutting the endpoint client down afterwards.
+/// Runs `body` with a broker for `configuration`, shutting it down afterwards.
 func withTokenBroker<T: Sendable>(
     _ configuration: Configuration, _ body: (TokenBroker) async throws -> T
 ) async throws -> T {
     StderrLogHandler.bootstrap(level: configuration.log.level, format: configuration.log.format)
-    let endpoint = TokenEndpointClient(configuration: configuration.token)
-    let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: Logger(label: "tokenproxy"))
+    let broker = TokenBroker(configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token), logger: Logger(label: "tokenproxy"))
     do {
         let result = try await body(broker)
-        await endpoint.shutdown()
+        await broker.shutdown()
         return result
     } catch {
-        await endpoint.shutdown()
+        await broker.shutdown()
         throw error
     }
 }

@@ -87,8 +87,7 @@ struct DemoCommand: AsyncParsableCommand {
         maintenance.cancel()
         await server.stopAccepting()
         await server.closeIdleUpstreamConnections()
-        await broker.finishWrites()
-        await endpoint.shutdown()
+        await broker.shutdown()
         await api.shutdown()
         await issuer.shutdown()
         let counters = api.counters

@@ -7,7 +7,7 @@ struct TokenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "token",
         abstract: "Show the token state from the store (never a secret), or print a fresh access token.",
-        discussion: "Exit 0, or 3 when re-authentication is needed (1 when --print finds the token endpoint failing)."
+        discussion: "Exit 0, 3 when re-authentication is needed, 2 on a configuration error (1 when --print finds the token endpoint failing)."
     )
 
     @OptionGroup var options: ConfigOptions
@@ -31,7 +31,7 @@ struct TokenCommand: AsyncParsableCommand {
                 Swift.print(tokens.accessToken ?? "")
             } catch .unavailable(let reason, _) {
                 // A token that is still usable beats no token while the endpoint is down.
-                let stored = try? TokenStore(path: configuration.token.store).read(quarantineCorrupt: false, logger: Logger(label: "tokenproxy")).tokens
+                let stored = try? TokenStore(path: configuration.token.store).read().tokens
                 let windows = RefreshWindows(refreshBefore: configuration.token.refreshBefore, minValidity: configuration.token.minValidity)
                 guard let stored, windows.freshness(of: stored, at: Date()) >= .refreshAdvised, let accessToken = stored.accessToken else {
                     printError("tokenproxy token: no token available: \(reason)")
@@ -50,9 +50,10 @@ struct TokenCommand: AsyncParsableCommand {
         let token = configuration.token
         let contents: TokenStore.Contents
         do {
-            contents = try TokenStore(path: token.store).read(quarantineCorrupt: false, logger: Logger(label: "tokenproxy"))
+            contents = try TokenStore(path: token.store).read()
         } catch {
             printError("tokenproxy token: \(error)")
+            if case .refused = error { throw ExitStatus.configurationError }
             throw ExitStatus.runtimeFailure
         }
         let report = TokenStatusReport(contents: contents, configuration: token, now: Date())

@@ -24,7 +24,7 @@ struct CrossProcessTests {
     private var store: TokenStore { TokenStore(path: directory.file("token.json")) }
 
     private func stored() throws -> TokenSet? {
-        try store.read(quarantineCorrupt: false, logger: Logger(label: "test")).tokens
+        try store.read().tokens
     }
 
     private func handOver(_ token: String, to issuer: MockTokenIssuer) throws {
@@ -37,7 +37,7 @@ struct CrossProcessTests {
         var values: Set<String> = [ConfigFixture.clientSecret]
         for call in issuer.calls { if let token = call.form["refresh_token"] { values.insert(token) } }
         for name in directory.names() where name.hasPrefix("token.json") {
-            if let data = FileManager.default.contents(atPath: directory.file(name)), let tokens = try? StoreDocument.decode(data) {
+            if let data = FileManager.default.contents(atPath: directory.file(name)), let (tokens, _) = try? StoreDocument.decode(data, now: Date()) {
                 [tokens.accessToken, tokens.refreshToken].compactMap { $0 }.forEach { values.insert($0) }
             }
         }
@@ -139,11 +139,11 @@ struct CrossProcessTests {
             try await Task.sleep(for: .milliseconds(Int64.random(in: 0...(round % 5 == 0 ? 400 : 120))))
             process.signal(SIGKILL)
             _ = await process.wait()
-            let contents = try store.read(quarantineCorrupt: false, logger: Logger(label: "test"))
+            let contents = try store.read()
             switch contents {
             case .empty:
                 break
-            case .tokens(let tokens):
+            case .tokens(let tokens, _):
                 #expect(tokens.accessToken != nil && tokens.expiresAt != nil)
                 #expect(directory.mode(of: "token.json") == 0o600)
                 seen.insert(tokens.accessToken ?? "")

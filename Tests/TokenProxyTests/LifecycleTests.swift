@@ -152,7 +152,7 @@ struct LifecycleTests {
         #expect(issuer.calls.filter { $0.status == 200 }.count >= 2, "refreshes happened")
         #expect(issuer.calls.contains { $0.status == 503 }, "failures happened")
         var secrets = Set(seenTokens.values + [ConfigFixture.clientSecret, "client-own-secret", "cookie-secret"])
-        if let stored = try TokenStore(path: directory.file("token.json")).read(quarantineCorrupt: false, logger: Logger(label: "t")).tokens {
+        if let stored = try TokenStore(path: directory.file("token.json")).read().tokens {
             [stored.accessToken, stored.refreshToken].compactMap { $0 }.forEach { secrets.insert($0) }
         }
         #expect(secrets.count >= 4)

@@ -31,7 +31,7 @@ struct RunCommandTests {
         #expect(!outcome.signaled)
         #expect(outcome.stderr.contains(#""message":"listening""#))
         #expect(!outcome.stderr.contains(ConfigFixture.clientSecret))
-        let token = try #require(TokenStore(path: directory.file("token.json")).read(quarantineCorrupt: false, logger: .init(label: "t")).tokens?.accessToken)
+        let token = try #require(TokenStore(path: directory.file("token.json")).read().tokens?.accessToken)
         #expect(!outcome.stderr.contains(token), "the access token is never logged")
         await upstream.shutdown()
         await issuer.shutdown()

@@ -34,7 +34,7 @@ struct TokenBrokerTests {
     }
 
     @Test func theRotatedRefreshTokenIsStoredAndTheOldOneKeptWhenNoneComes() async throws {
-        let harness = try await BrokerHarness()
+        let harness = try await BrokerHarness { $0.minRefreshInterval = "0s" }
         try harness.handOverRefreshToken("rt-first")
         let first = try await harness.broker.token(for: .forced)
         let rotated = try #require(try harness.storedTokens()?.refreshToken)

@@ -51,20 +51,73 @@ struct TokenLifetimeTests {
         }
     }
 
+    enum Expected: Sendable { case credentials, configuration, transient }
+
     @Test("failure classes", arguments: [
-        (400, #"{"error": "invalid_grant"}"#, true), (401, #"{"error": "invalid_client"}"#, true),
-        (400, #"{"error": "unauthorized_client"}"#, true), (400, #"{"error": "unsupported_grant_type"}"#, true),
-        (400, #"{"error": "invalid_request"}"#, false), (500, #"{"error": "invalid_grant"}"#, false),
-        (503, "", false), (429, "", false), (502, "<html>", false),
+        (400, #"{"error": "invalid_grant"}"#, Expected.credentials), (401, #"{"error": "invalid_client"}"#, .credentials),
+        (400, #"{"error": "unauthorized_client"}"#, .credentials), (400, #"{"error": "unsupported_grant_type"}"#, .credentials),
+        (400, #"{"error": "invalid_scope"}"#, .configuration), (400, #"{"error": "invalid_request"}"#, .configuration),
+        (400, #"{"error": "invalid_target"}"#, .configuration), (400, #"{"error": "slow_down"}"#, .transient),
+        (500, #"{"error": "invalid_grant"}"#, .transient), (503, "", .transient), (429, "", .transient), (502, "<html>", .transient),
     ])
-    func failureClasses(status: Int, body: String, permanent: Bool) {
+    func failureClasses(status: Int, body: String, expected: Expected) {
         let outcome = TokenResponse.interpret(status: status, retryAfter: "7", body: Data(body.utf8), receivedAt: received, defaultLifetime: .seconds(60))
         switch outcome {
-        case .permanent: #expect(permanent)
+        case .refused(let refusal):
+            #expect(refusal.kind == (expected == .credentials ? .credentials : .configuration) && expected != .transient, "\(body)")
         case .transient(_, let retryAfter):
-            #expect(!permanent)
+            #expect(expected == .transient)
             #expect(retryAfter == .seconds(7))
         case .granted: Issue.record("an error status was taken as success")
+        }
+    }
+
+    @Test("every refusal names the endpoint, the error and the remedy", arguments: [
+        ("invalid_grant", "tokenproxy login"), ("invalid_client", "client secret"), ("unauthorized_client", "token.grant"),
+        ("unsupported_grant_type", "token.grant"), ("invalid_scope", "token.scope"), ("invalid_target", "token.extraParams"),
+        ("invalid_request", "token.clientAuth"),
+    ])
+    func refusalMessages(error: String, remedy: String) throws {
+        let configuration = try ConfigFixture(endpoint: "http://127.0.0.1:9/oauth/token").configuration(in: TemporaryDirectory())
+        let refusal = try #require(TokenEndpointRefusal(error: error, description: "said so"))
+        let message = refusal.message(configuration.token)
+        #expect(message.contains("http://127.0.0.1:9/oauth/token") && message.contains(error) && message.contains("said so") && message.contains(remedy), "\(message)")
+        #expect(!message.contains("lockFile"))
+    }
+
+    /// Times no token response should carry; none may trap, each is refused or clamped.
+    @Test("hostile times in token responses", arguments: [
+        (#""expires_in": 9223372036854775807"#, "clamp"), (#""expires_in": 1e300"#, "clamp"), (#""expires_in": "9223372036854775808""#, "clamp"),
+        (#""expires_in": -1"#, "refuse"), (#""expires_in": -9223372036854775808"#, "refuse"), (#""expires_in": "NaN""#, "refuse"),
+        (#""expires_in": "Infinity""#, "refuse"), (#""expires_in": "-5""#, "refuse"), (#""expires_in": "1e9""#, "refuse"),
+        (#""expires_in": 0.2"#, "refuse"), (#""expires_in": 1e-300"#, "refuse"),
+    ])
+    func hostileResponseTimes(field: String, expected: String) {
+        let body = #"{"access_token": "a", "# + field + "}"
+        let outcome = TokenResponse.interpret(status: 200, retryAfter: nil, body: Data(body.utf8), receivedAt: received, defaultLifetime: .seconds(60))
+        switch (outcome, expected) {
+        case (.granted(let tokens), "clamp"):
+            #expect(tokens.expiresAt == received + TokenSet.longestLifetime, "clamped to ten years")
+            _ = PublishedToken(authorization: "Bearer a", accessToken: "a", mustRefreshAt: tokens.expiresAt!, expiresAt: tokens.expiresAt!).isUsable
+        case (.transient(let reason, _), "refuse"):
+            #expect(reason.contains("expires_in"), "says what it refused: \(reason)")
+        default:
+            Issue.record("\(field): expected \(expected), got \(outcome)")
+        }
+    }
+
+    @Test("hostile JWT exp claims", arguments: [
+        (32_503_680_000.0, "clamp"), (253_402_300_799, "clamp"), (9.2e18, "clamp"), (1e300, "clamp"), (1, "refuse"), (-5, "default"),
+    ])
+    func hostileJWTExpiry(exp: Double, expected: String) {
+        let payload = Data("{\"exp\": \(exp)}".utf8).base64EncodedString().replacingOccurrences(of: "=", with: "")
+        let body = #"{"access_token": "eyJhbGciOiJub25lIn0."# + payload + #".sig"}"#
+        let outcome = TokenResponse.interpret(status: 200, retryAfter: nil, body: Data(body.utf8), receivedAt: received, defaultLifetime: .seconds(60))
+        switch (outcome, expected) {
+        case (.granted(let tokens), "clamp"): #expect(tokens.expiresAt == received + TokenSet.longestLifetime)
+        case (.granted(let tokens), "default"): #expect(tokens.expiresAt == received + 60)
+        case (.transient(let reason, _), "refuse"): #expect(reason.contains("exp"))
+        default: Issue.record("exp \(exp): expected \(expected), got \(outcome)")
         }
     }
 

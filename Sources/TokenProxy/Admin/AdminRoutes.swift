@@ -26,6 +26,7 @@ public struct AdminRoutes: Sendable {
         public var status: HTTPResponseStatus
         public var body: String
         public var contentType = "application/json"
+        public var headers: [(String, String)] = []
 
         static func json(_ status: HTTPResponseStatus, _ fields: [String: JSONValue]) -> Response {
             Response(status: status, body: JSONValue.object(fields).serialized + "\n")
@@ -134,8 +135,14 @@ public struct AdminRoutes: Sendable {
 
     private static func failure(_ error: TokenBrokerError) -> Response {
         switch error {
-        case .reauthenticationRequired(let reason): .error(.unauthorized, ProxyError.Code.reauthenticationRequired.rawValue, reason)
-        case .unavailable(let reason, _): .error(.serviceUnavailable, ProxyError.Code.tokenUnavailable.rawValue, reason)
+        case .reauthenticationRequired(let reason):
+            return .error(.unauthorized, ProxyError.Code.reauthenticationRequired.rawValue, reason)
+        case .unavailable, .misconfigured:
+            return .error(.serviceUnavailable, ProxyError.Code.tokenUnavailable.rawValue, RefreshGate.reason(error))
+        case .rateLimited(let retryAfter):
+            var response = Response.error(.tooManyRequests, "too_many_requests", error.description)
+            response.headers.append(("Retry-After", String(max(1, Int(retryAfter.timeInterval.rounded(.up))))))
+            return response
         }
     }
 }

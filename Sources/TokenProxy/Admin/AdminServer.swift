@@ -67,6 +67,7 @@ private final class AdminHandler: ChannelInboundHandler {
                     headers.add(name: "Content-Type", value: response.contentType)
                     headers.add(name: "Content-Length", value: String(response.body.utf8.count))
                     headers.add(name: "Cache-Control", value: "no-store")
+                    for (name, value) in response.headers { headers.add(name: name, value: value) }
                     if !keepAlive { headers.add(name: "Connection", value: "close") }
                     context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))), promise: nil)
                     context.write(self.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: response.body)))), promise: nil)

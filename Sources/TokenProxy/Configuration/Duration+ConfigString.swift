@@ -34,8 +34,13 @@ extension Duration {
         return Double(seconds) + Double(attoseconds) / 1e18
     }
 
-    /// The duration of a `Date` difference.
+    /// The duration of a `Date` difference, saturating at ±285 years (and zero for NaN), so that
+    /// no time from a store or a token response can make the conversion trap.
     public init(timeInterval: Double) {
-        self = .nanoseconds(Int64((timeInterval * 1e9).rounded()))
+        guard !timeInterval.isNaN else {
+            self = .zero
+            return
+        }
+        self = .nanoseconds(Int64((min(max(timeInterval, -9e9), 9e9) * 1e9).rounded()))
     }
 }

@@ -40,7 +40,7 @@ public enum ProxyApplication {
             }
         } catch {
             logger.critical("cannot listen", metadata: ["listen": "\(configuration.listen)", "admin": "\(configuration.admin?.listen.description ?? "off")", "error": "\(error)"])
-            await endpoint.shutdown()
+            await broker.shutdown()
             throw error
         }
         var listening: Logger.Metadata = ["listen": "\(configuration.listen)", "upstream": "\(configuration.upstream.url)", "admin": "\(configuration.admin?.listen.description ?? "off")"]
@@ -50,7 +50,10 @@ public enum ProxyApplication {
         logger.info("listening", metadata: listening)
         notifier.ready(status: await firstToken(from: broker))
 
-        let reloader = Reloader(current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier, logger: logger)
+        let reloader = Reloader(
+            current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier,
+            environment: environment, logger: logger
+        )
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: FunctionService { await cancelWhenGracefulShutdown { await broker.keepFresh() } }, serviceName: "token maintenance"),
             .init(service: FunctionService {
@@ -77,7 +80,6 @@ public enum ProxyApplication {
             logger.info("stopping: draining in-flight requests", metadata: ["open": "\(server.openConnections)", "timeout": "\(configuration.drainTimeout.configString)"])
             await server.drain(timeout: await reloader.drainTimeout)
             await reloader.stopAdmin()
-            await broker.finishWrites()
         }, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "proxy"))
 
         var groupConfiguration = ServiceGroupConfiguration(services: services, logger: logger)
@@ -88,10 +90,10 @@ public enum ProxyApplication {
             try await group.run()
         } catch {
             logger.error("stopped after a service failed", metadata: ["error": "\(error)"])
-            await endpoint.shutdown()
+            await broker.shutdown()
             throw error
         }
-        await endpoint.shutdown()
+        await broker.shutdown()
         logger.info("stopped")
     }
 
@@ -126,9 +128,10 @@ enum TokenStatusText {
     static func describe(_ event: TokenBroker.RefreshEvent) -> String {
         switch event {
         case .refreshing: "refreshing the token"
-        case .refreshed(let expiresAt): "token valid until \(expiresAt.map(RFC3339.format) ?? "unknown")"
+        case .refreshed(let expiresAt), .adopted(let expiresAt): "token valid until \(expiresAt.map(RFC3339.format) ?? "unknown")"
         case .transientFailure(let reason): "token endpoint failing, retrying: \(reason)"
         case .reauthenticationRequired(let reason): "re-login needed: \(reason)"
+        case .misconfigured(let reason): "configuration error: \(reason)"
         }
     }
 
@@ -136,6 +139,8 @@ enum TokenStatusText {
         switch error {
         case .reauthenticationRequired(let reason): "re-login needed: \(reason)"
         case .unavailable(let reason, _): "no token yet, retrying: \(reason)"
+        case .misconfigured(let reason): "configuration error: \(reason)"
+        case .rateLimited: "no token yet, retrying"
         }
     }
 }

@@ -11,9 +11,14 @@ actor Reloader {
     private let faults: FaultSettings
     private let statistics: ProxyStatistics
     private let notifier: SystemdNotifier
+    private let environment: [String: String]
     private let logger: Logger
 
-    init(current: Configuration, server: ProxyServer, admin: AdminServer?, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, notifier: SystemdNotifier, logger: Logger) {
+    init(
+        current: Configuration, server: ProxyServer, admin: AdminServer?, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics,
+        notifier: SystemdNotifier, environment: [String: String], logger: Logger
+    ) {
+        self.environment = environment
         self.current = current
         self.server = server
         self.admin = admin
@@ -60,13 +65,12 @@ actor Reloader {
             }
         }
         if next.token != current.token {
-            logger.warning("reload: token.* changes take effect after a restart; the token settings in force are unchanged")
+            await broker.reconfigure(next.token, endpoint: TokenEndpointClient(configuration: next.token, environment: environment))
         }
         if next.log != current.log {
             logger.warning("reload: log.* changes take effect after a restart")
         }
         var applied = next
-        applied.token = current.token
         applied.log = current.log
         current = applied
         logger.info("configuration reloaded", metadata: ["config": "\(current.sourcePath)", "upstream": "\(current.upstream.url)", "listen": "\(current.listen)"])

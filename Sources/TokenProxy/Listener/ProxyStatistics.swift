@@ -22,6 +22,7 @@ public final class ProxyStatistics: Sendable {
     private let faultsTotal: CoreMetrics.Counter
     private let retriesByReason: [RetryReason: CoreMetrics.Counter]
     private let refreshesByResult: [RefreshResult: CoreMetrics.Counter]
+    private let adoptionsTotal: CoreMetrics.Counter
     private let errorsByCode: [ProxyError.Code: CoreMetrics.Counter]
     /// Seconds left on the access token, set when `/metrics` is rendered.
     public let tokenSecondsLeft: CoreMetrics.Gauge
@@ -33,6 +34,7 @@ public final class ProxyStatistics: Sendable {
 
     public enum RefreshResult: String, Sendable, CaseIterable {
         case success, transientFailure = "transient_failure", reauthenticationRequired = "reauthentication_required"
+        case configurationError = "configuration_error"
     }
 
     public init() {
@@ -56,6 +58,7 @@ public final class ProxyStatistics: Sendable {
         errorsByCode = Dictionary(uniqueKeysWithValues: [ProxyError.Code.reauthenticationRequired, .tokenUnavailable, .upstreamUnavailable, .upstreamTimeout, .badRequest].map {
             ($0, Counter(label: "tokenproxy_proxy_errors_total", dimensions: [("code", $0.rawValue)], factory: factory))
         })
+        adoptionsTotal = Counter(label: "tokenproxy_token_adoptions_total", factory: factory)
         tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
     }
 
@@ -87,13 +90,16 @@ public final class ProxyStatistics: Sendable {
         errorsByCode[code]?.increment()
     }
 
-    /// Counts the broker's calls to the token endpoint by outcome; pass it as the broker's observer.
+    /// Counts the broker's calls to the token endpoint by outcome, and the tokens it adopted from
+    /// other processes apart from them; pass it as the broker's observer.
     public func observe(_ event: TokenBroker.RefreshEvent) {
         switch event {
         case .refreshing: break
         case .refreshed: refreshesByResult[.success]?.increment()
+        case .adopted: adoptionsTotal.increment()
         case .transientFailure: refreshesByResult[.transientFailure]?.increment()
         case .reauthenticationRequired: refreshesByResult[.reauthenticationRequired]?.increment()
+        case .misconfigured: refreshesByResult[.configurationError]?.increment()
         }
     }
 

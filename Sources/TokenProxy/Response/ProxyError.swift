@@ -43,7 +43,11 @@ public struct ProxyError: Error, Sendable, Equatable {
         case .reauthenticationRequired(let reason):
             ProxyError(.reauthenticationRequired, reason)
         case .unavailable(let reason, let retryAfter):
-            ProxyError(.tokenUnavailable, reason, retryAfter: max(1, Int((retryAfter ?? .seconds(1)).timeInterval.rounded(.up))))
+            ProxyError(.tokenUnavailable, reason, retryAfter: max(1, Int(min((retryAfter ?? .seconds(1)).timeInterval, 3600).rounded(.up))))
+        case .misconfigured(let reason):
+            ProxyError(.tokenUnavailable, "configuration error: \(reason)", retryAfter: 60)
+        case .rateLimited(let retryAfter):
+            ProxyError(.tokenUnavailable, error.description, retryAfter: max(1, Int(retryAfter.timeInterval.rounded(.up))))
         }
     }
 

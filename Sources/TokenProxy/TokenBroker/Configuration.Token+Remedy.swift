@@ -3,9 +3,17 @@ extension Configuration.Token {
     public var reauthenticationRemedy: String {
         switch grant {
         case .refreshToken:
-            "log in again and hand the new refresh token to tokenproxy by writing {\"version\": 1, \"refresh_token\": \"…\"} to \(store) (mode 0600); it is picked up without a restart"
+            "log in again: `tokenproxy login --refresh-token-file FILE` (or write {\"version\": 1, \"refresh_token\": \"…\"} to \(store), mode 0600); it is picked up without a restart"
         case .clientCredentials:
             "check token.clientId and the client secret (\(clientSecret?.description ?? "none configured")); a changed secret or store is picked up without a restart"
         }
+    }
+
+    /// Whether tokens obtained under `other` were obtained the way this configuration would
+    /// obtain them: same endpoint, client, grant, scope and parameters. When not, a reload drops
+    /// them (SPEC §8).
+    func issuesSameTokens(as other: Configuration.Token) -> Bool {
+        endpoint == other.endpoint && grant == other.grant && clientID == other.clientID && clientSecret == other.clientSecret
+            && clientAuth == other.clientAuth && scope == other.scope && extraParams == other.extraParams
     }
 }

@@ -1,32 +1,34 @@
 import FoundationEssentials
 
 extension TokenBroker {
-    /// Keeps the token fresh until the task is cancelled: refreshes when the advisory window
-    /// begins (so requests never wait for it), retries on the backoff schedule after transient
-    /// failures, and watches the store after a permanent one.
+    /// Keeps the token fresh until the task is cancelled: refreshes when the advisory window of
+    /// the current token begins, however that token was obtained (so requests never wait for
+    /// it), retries on the backoff schedule after transient failures, and watches the store and
+    /// the client secret after a permanent one. A new token reschedules it at once.
     public func keepFresh() async {
         await loadStore()
         while !Task.isCancelled {
-            do {
-                try await Task.sleep(for: nextMaintenancePause())
-            } catch {
-                return
+            let now = Date()
+            let due = gate.nextCheck(now: now)
+            if due > now {
+                await pause(for: min(Duration(timeInterval: due.timeIntervalSince(now)), .seconds(60)))
+                continue
             }
             _ = try? await token(for: .fresh)
+            // However the need ended, the next check is at least this far off.
+            try? await Task.sleep(for: .milliseconds(10))
         }
     }
 
-    func nextMaintenancePause() -> Duration {
-        let shortest = Duration.milliseconds(10)
-        switch failure {
-        case .transient(_, let retryAt, _):
-            return max(ContinuousClock.now.duration(to: retryAt), shortest)
-        case .permanent:
-            return .seconds(2)
-        case .none:
-            guard let current, let deadlines = windows.deadlines(of: current) else { return shortest }
-            let untilWindow = Duration(timeInterval: deadlines.refreshAt.timeIntervalSinceNow)
-            return min(max(untilWindow, shortest), .seconds(60))
+    /// Sleeps for `duration`, or until ``publishCurrent()`` changes the token.
+    private func pause(for duration: Duration) async {
+        let sleeper = Task { _ = try? await Task.sleep(for: duration) }
+        maintenancePause = sleeper
+        await withTaskCancellationHandler {
+            await sleeper.value
+        } onCancel: {
+            sleeper.cancel()
         }
+        maintenancePause = nil
     }
 }

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Logging
 
 extension TokenBroker {
     /// The broker's state for `/status`, `/readyz` and systemd's `STATUS=`; never a secret.
@@ -14,16 +15,17 @@ extension TokenBroker {
     }
 
     public func status() -> Status {
+        let current = gate.current
         var status = Status(
-            expiresAt: current?.expiresAt, hasRefreshToken: current?.refreshToken != nil, lastRefresh: lastRefresh,
-            failure: nil, reauthenticationRequired: false, refreshing: isRefreshing
+            expiresAt: current?.accessToken == nil ? nil : current?.expiresAt, hasRefreshToken: current?.refreshToken != nil,
+            lastRefresh: gate.lastRefresh, failure: nil, reauthenticationRequired: false, refreshing: isRefreshing
         )
-        switch failure {
+        switch gate.failure {
         case .none: break
         case .transient(_, _, let reason): status.failure = reason
-        case .permanent(let reason, _, _):
-            status.failure = reason
-            status.reauthenticationRequired = true
+        case .permanent(let error, _):
+            status.failure = RefreshGate.reason(error)
+            if case .reauthenticationRequired = error { status.reauthenticationRequired = true }
         }
         return status
     }
@@ -34,13 +36,52 @@ extension TokenBroker {
         await finishWrites()
         let lock = try await takeLock()
         defer { lock.release() }
-        var tokens = try await readStore(quarantineCorrupt: true).tokens ?? current ?? TokenSet()
+        var tokens = try await readStore().tokens ?? gate.current ?? TokenSet()
         guard tokens.accessToken != nil else { return }
         let now = Date()
         tokens.expiresAt = now
         if tokens.obtainedAt.map({ $0 > now }) ?? false { tokens.obtainedAt = now }
         try await write(tokens)
-        adopt(tokens)
+        gate.replaced(by: tokens)
+        publishCurrent()
         logger.info("access token marked expired on request", metadata: ["store": "\(store.path)"])
+    }
+
+    /// Puts a refresh token obtained elsewhere into the store, through the lock, in place of
+    /// whatever it held (`tokenproxy login --refresh-token-file`). No endpoint call is made; a
+    /// running proxy sharing the store picks it up at its next need.
+    public func importRefreshToken(_ refreshToken: String) async throws(TokenBrokerError) {
+        await finishWrites()
+        let lock = try await takeLock()
+        defer { lock.release() }
+        let tokens = TokenSet(refreshToken: refreshToken)
+        try await write(tokens)
+        gate.replaced(by: tokens)
+        publishCurrent()
+        logger.info("refresh token imported into the store", metadata: ["store": "\(store.path)"])
+    }
+
+    /// Applies a reloaded `token.*` (SPEC §8): new windows, endpoint, client or store take effect
+    /// at once and clear a failure; tokens obtained under another endpoint, client, grant or
+    /// scope are dropped and the next need refreshes.
+    public func reconfigure(_ next: Configuration.Token, endpoint nextEndpoint: TokenEndpointClient) async {
+        let previous = configuration
+        let previousEndpoint = endpoint
+        let running = refreshTask
+        configuration = next
+        store = TokenStore(path: next.store)
+        endpoint = nextEndpoint
+        let dropTokens = !next.issuesSameTokens(as: previous)
+        gate.reconfigure(
+            windows: RefreshWindows(refreshBefore: next.refreshBefore, minValidity: next.minValidity),
+            minRefreshInterval: next.minRefreshInterval, dropTokens: dropTokens, now: Date()
+        )
+        publishCurrent()
+        logger.info("token settings reloaded", metadata: ["endpoint": "\(next.endpoint)", "tokensDropped": "\(dropTokens)"])
+        // The old client closes once the refresh it may be serving is over.
+        Task {
+            _ = await running?.value
+            await previousEndpoint.shutdown()
+        }
     }
 }

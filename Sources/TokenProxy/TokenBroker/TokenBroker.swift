@@ -4,9 +4,9 @@ import Logging
 /// Hands out access tokens and refreshes them through the store-and-lock protocol of SPEC §3, so
 /// that every process sharing a store causes one token-endpoint call per expiry.
 ///
-/// Concurrent needs inside a process share one refresh (single flight). A refresh reads the
-/// store, then takes the lock, reads the store again, and only then calls the endpoint and writes
-/// the result before unlocking. Blocking calls run on the blocking-I/O pool.
+/// The decisions are ``RefreshGate``'s; the actor carries them out: it reads and writes the
+/// store, takes the lock and calls the endpoint (blocking calls on the blocking-I/O pool),
+/// publishes the token for the data path and reports what happened.
 public actor TokenBroker {
     /// What a caller needs the token for.
     public enum Need: Sendable, Equatable {
@@ -22,52 +22,45 @@ public actor TokenBroker {
         case forced
     }
 
-    let configuration: Configuration.Token
-    let windows: RefreshWindows
-    let store: TokenStore
-    let endpoint: TokenEndpointClient
-    let backoff: RefreshBackoff
-    let logger: Logger
-    /// Where the data path reads the current token without asking the actor.
-    public nonisolated let publisher = TokenPublisher()
-
-    /// The token last read from the store or received from the endpoint.
-    private(set) var current: TokenSet?
-    private var refreshInFlight: Task<Result<TokenSet, TokenBrokerError>, Never>?
-    var failure: FailureState = .none
-    /// When the last 401-caused refresh happened (`token.minRefreshInterval` spaces them out).
-    var lastReactiveRefresh: ContinuousClock.Instant?
-    var lastRefresh: RefreshRecord?
-    /// Whether a refreshed token is written to the store before anyone uses it. One-shot
-    /// commands must (they exit right after); the proxy writes while the first requests use it.
-    let writesBeforeUse: Bool
-    var pendingWrite: Task<Void, Never>?
-    /// Told about every refresh that reached the token endpoint (metrics, systemd status).
-    let observer: (@Sendable (RefreshEvent) -> Void)?
-
-    /// The outcome of one call to the token endpoint.
+    /// What happened to the token, for metrics and systemd's `STATUS=`. Only calls this process
+    /// made to the token endpoint are `refreshed` or failures; a token another process obtained
+    /// is `adopted`.
     public enum RefreshEvent: Sendable {
         /// A call to the token endpoint is starting.
         case refreshing
         case refreshed(expiresAt: Date?)
+        case adopted(expiresAt: Date?)
         case transientFailure(reason: String)
         case reauthenticationRequired(reason: String)
-    }
-
-    enum FailureState: Sendable {
-        case none
-        /// The endpoint failed `count` times in a row; no call before `retryAt`.
-        case transient(count: Int, retryAt: ContinuousClock.Instant, reason: String)
-        /// The credentials were refused; nothing is tried until the store or the client secret changes.
-        case permanent(reason: String, storeVersion: TokenStore.Fingerprint?, clientVersion: String?)
+        case misconfigured(reason: String)
     }
 
     /// The outcome of the last refresh attempt, for status reports.
-    public struct RefreshRecord: Sendable {
+    public struct RefreshRecord: Sendable, Equatable {
         public var at: Date
         public var succeeded: Bool
         public var detail: String
     }
+
+    var configuration: Configuration.Token
+    var store: TokenStore
+    var endpoint: TokenEndpointClient
+    let logger: Logger
+    /// Where the data path reads the current token without asking the actor.
+    public nonisolated let publisher = TokenPublisher()
+    var gate: RefreshGate
+    var refreshTask: Task<Result<TokenSet, TokenBrokerError>, Never>?
+    /// Whether a refreshed token is written to the store before anyone uses it. One-shot
+    /// commands must (they exit right after); the proxy writes while the first requests use it.
+    let writesBeforeUse: Bool
+    var pendingWrite: Task<Void, Never>?
+    private var loaded = false
+    /// The maintenance loop's current pause; cancelled when the token changes.
+    var maintenancePause: Task<Void, Never>?
+    /// The last note about a dropped access token, so that it is logged once per store.
+    private var lastDiscardNote: String?
+    /// Told about every refresh that reached the token endpoint (metrics, systemd status).
+    let observer: (@Sendable (RefreshEvent) -> Void)?
 
     public init(
         configuration: Configuration.Token,
@@ -80,138 +73,151 @@ public actor TokenBroker {
         self.writesBeforeUse = writesBeforeUse
         self.observer = observer
         self.configuration = configuration
-        self.windows = RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity)
+        self.gate = RefreshGate(
+            windows: RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity),
+            minRefreshInterval: configuration.minRefreshInterval, backoff: backoff
+        )
         self.store = TokenStore(path: configuration.store)
         self.endpoint = endpoint
-        self.backoff = backoff
         self.logger = logger
     }
 
     /// A token that meets `need`, refreshing it if necessary.
     public func token(for need: Need) async throws(TokenBrokerError) -> TokenSet {
-        if current == nil { await loadStore() }
-        if let current, satisfies(current, need) {
-            startBackgroundRefreshIfAdvised(current)
-            return current
+        if !loaded { await loadStore() }
+        var attempt = RefreshGate.Attempt(need: need)
+        while true {
+            switch gate.decide(attempt, now: Date()) {
+            case .use(let tokens, let refreshInBackground):
+                if refreshInBackground { refreshTask = launchRefresh(.fresh) }
+                return tokens
+            case .join:
+                guard let refreshTask else {
+                    attempt.joined = .failure(.unavailable(reason: "internal error: no refresh to join", retryAfter: nil))
+                    continue
+                }
+                attempt.joined = await refreshTask.value
+            case .start(let need):
+                let task = launchRefresh(need)
+                refreshTask = task
+                attempt.joined = await task.value
+            case .checkForChanges:
+                if gate.recheck(await watch(storeMatters: true)) {
+                    logger.info("the token store or the client secret changed since the refusal; trying again", metadata: ["store": "\(store.path)"])
+                }
+                attempt.checkedForChanges = true
+            case .lookInStore:
+                if let stored = try? await readStore().tokens, gate.offer(stored, now: Date()) {
+                    publishCurrent()
+                }
+                attempt.lookedInStore = true
+            case .fail(let error):
+                throw error
+            }
         }
-        if case .replacing(let rejected) = need, let current, current.accessToken == rejected, isReactiveRefreshThrottled(),
-            windows.freshness(of: current, at: Date()) >= .refreshAdvised
-        {
-            // A backend that keeps answering 401 must not turn into a refresh storm: the caller
-            // replays once with the token it has.
-            return current
-        }
-        try await checkFailureState(for: need)
-        // The failure check may have adopted a usable token another process stored.
-        if let current, satisfies(current, need) { return current }
-        // Join a refresh already under way; if its result does not meet this need (it adopted
-        // the very token this caller saw rejected), run one more.
-        if let refreshInFlight {
-            let tokens = try await refreshInFlight.value.get()
-            if satisfies(tokens, need) { return tokens }
-        }
-        return try await refresh(reason: need).get()
     }
 
     /// Adopts what the store holds, if it is usable, without refreshing: at startup, requests
     /// must not wait for a refresh that the token on disk makes unnecessary.
     public func loadStore() async {
-        guard current == nil, let stored = try? await readStore(quarantineCorrupt: false).tokens,
-            windows.freshness(of: stored, at: Date()) >= .refreshAdvised
-        else { return }
-        adopt(stored)
+        loaded = true
+        guard gate.current == nil, let stored = try? await readStore().tokens, gate.load(stored, now: Date()) else { return }
+        publishCurrent()
     }
 
-    var isRefreshing: Bool { refreshInFlight != nil }
+    var isRefreshing: Bool { gate.running != nil }
 
-    /// Whether `tokens` can be handed out for `need` without a refresh.
-    func satisfies(_ tokens: TokenSet, _ need: Need) -> Bool {
-        let freshness = windows.freshness(of: tokens, at: Date())
-        switch need {
-        case .usable: return freshness >= .refreshAdvised
-        case .fresh: return freshness == .fresh
-        case .replacing(let rejected): return tokens.accessToken != rejected && freshness >= .refreshAdvised
-        case .forced: return false
-        }
+    private func launchRefresh(_ need: Need) -> Task<Result<TokenSet, TokenBrokerError>, Never> {
+        Task { await self.runRefresh(need) }
     }
 
-    private func isReactiveRefreshThrottled() -> Bool {
-        guard let lastReactiveRefresh else { return false }
-        return ContinuousClock.now < lastReactiveRefresh.advanced(by: configuration.minRefreshInterval)
-    }
-
-    /// Fails fast while the endpoint is known to fail, unless another process has meanwhile put
-    /// a usable token into the store.
-    private func checkFailureState(for need: Need) async throws(TokenBrokerError) {
-        switch failure {
-        case .none:
-            return
-        case .permanent(let reason, let storeVersion, let clientVersion):
-            let (store, endpoint) = (self.store, self.endpoint)
-            let (version, client) = await BlockingIO.run { (store.fingerprint(), try? endpoint.credentials(refreshToken: nil).fingerprint) }
-            guard version == storeVersion, client == clientVersion else {
-                logger.info("the token store or the client secret changed since the credentials were refused; trying again", metadata: ["store": "\(store.path)"])
-                failure = .none
-                return
-            }
-            throw .reauthenticationRequired(reason: reason)
-        case .transient(_, let retryAt, let reason):
-            let now = ContinuousClock.now
-            guard now < retryAt, need != .forced else { return }
-            if let stored = try? await readStore(quarantineCorrupt: false).tokens, satisfies(stored, need) {
-                adopt(stored)
-                return
-            }
-            throw .unavailable(reason: reason, retryAfter: now.duration(to: retryAt))
-        }
-    }
-
-    private func startBackgroundRefreshIfAdvised(_ tokens: TokenSet) {
-        guard refreshInFlight == nil, windows.freshness(of: tokens, at: Date()) == .refreshAdvised else { return }
-        if case .transient(_, let retryAt, _) = failure, ContinuousClock.now < retryAt { return }
-        if case .permanent = failure { return }
-        _ = refresh(reason: .fresh)
-    }
-
-    /// Starts the single refresh of this process (or returns the one under way) and awaits it.
-    @discardableResult
-    private func refresh(reason: Need) -> Task<Result<TokenSet, TokenBrokerError>, Never> {
-        if let refreshInFlight { return refreshInFlight }
-        let task = Task { await self.runRefresh(reason: reason) }
-        refreshInFlight = task
-        return task
-    }
-
-    private func refresh(reason: Need) async -> Result<TokenSet, TokenBrokerError> {
-        await refresh(reason: reason).value
-    }
-
-    private func runRefresh(reason: Need) async -> Result<TokenSet, TokenBrokerError> {
+    private func runRefresh(_ need: Need) async -> Result<TokenSet, TokenBrokerError> {
         let started = ContinuousClock.now
-        let result: Result<TokenSet, TokenBrokerError>
-        do {
-            result = .success(try await acquire(reason: reason))
-        } catch {
-            result = .failure(error)
-        }
-        refreshInFlight = nil
-        record(result, reason: reason, started: started)
+        let outcome = await acquire(need)
+        let (result, report) = gate.finished(outcome, now: Date(), random: Double.random(in: 0..<1))
+        refreshTask = nil
+        publishCurrent()
+        self.report(report, need: need, elapsed: started.duration(to: .now))
         return result
     }
 
-    func adopt(_ tokens: TokenSet) {
-        current = tokens
-        failure = .none
-        publisher.publish(tokens, windows: windows)
+    /// Publishes the gate's token for the data path and wakes the maintenance loop, whose
+    /// schedule follows the token however it was obtained (SPEC §5).
+    func publishCurrent() {
+        publisher.publish(gate.current, windows: gate.windows)
+        maintenancePause?.cancel()
     }
 
-    func readStore(quarantineCorrupt: Bool) async throws(TokenBrokerError) -> TokenStore.Contents {
+    func readStore() async throws(TokenBrokerError) -> TokenStore.Contents {
         let store = self.store
-        let logger = self.logger
+        let contents: TokenStore.Contents
         do {
-            return try await BlockingIO.run { () throws(TokenStoreError) in try store.read(quarantineCorrupt: quarantineCorrupt, logger: logger) }
+            contents = try await BlockingIO.run { () throws(TokenStoreError) in try store.read(now: Date()) }
         } catch {
-            throw .unavailable(reason: error.description, retryAfter: nil)
+            throw Self.brokerError(error)
         }
+        if case .tokens(_, let discarded?) = contents, discarded != lastDiscardNote {
+            lastDiscardNote = discarded
+            logger.warning("the token store's access token was refused and will be replaced by a refresh", metadata: ["store": "\(store.path)", "reason": "\(discarded)"])
+        }
+        return contents
+    }
+
+    static func brokerError(_ error: TokenStoreError) -> TokenBrokerError {
+        switch error {
+        case .refused(_, let reason): .misconfigured(reason: reason)
+        case .system: .unavailable(reason: error.description, retryAfter: nil)
+        }
+    }
+
+    /// What a permanent failure watches, as it is now.
+    func watch(storeMatters: Bool) async -> RefreshGate.Watch {
+        let (store, endpoint) = (self.store, self.endpoint)
+        let (version, client) = await BlockingIO.run { (store.fingerprint(), try? endpoint.credentials(refreshToken: nil).fingerprint) }
+        return RefreshGate.Watch(store: version, client: client, storeMatters: storeMatters)
+    }
+
+    private func report(_ report: RefreshGate.Report, need: Need, elapsed: Duration) {
+        var metadata: Logger.Metadata = ["trigger": "\(Self.describe(need))", "durationMs": "\(elapsed.milliseconds)"]
+        switch report {
+        case .refreshed(let tokens):
+            if let expiresAt = tokens.expiresAt { metadata["expiresAt"] = "\(RFC3339.format(expiresAt))" }
+            logger.info("token refreshed", metadata: metadata)
+            observer?(.refreshed(expiresAt: tokens.expiresAt))
+        case .adopted(let tokens):
+            if let expiresAt = tokens.expiresAt { metadata["expiresAt"] = "\(RFC3339.format(expiresAt))" }
+            logger.info("token adopted from the store (refreshed by another process)", metadata: metadata)
+            observer?(.adopted(expiresAt: tokens.expiresAt))
+        case .failed(let reason, let failures, let retryIn, let calledEndpoint):
+            metadata["reason"] = "\(reason)"
+            metadata["failures"] = "\(failures)"
+            metadata["retryInMs"] = "\(retryIn.milliseconds)"
+            logger.warning("token refresh failed; will retry", metadata: metadata)
+            if calledEndpoint { observer?(.transientFailure(reason: reason)) }
+        case .refused(let error, let calledEndpoint):
+            metadata["reason"] = "\(RefreshGate.reason(error))"
+            switch error {
+            case .misconfigured(let reason):
+                logger.error("token refresh refused: configuration error; nothing is retried until the configuration changes", metadata: metadata)
+                if calledEndpoint { observer?(.misconfigured(reason: reason)) }
+            default:
+                logger.error("token refresh refused: re-authentication required", metadata: metadata)
+                if calledEndpoint { observer?(.reauthenticationRequired(reason: RefreshGate.reason(error))) }
+            }
+        }
+    }
+
+    static func describe(_ need: Need) -> String {
+        switch need {
+        case .usable, .fresh: "expiry"
+        case .replacing: "upstream 401"
+        case .forced: "forced"
+        }
+    }
+
+    /// Closes the token endpoint client's connections; call once before the process exits.
+    public func shutdown() async {
+        await finishWrites()
+        await endpoint.shutdown()
     }
 }

@@ -3,6 +3,7 @@ import FoundationEssentials
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Glibc
 
 /// Calls the OAuth 2.0 token endpoint (RFC 6749 §4.4, §6) with async-http-client.
 ///
@@ -22,6 +23,9 @@ public final class TokenEndpointClient: Sendable {
             timeout: .init(connect: .milliseconds(configuration.requestTimeout.milliseconds))
         )
         clientConfiguration.connectionPool.idleTimeout = .seconds(30)
+        // A refused connection fails the call at once (SPEC §4): retrying the connect until the
+        // deadline would hold the refresh lock for all of token.requestTimeout.
+        clientConfiguration.connectionPool.retryConnectionEstablishment = false
         self.client = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: clientConfiguration)
     }
 
@@ -64,23 +68,40 @@ public final class TokenEndpointClient: Sendable {
         for name in configuration.extraParams.keys.sorted() { form.append((name, configuration.extraParams[name]!)) }
         request.body = .bytes(ByteBuffer(string: form.map { "\(Self.formEncode($0.0))=\(Self.formEncode($0.1))" }.joined(separator: "&")))
 
+        let timeout = TimeAmount.milliseconds(configuration.requestTimeout.milliseconds)
+        let response: TokenResponse
         do {
-            let response = try await client.execute(request, timeout: .milliseconds(configuration.requestTimeout.milliseconds))
-            let body = try await response.body.collect(upTo: 1 << 20)
-            return TokenResponse.interpret(
-                status: Int(response.status.code),
-                retryAfter: response.headers.first(name: "Retry-After"),
+            let answer = try await client.execute(request, deadline: .now() + timeout)
+            let body = try await answer.body.collect(upTo: 1 << 20)
+            response = TokenResponse.interpret(
+                status: Int(answer.status.code),
+                retryAfter: answer.headers.first(name: "Retry-After"),
                 body: Data(body.readableBytesView),
                 receivedAt: Date(),
                 defaultLifetime: configuration.defaultLifetime
             )
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
-            return .transient(reason: "token endpoint did not answer within token.requestTimeout (\(configuration.requestTimeout.configString))", retryAfter: nil)
+            response = .transient(reason: "did not answer within token.requestTimeout (\(configuration.requestTimeout.configString))", retryAfter: nil)
         } catch is NIOTooManyBytesError {
-            return .transient(reason: "token endpoint answered with more than 1 MiB", retryAfter: nil)
+            response = .transient(reason: "answered with more than 1 MiB", retryAfter: nil)
         } catch {
-            return .transient(reason: "token endpoint \(configuration.endpoint) could not be reached: \(error)", retryAfter: nil)
+            response = .transient(reason: "could not be reached (\(Self.describe(error))); check token.endpoint and that the issuer is up", retryAfter: nil)
         }
+        if case .transient(let reason, let retryAfter) = response {
+            return .transient(reason: "the token endpoint \(configuration.endpoint) \(reason)", retryAfter: retryAfter)
+        }
+        return response
+    }
+
+    /// A connection error in a few words (`connection refused`), not a type dump.
+    private static func describe(_ error: any Error) -> String {
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
+        if let error = error as? NIOConnectionError {
+            if let first = error.connectionErrors.first?.error { return describe(first) }
+            if let dns = error.dnsAError ?? error.dnsAAAAError { return "name lookup failed: \(dns)" }
+        }
+        let text = String(describing: error)
+        return text.count > 200 ? String(text.prefix(200)) + "…" : text
     }
 
     /// `application/x-www-form-urlencoded` per the WHATWG URL standard.

@@ -24,8 +24,15 @@ public final class PublishedToken: AtomicReference, Sendable {
         headEnding.writeStaticString("\r\n")
         self.headEnding = headEnding
         self.accessToken = accessToken
-        self.mustRefreshAtNanoseconds = Int64(mustRefreshAt.timeIntervalSince1970 * 1e9)
-        self.expiresAtNanoseconds = Int64(expiresAt.timeIntervalSince1970 * 1e9)
+        self.mustRefreshAtNanoseconds = Self.nanosecondsSinceEpoch(mustRefreshAt)
+        self.expiresAtNanoseconds = Self.nanosecondsSinceEpoch(expiresAt)
+    }
+
+    /// Saturating, so that no instant, however far away, can trap the conversion.
+    static func nanosecondsSinceEpoch(_ date: Date) -> Int64 {
+        let seconds = date.timeIntervalSince1970
+        guard seconds.isFinite else { return seconds > 0 ? .max : .min }
+        return Int64(min(max(seconds, -9e9), 9e9) * 1e9)
     }
 
     /// Whether the token may still be sent (outside its mandatory window), read from the clock
@@ -57,8 +64,9 @@ public final class TokenPublisher: Sendable {
         current.load(ordering: .acquiring)
     }
 
-    func publish(_ tokens: TokenSet, windows: RefreshWindows) {
-        guard let authorization = tokens.authorizationValue, let accessToken = tokens.accessToken,
+    /// Publishes `tokens`, or nothing when they hold no access token with a known expiry.
+    func publish(_ tokens: TokenSet?, windows: RefreshWindows) {
+        guard let tokens, let authorization = tokens.authorizationValue, let accessToken = tokens.accessToken,
             let deadlines = windows.deadlines(of: tokens)
         else {
             current.store(nil, ordering: .releasing)
@@ -66,7 +74,7 @@ public final class TokenPublisher: Sendable {
         }
         let published = current.load(ordering: .acquiring)
         if published?.accessToken == accessToken,
-            published?.mustRefreshAtNanoseconds == Int64(deadlines.mustRefreshAt.timeIntervalSince1970 * 1e9)
+            published?.mustRefreshAtNanoseconds == PublishedToken.nanosecondsSinceEpoch(deadlines.mustRefreshAt)
         {
             return
         }

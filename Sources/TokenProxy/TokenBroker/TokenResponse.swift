@@ -3,12 +3,10 @@ import FoundationEssentials
 /// What a token endpoint's answer means (SPEC §4), decided without I/O.
 enum TokenResponse: Sendable, Equatable {
     case granted(TokenSet)
-    /// RFC 6749 §5.2 errors that no retry can fix: re-login or new client credentials are needed.
-    case permanent(error: String, description: String?)
+    /// An RFC 6749 §5.2 error that no retry can fix.
+    case refused(TokenEndpointRefusal)
     /// Anything worth retrying later: network, 5xx, 429, a malformed answer.
     case transient(reason: String, retryAfter: Duration?)
-
-    static let permanentErrors: Set<String> = ["invalid_grant", "invalid_client", "unauthorized_client", "unsupported_grant_type"]
 
     /// Interprets an HTTP answer of the token endpoint received at `receivedAt`.
     static func interpret(status: Int, retryAfter: String?, body: Data, receivedAt: Date, defaultLifetime: Duration) -> TokenResponse {
@@ -16,67 +14,64 @@ enum TokenResponse: Sendable, Equatable {
         guard status == 200 else {
             let code: String? = if case .string(let text)? = object?["error"] { text } else { nil }
             let description: String? = if case .string(let text)? = object?["error_description"] { text } else { nil }
-            if let code, (400...499).contains(status), permanentErrors.contains(code) {
-                return .permanent(error: code, description: description.map(sanitize))
+            if let code, (400...499).contains(status), let refusal = TokenEndpointRefusal(error: code, description: description.map(sanitize)) {
+                return .refused(refusal)
             }
             let detail = code.map { ", error \(sanitize($0))" } ?? ""
-            return .transient(reason: "token endpoint answered HTTP \(status)\(detail)", retryAfter: retryAfter.flatMap(parseRetryAfter))
+            return .transient(reason: "answered HTTP \(status)\(detail)", retryAfter: retryAfter.flatMap(parseRetryAfter))
         }
-        guard let object else { return .transient(reason: "token endpoint answered 200 with a body that is not a JSON object", retryAfter: nil) }
-        guard case .string(let accessToken)? = object["access_token"], isHeaderSafe(accessToken) else {
-            return .transient(reason: "token endpoint answered 200 without a usable access_token", retryAfter: nil)
+        guard let object else { return .transient(reason: "answered 200 with a body that is not a JSON object", retryAfter: nil) }
+        guard case .string(let accessToken)? = object["access_token"], TokenSet.isHeaderSafe(accessToken) else {
+            return .transient(reason: "answered 200 without a usable access_token", retryAfter: nil)
         }
         var refreshToken: String?
         switch object["refresh_token"] {
         case nil, .null?: break
-        case .string(let text)? where isHeaderSafe(text): refreshToken = text
-        default: return .transient(reason: "token endpoint answered 200 with a malformed refresh_token", retryAfter: nil)
+        case .string(let text)? where TokenSet.isHeaderSafe(text): refreshToken = text
+        default: return .transient(reason: "answered 200 with a malformed refresh_token", retryAfter: nil)
         }
         var tokenType = "Bearer"
         switch object["token_type"] {
         case nil, .null?: break
         case .string(let text)? where text.lowercased() == "bearer": break
-        case .string(let text)? where isHeaderSafe(text): tokenType = text
-        default: return .transient(reason: "token endpoint answered 200 with a malformed token_type", retryAfter: nil)
+        case .string(let text)? where TokenSet.isHeaderSafe(text): tokenType = text
+        default: return .transient(reason: "answered 200 with a malformed token_type", retryAfter: nil)
         }
-        let lifetime: Duration
+        let seconds: Double
         switch object["expires_in"] {
-        case .number(let seconds)?:
-            guard seconds.isFinite, seconds >= 1, seconds <= 10 * 365 * 86_400 else {
-                return .transient(reason: "token endpoint answered 200 with expires_in out of range", retryAfter: nil)
-            }
-            lifetime = Duration(timeInterval: seconds)
+        case .number(let number)?:
+            seconds = number
         case .string(let text)?:
-            guard let seconds = Int(text), seconds >= 1, seconds <= 10 * 365 * 86_400 else {
-                return .transient(reason: "token endpoint answered 200 with a malformed expires_in", retryAfter: nil)
+            // Some issuers send a string; only plain digits are taken ("NaN", "1e9", "-5" are not).
+            guard !text.isEmpty, text.utf8.count <= 30, text.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let number = Double(text) else {
+                return .transient(reason: "answered 200 with a malformed expires_in \"\(sanitize(text))\"", retryAfter: nil)
             }
-            lifetime = .seconds(seconds)
+            seconds = number
         case nil, .null?:
             if let expiry = JWT.expiry(of: accessToken) {
                 // A JWT's exp is the issuer's clock; only the lifetime it implies is taken, so a
                 // skewed issuer clock does not matter beyond the moment of issue.
-                guard expiry > receivedAt else {
-                    return .transient(reason: "token endpoint issued a JWT whose exp is already past", retryAfter: nil)
+                seconds = expiry.timeIntervalSince(receivedAt)
+                guard seconds > 0 else {
+                    return .transient(reason: "issued a JWT whose exp (\(RFC3339.format(expiry))) is already past", retryAfter: nil)
                 }
-                lifetime = Duration(timeInterval: expiry.timeIntervalSince(receivedAt))
             } else {
-                lifetime = defaultLifetime
+                seconds = defaultLifetime.timeInterval
             }
         default:
-            return .transient(reason: "token endpoint answered 200 with a malformed expires_in", retryAfter: nil)
+            return .transient(reason: "answered 200 with a malformed expires_in", retryAfter: nil)
         }
+        guard seconds.isFinite, seconds >= 1 else {
+            return .transient(reason: "answered 200 with expires_in out of range (\(seconds)); a token must live at least 1 s", retryAfter: nil)
+        }
+        // Ten years at most (SPEC §3): an expiry further ahead is clamped, never trusted into an overflow.
+        let lifetime = min(seconds, TokenSet.longestLifetime)
         var scope: String?
         if case .string(let text)? = object["scope"] { scope = text }
         return .granted(TokenSet(
             accessToken: accessToken, refreshToken: refreshToken, tokenType: tokenType,
-            expiresAt: receivedAt + lifetime.timeInterval, obtainedAt: receivedAt, scope: scope
+            expiresAt: receivedAt + lifetime, obtainedAt: receivedAt, scope: scope
         ))
-    }
-
-    /// A token must be usable verbatim in an HTTP header: visible ASCII only, so that a hostile
-    /// endpoint cannot inject header lines.
-    static func isHeaderSafe(_ text: String) -> Bool {
-        !text.isEmpty && text.utf8.count <= 16 * 1024 && text.utf8.allSatisfy { (0x21...0x7E).contains($0) }
     }
 
     /// Text from the endpoint reaches logs: keep it short and printable.
@@ -87,6 +82,60 @@ enum TokenResponse: Sendable, Equatable {
     static func parseRetryAfter(_ text: String) -> Duration? {
         guard let seconds = Int(text.trimmingWhitespace()), seconds >= 0 else { return nil }
         return .seconds(min(seconds, 3600))
+    }
+}
+
+/// An RFC 6749 §5.2 error from the token endpoint that no retry can fix (SPEC §4): either the
+/// credentials were refused (a person must log in again or fix the client secret) or the
+/// request itself is wrong (the configuration must change).
+struct TokenEndpointRefusal: Sendable, Equatable {
+    enum Kind: Sendable, Equatable {
+        /// `invalid_grant`, `invalid_client`, `unauthorized_client`, `unsupported_grant_type`.
+        case credentials
+        /// `invalid_scope`, `invalid_request`, `invalid_target`.
+        case configuration
+    }
+
+    var error: String
+    var description: String?
+    var kind: Kind
+
+    init?(error: String, description: String?) {
+        switch error {
+        case "invalid_grant", "invalid_client", "unauthorized_client", "unsupported_grant_type": kind = .credentials
+        case "invalid_scope", "invalid_request", "invalid_target": kind = .configuration
+        default: return nil
+        }
+        self.error = error
+        self.description = description
+    }
+
+    /// What the endpoint said and what to do about it.
+    func message(_ configuration: Configuration.Token) -> String {
+        let said = "the token endpoint \(configuration.endpoint) refused the request with \(error)\(description.map { " (\($0))" } ?? "")"
+        return "\(said); \(remedy(configuration))"
+    }
+
+    private func remedy(_ configuration: Configuration.Token) -> String {
+        let secret = configuration.clientSecret?.description ?? "none configured"
+        switch error {
+        case "invalid_grant" where configuration.grant == .refreshToken:
+            return "the refresh token is expired, revoked or already used: log in again (`tokenproxy login --refresh-token-file FILE`, "
+                + "or write {\"version\": 1, \"refresh_token\": \"…\"} to \(configuration.store)); it is picked up without a restart"
+        case "invalid_grant", "invalid_client":
+            return "check token.clientId (\(configuration.clientID ?? "none")), token.clientAuth (\(configuration.clientAuth.rawValue)) "
+                + "and the client secret (\(secret)); a changed secret is picked up without a restart"
+        case "unauthorized_client":
+            return "this client may not use the \(configuration.grant.rawValue) grant: check token.grant and the client's settings at the issuer"
+        case "unsupported_grant_type":
+            return "the endpoint does not offer the \(configuration.grant.rawValue) grant: check token.grant and token.endpoint"
+        case "invalid_scope":
+            return "check token.scope (\(configuration.scope.map { "\"\($0)\"" } ?? "not set")), then reload (SIGHUP)"
+        case "invalid_target":
+            return "check the resource or audience in token.extraParams, then reload (SIGHUP)"
+        default:
+            return "check token.clientAuth, token.extraParams and token.endpoint, then reload (SIGHUP)"
+        }
     }
 }
 

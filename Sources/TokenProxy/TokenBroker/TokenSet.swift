@@ -45,6 +45,45 @@ public struct TokenSet: Sendable, Equatable {
         return Duration(timeInterval: expiresAt.timeIntervalSince(obtainedAt))
     }
 
+    /// Drops an access token that must not be sent: one a header cannot carry verbatim, or whose
+    /// times are out of range (before 1970, or more than ten years after `now`: a damaged or
+    /// hostile store, SPEC §3). Returns what was dropped and why, for the log; the refresh token
+    /// stays, so that a refresh can replace what was dropped.
+    mutating func discardUnusableAccessToken(now: Date) -> String? {
+        guard let accessToken else { return nil }
+        var problem: String?
+        if !TokenSet.isHeaderSafe(accessToken) {
+            problem = "the access token holds bytes an HTTP header cannot carry (CR, LF, NUL, spaces or non-ASCII)"
+        } else if !TokenSet.isHeaderSafe(tokenType) {
+            problem = "token_type holds bytes an HTTP header cannot carry"
+        } else if let expiresAt, !TokenSet.isInRange(expiresAt, now: now) {
+            problem = "expires_at \(RFC3339.format(expiresAt)) is before 1970 or more than ten years ahead"
+        } else if let obtainedAt, !TokenSet.isInRange(obtainedAt, now: now) {
+            problem = "obtained_at \(RFC3339.format(obtainedAt)) is before 1970 or more than ten years ahead"
+        }
+        guard let problem else { return nil }
+        self.accessToken = nil
+        self.expiresAt = nil
+        self.obtainedAt = nil
+        self.tokenType = "Bearer"
+        return problem
+    }
+
+    /// The longest a token may be valid for: an expiry further ahead is clamped (from a token
+    /// response) or refused (from a store), so that no arithmetic on it can overflow.
+    static let longestLifetime: Double = 10 * 365 * 86_400
+
+    static func isInRange(_ instant: Date, now: Date) -> Bool {
+        let seconds = instant.timeIntervalSince1970
+        return seconds.isFinite && seconds >= 0 && seconds <= now.timeIntervalSince1970 + longestLifetime + 86_400
+    }
+
+    /// A token must be usable verbatim in an HTTP header: visible ASCII only, so that a hostile
+    /// endpoint or store cannot inject header lines.
+    static func isHeaderSafe(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.count <= 16 * 1024 && text.utf8.allSatisfy { (0x21...0x7E).contains($0) }
+    }
+
     /// The `Authorization` header value for this token.
     public var authorizationValue: String? {
         accessToken.map { "\(tokenType) \($0)" }

@@ -17,10 +17,11 @@ public struct TokenStatusReport: Sendable {
             lines.append("state: empty (no token yet)")
             tokens = TokenSet()
         case .corrupt(let reason, _):
-            lines.append("state: corrupt (\(reason)); the next refresh moves it aside and starts from an empty store")
+            lines.append("state: cannot be parsed (\(reason)); a running proxy moves it aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s")
             tokens = TokenSet()
-        case .tokens(let stored):
+        case .tokens(let stored, let discarded):
             tokens = stored
+            if let discarded { lines.append("access token refused: \(discarded)") }
         }
         if let expiresAt = tokens.expiresAt, tokens.accessToken != nil {
             let seconds = Int(expiresAt.timeIntervalSince(now).rounded(.down))

@@ -31,7 +31,7 @@ final class BrokerHarness: @unchecked Sendable {
     }
 
     func storedTokens() throws -> TokenSet? {
-        try store.read(quarantineCorrupt: false, logger: logs.logger).tokens
+        try store.read().tokens
     }
 
     /// Every secret this test handled: issued tokens, presented refresh tokens, the client secret.

@@ -107,7 +107,7 @@ final class ProxyHarness: @unchecked Sendable {
         var values: Set<String> = [ConfigFixture.clientSecret]
         for call in issuer.calls { if let token = call.form["refresh_token"] { values.insert(token) } }
         for request in received { if let value = request.header("Authorization") { values.insert(String(value.dropFirst(7))) } }
-        if let stored = try? TokenStore(path: configuration.token.store).read(quarantineCorrupt: false, logger: logs.logger).tokens {
+        if let stored = try? TokenStore(path: configuration.token.store).read().tokens {
             [stored.accessToken, stored.refreshToken].compactMap { $0 }.forEach { values.insert($0) }
         }
         return values.sorted()

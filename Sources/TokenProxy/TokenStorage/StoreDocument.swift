@@ -12,7 +12,10 @@ enum StoreDocument {
         var description: String
     }
 
-    static func decode(_ data: Data) throws(DecodingFailure) -> TokenSet {
+    /// Parses a store document. An access token that could not be sent as it is (CR, LF, NUL or
+    /// other bytes a header cannot carry) or whose times are out of range (before 1970, more than
+    /// ten years after `now`) is dropped, and `discarded` says why; the refresh token is kept.
+    static func decode(_ data: Data, now: Date) throws(DecodingFailure) -> (TokenSet, discarded: String?) {
         let document: JSONValue
         do {
             document = try JSONValue.parse(data)
@@ -56,7 +59,8 @@ enum StoreDocument {
             if case .string(let text)? = rejected["error_description"] { description = text }
             tokens.rejection = .init(error: error, errorDescription: description, credential: credential, at: date)
         }
-        return tokens
+        let discarded = tokens.discardUnusableAccessToken(now: now)
+        return (tokens, discarded)
     }
 
     static func encode(_ tokens: TokenSet) -> Data {

@@ -1,0 +1,152 @@
+import FoundationEssentials
+import Logging
+
+extension TokenBroker {
+    /// The protocol of SPEC §3, steps 2–4, for one refresh of this process. Says which path it
+    /// took: the endpoint called (`refreshed`), a token another process stored (`adopted`), or
+    /// why it failed.
+    func acquire(_ need: Need) async -> RefreshGate.Outcome {
+        await finishWrites()
+        do {
+            // 2. Another process may already have refreshed.
+            if let stored = try await readStore().tokens, gate.satisfies(stored, need, now: Date()) {
+                return .adopted(stored)
+            }
+            // 3. Under the lock, look once more: the holder we waited for may have refreshed.
+            let lock = try await takeLock()
+            var lockPassedOn = false
+            defer { if !lockPassedOn { lock.release() } }
+            var stored = try await readStoreUnderLock()
+            if let tokens = stored.tokens, gate.satisfies(tokens, need, now: Date()) {
+                return .adopted(tokens)
+            }
+            // 4. Call the endpoint; believe a refusal only once the store confirms it.
+            for attempt in 1...3 {
+                let tokens = stored.tokens
+                let credentials = try endpoint.credentials(refreshToken: tokens?.refreshToken)
+                if let rejection = tokens?.rejection, rejection.credential == credentials.fingerprint {
+                    let said = rejection.errorDescription.map { " (\($0))" } ?? ""
+                    let reason = "the token endpoint refused these credentials with \(rejection.error)\(said) at \(RFC3339.format(rejection.at)); \(configuration.reauthenticationRemedy)"
+                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil)
+                }
+                if configuration.grant == .refreshToken, credentials.refreshToken == nil {
+                    let reason = "the token store \(store.path) holds no refresh token; \(configuration.reauthenticationRemedy)"
+                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil)
+                }
+                gate.callingEndpoint(for: need, now: Date())
+                observer?(.refreshing)
+                switch await endpoint.requestToken(credentials) {
+                case .granted(var granted):
+                    // Rotation replaces the refresh token; an answer without one keeps the old one.
+                    granted.refreshToken = granted.refreshToken ?? tokens?.refreshToken
+                    if writesBeforeUse {
+                        try await write(granted)
+                    } else {
+                        // Requests get the token now; the store is written while this process still
+                        // holds the lock, so other processes wait for the file, not the other way round.
+                        lockPassedOn = true
+                        pendingWrite = Task { await self.persist(granted, thenRelease: lock) }
+                    }
+                    return .refreshed(granted)
+                case .transient(let reason, let retryAfter):
+                    return .failed(.unavailable(reason: reason, retryAfter: retryAfter), retryAfter: retryAfter)
+                case .refused(let refusal):
+                    let message = refusal.message(configuration)
+                    if refusal.kind == .configuration {
+                        return await refused(.misconfigured(reason: message), storeMatters: false, remaining: nil)
+                    }
+                    let again = try await readStore()
+                    if again != stored {
+                        // Someone wrote the store meanwhile (a person handing over a new refresh
+                        // token, or a process that does not honour the lock).
+                        guard let newer = again.tokens, attempt < 3 else {
+                            // Empty or half written: a writer is at work. Leave the file alone; the
+                            // next need looks again once it has changed.
+                            return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: nil)
+                        }
+                        logger.warning("the token endpoint refused the refresh token, but the store changed meanwhile; using the store", metadata: ["error": "\(refusal.error)"])
+                        if gate.satisfies(newer, need, now: Date()) { return .adopted(newer) }
+                        stored = again
+                        continue
+                    }
+                    var marked = tokens ?? TokenSet()
+                    marked.rejection = .init(error: refusal.error, errorDescription: refusal.description, credential: credentials.fingerprint, at: Date())
+                    if case .replacing(let rejected) = need, marked.accessToken == rejected {
+                        // The upstream refused this access token and nothing can replace it: drop it,
+                        // so that `tokenproxy token` and /readyz tell the truth (SPEC §4).
+                        marked.accessToken = nil
+                        marked.expiresAt = nil
+                        marked.obtainedAt = nil
+                    }
+                    try await write(marked)
+                    return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: marked)
+                }
+            }
+            return .failed(.unavailable(reason: "the token store kept changing during the refresh", retryAfter: nil), retryAfter: nil)
+        } catch {
+            return .failed(error, retryAfter: nil)
+        }
+    }
+
+    private func refused(_ error: TokenBrokerError, storeMatters: Bool, remaining: TokenSet?) async -> RefreshGate.Outcome {
+        .refused(error, watch: await watch(storeMatters: storeMatters), remaining: remaining)
+    }
+
+    /// Reads the store while holding the lock. An unparseable store is treated as empty for the
+    /// need at hand and moved aside only once it has stayed the same for a while (SPEC §3).
+    private func readStoreUnderLock() async throws(TokenBrokerError) -> TokenStore.Contents {
+        let contents = try await readStore()
+        guard case .corrupt(let reason, let fingerprint) = contents else { return contents }
+        let store = self.store
+        guard gate.sawCorruptStore(fingerprint, now: Date()) else {
+            logger.warning("the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s)", metadata: ["store": "\(store.path)", "reason": "\(reason)"])
+            return contents
+        }
+        let movedTo: String?
+        do {
+            movedTo = try await BlockingIO.run { () throws(TokenStoreError) in try store.quarantine(ifStill: fingerprint, now: Date()) }
+        } catch {
+            logger.error("the token store is corrupt and could not be moved aside", metadata: ["store": "\(store.path)", "reason": "\(reason)", "error": "\(error)"])
+            return contents
+        }
+        if let movedTo {
+            logger.error("the token store was corrupt and has been moved aside; starting from an empty store", metadata: ["store": "\(store.path)", "movedTo": "\(movedTo)", "reason": "\(reason)"])
+        }
+        return .empty
+    }
+
+    private func persist(_ tokens: TokenSet, thenRelease lock: FileLock) async {
+        try? await write(tokens)
+        lock.release()
+        pendingWrite = nil
+    }
+
+    /// Waits until the last refreshed token is in the store (before exit, or the next refresh).
+    public func finishWrites() async {
+        if let pendingWrite { await pendingWrite.value }
+    }
+
+    func takeLock() async throws(TokenBrokerError) -> FileLock {
+        let path = configuration.lockFile
+        let timeout = configuration.lockTimeout
+        do {
+            return try await BlockingIO.run { () throws(FileLockError) in try FileLock.acquire(path: path, timeout: timeout) }
+        } catch {
+            if case .refused(_, let reason) = error { throw .misconfigured(reason: reason) }
+            throw .unavailable(reason: error.description, retryAfter: nil)
+        }
+    }
+
+    func write(_ tokens: TokenSet) async throws(TokenBrokerError) {
+        let store = self.store
+        do {
+            try await BlockingIO.run { () throws(TokenStoreError) in
+                store.removeAbandonedTemporaryFiles()
+                try store.write(tokens)
+            }
+        } catch {
+            logger.critical("the new token could not be saved; a rotated refresh token may be lost", metadata: ["error": "\(error)"])
+            throw Self.brokerError(error)
+        }
+    }
+}

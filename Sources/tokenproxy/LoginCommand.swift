@@ -1,0 +1,64 @@
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+import TokenProxy
+
+struct LoginCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "login",
+        abstract: "Put a first refresh token into the store, through the lock.",
+        discussion: """
+            --refresh-token-file FILE (or - for standard input) imports a refresh token obtained elsewhere; \
+            no call is made to the token endpoint. A running proxy sharing the store picks it up without a restart.
+            Exit 0 stored, 1 runtime failure, 2 usage or configuration error.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(name: .customLong("refresh-token-file"), help: ArgumentHelp("Import the refresh token in this file (- reads standard input).", valueName: "file"))
+    var refreshTokenFile: String?
+
+    func run() async throws {
+        let configuration = try options.load()
+        guard let refreshTokenFile else {
+            printError("tokenproxy login: interactive login (--device, --browser) is not available yet; import a refresh token with --refresh-token-file FILE (or - for standard input)")
+            throw ExitStatus.configurationError
+        }
+        let refreshToken = try Self.readRefreshToken(from: refreshTokenFile)
+        try await withTokenBroker(configuration) { broker in
+            do throws(TokenBrokerError) {
+                try await broker.importRefreshToken(refreshToken)
+                print("refresh token stored in \(configuration.token.store)")
+            } catch {
+                printError("tokenproxy login: \(error)")
+                throw ExitStatus.forBrokerError(error)
+            }
+        }
+    }
+
+    /// The refresh token in `source` (`-`: standard input), surrounding white space removed.
+    static func readRefreshToken(from source: String) throws -> String {
+        var bytes: [UInt8] = []
+        let descriptor = source == "-" ? STDIN_FILENO : open(source, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            printError("tokenproxy login: cannot read --refresh-token-file \(source): \(String(cString: strerror(errno)))")
+            throw ExitStatus.configurationError
+        }
+        defer { if descriptor != STDIN_FILENO { close(descriptor) } }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count <= 64 * 1024 {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes += chunk[0..<count]
+        }
+        let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+        let text = String(decoding: bytes.drop(while: isSpace).reversed().drop(while: isSpace).reversed(), as: UTF8.self)
+        guard !text.isEmpty, text.utf8.count <= 16 * 1024, text.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+            printError("tokenproxy login: --refresh-token-file \(source) must hold one refresh token: printable ASCII without spaces, at most 16 KiB")
+            throw ExitStatus.configurationError
+        }
+        return text
+    }
+}
