@@ -19,6 +19,11 @@ public final class MockTokenIssuer: Sendable {
         public var expectedClient: (id: String, secret: String)?
         /// Every `failEvery`-th call is answered with 503 (0: never).
         public var failEvery = 0
+        /// Invalidate every access token issued before the moment a new one is issued, as real
+        /// servers do at rotation.
+        public var revokePreviousAccessTokens = false
+        /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
+        public var allowedScopes: Set<String>?
 
         public init() {}
     }
@@ -61,6 +66,17 @@ public final class MockTokenIssuer: Sendable {
     }
 
     public func shutdown() async { await server.shutdown() }
+
+    /// Invalidates every access token issued so far, as a server does when it revokes a session
+    /// early; the refresh tokens stay valid.
+    public func revokeAccessTokens() {
+        state.withLockedValue { $0.issued.removeAll() }
+    }
+
+    /// Invalidates every refresh token issued or granted so far (a revoked login).
+    public func revokeRefreshTokens() {
+        state.withLockedValue { $0.validRefreshTokens.removeAll() }
+    }
 
     /// Makes `token` a refresh token the issuer accepts (as a login would).
     public func grantRefreshToken(_ token: String) {
@@ -120,6 +136,9 @@ public final class MockTokenIssuer: Sendable {
             let viaBody = form["client_id"] == expected.id && form["client_secret"] == expected.secret
             guard viaBasic || viaBody else { return .json(401, #"{"error":"invalid_client"}"#) }
         }
+        if let allowed = behavior.allowedScopes, let scope = form["scope"], !allowed.contains(scope) {
+            return .json(400, #"{"error":"invalid_scope","error_description":"the requested scope is not allowed for this client"}"#)
+        }
         var refreshToken: String?
         switch form["grant_type"] {
         case "refresh_token":
@@ -143,6 +162,7 @@ public final class MockTokenIssuer: Sendable {
             accessToken = [#"{"alg":"none"}"#, "{\"exp\":\(exp),\"jti\":\"\(accessToken)\"}"]
                 .map { base64URL(Data($0.utf8)) }.joined(separator: ".") + ".sig"
         }
+        if behavior.revokePreviousAccessTokens { state.issued.removeAll() }
         state.issued[accessToken] = Date() + seconds
         var fields = ["\"access_token\":\"\(accessToken)\"", "\"token_type\":\"Bearer\""]
         if !behavior.omitExpiresIn { fields.append("\"expires_in\":\(seconds)") }

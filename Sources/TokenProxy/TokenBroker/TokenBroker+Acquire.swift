@@ -39,6 +39,10 @@ extension TokenBroker {
                 case .granted(var granted):
                     // Rotation replaces the refresh token; an answer without one keeps the old one.
                     granted.refreshToken = granted.refreshToken ?? tokens?.refreshToken
+                    if case .corrupt(let reason, let fingerprint) = stored {
+                        // The new token replaces an unparseable file: keep that one for inspection.
+                        await moveAside(fingerprint, reason: reason)
+                    }
                     if writesBeforeUse {
                         try await write(granted)
                     } else {
@@ -97,22 +101,24 @@ extension TokenBroker {
     private func readStoreUnderLock() async throws(TokenBrokerError) -> TokenStore.Contents {
         let contents = try await readStore()
         guard case .corrupt(let reason, let fingerprint) = contents else { return contents }
-        let store = self.store
         guard gate.sawCorruptStore(fingerprint, now: Date()) else {
             logger.warning("the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s)", metadata: ["store": "\(store.path)", "reason": "\(reason)"])
             return contents
         }
-        let movedTo: String?
+        return await moveAside(fingerprint, reason: reason) ? .empty : contents
+    }
+
+    /// Moves an unparseable store aside, unless it changed meanwhile; returns whether it did.
+    private func moveAside(_ fingerprint: TokenStore.Fingerprint, reason: String) async -> Bool {
+        let store = self.store
         do {
-            movedTo = try await BlockingIO.run { () throws(TokenStoreError) in try store.quarantine(ifStill: fingerprint, now: Date()) }
+            guard let movedTo = try await BlockingIO.run({ () throws(TokenStoreError) in try store.quarantine(ifStill: fingerprint, now: Date()) }) else { return false }
+            logger.error("the token store was corrupt and has been moved aside; starting from an empty store", metadata: ["store": "\(store.path)", "movedTo": "\(movedTo)", "reason": "\(reason)"])
+            return true
         } catch {
             logger.error("the token store is corrupt and could not be moved aside", metadata: ["store": "\(store.path)", "reason": "\(reason)", "error": "\(error)"])
-            return contents
+            return false
         }
-        if let movedTo {
-            logger.error("the token store was corrupt and has been moved aside; starting from an empty store", metadata: ["store": "\(store.path)", "movedTo": "\(movedTo)", "reason": "\(reason)"])
-        }
-        return .empty
     }
 
     private func persist(_ tokens: TokenSet, thenRelease lock: FileLock) async {

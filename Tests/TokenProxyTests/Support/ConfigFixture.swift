@@ -15,6 +15,8 @@ struct ConfigFixture {
     var minRefreshInterval = "1s"
     var defaultLifetime = "30m"
     var scope: String? = "api.read"
+    var store = "token.json"
+    var lockFile = "token.lock"
     /// More keys of the `token` section, as raw JSON values.
     var extra: [String: String] = [:]
     var listen = "127.0.0.1:0"
@@ -36,7 +38,7 @@ struct ConfigFixture {
             "\"clientAuth\": \"\(clientAuth)\"", "\"refreshBefore\": \"\(refreshBefore)\"",
             "\"minValidity\": \"\(minValidity)\"", "\"lockTimeout\": \"\(lockTimeout)\"",
             "\"minRefreshInterval\": \"\(minRefreshInterval)\"", "\"defaultLifetime\": \"\(defaultLifetime)\"",
-            "\"store\": \"token.json\"", "\"lockFile\": \"token.lock\"",
+            "\"store\": \"\(store)\"", "\"lockFile\": \"\(lockFile)\"",
         ]
         if let secretFile { token.append("\"clientSecretFile\": \"\(secretFile)\"") }
         if let scope { token.append("\"scope\": \"\(scope)\"") }

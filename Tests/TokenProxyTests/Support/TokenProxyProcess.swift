@@ -25,10 +25,13 @@ final class TokenProxyProcess: @unchecked Sendable {
     private let environment: [String: String]
     private let stdoutFile: String
     private let stderrFile: String
+    private let stdinFile: String
     private(set) var pid: pid_t = 0
 
-    init(_ arguments: [String], environment: [String: String] = [:]) {
+    /// `stdin` is a file whose content the process reads as standard input (default: nothing).
+    init(_ arguments: [String], environment: [String: String] = [:], stdin: String = "/dev/null") {
         self.arguments = arguments
+        self.stdinFile = stdin
         var merged = ProcessInfo.processInfo.environment
         merged.removeValue(forKey: "TOKENPROXY_CONFIG")
         merged.removeValue(forKey: "NOTIFY_SOCKET")
@@ -43,7 +46,7 @@ final class TokenProxyProcess: @unchecked Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 0, stdinFile, O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdoutFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, stderrFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         let argv = ([Self.binary] + arguments).map { strdup($0) } + [nil]
@@ -103,8 +106,8 @@ final class TokenProxyProcess: @unchecked Sendable {
     var stderrSoFar: String { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
 
     /// Runs `tokenproxy ARGUMENTS` to completion.
-    static func run(_ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> Outcome {
-        let process = TokenProxyProcess(arguments, environment: environment)
+    static func run(_ arguments: [String], environment: [String: String] = [:], stdin: String = "/dev/null", timeout: Duration = .seconds(60)) async throws -> Outcome {
+        let process = TokenProxyProcess(arguments, environment: environment, stdin: stdin)
         try process.start()
         return await process.wait(timeout: timeout)
     }
