@@ -13,6 +13,7 @@ struct ForwardingTests {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
         options.upstreamPrefix = "/v1"
+        options.topLevel = ["allowedHosts": #"["app.local:8787", "localhost"]"#]
         let harness = try await ProxyHarness(options)
         let response = try await harness.send(.GET, "/items/7?q=a%20b&x=1", headers: [
             ("Authorization", "Bearer client-supplied"), ("Connection", "X-Drop-Me"), ("X-Drop-Me", "1"),
@@ -55,10 +56,10 @@ struct ForwardingTests {
     @Test("not an open proxy; ambiguous framing refused", arguments: [
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         "GET http://example.com/steal HTTP/1.1\r\nHost: example.com\r\n\r\n",
-        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         "GET /x HTTP/1.1\r\n\r\n",
-        "GET /x HTTP/1.1\r\nHost: a\r\nX-Bad Header: 1\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: localhost\r\nX-Bad Header: 1\r\n\r\n",
     ])
     func refusedRequests(raw: String) async throws {
         var options = ProxyHarness.Options()
@@ -90,7 +91,7 @@ struct ForwardingTests {
             return .json(200, "{\"uri\": \"\(request.uri)\"}")
         }
         let answer = try await RawHTTPClient(port: harness.port).exchange(
-            "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /fast HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         let slow = try #require(answer.range(of: #""uri": "/slow""#))
         let fast = try #require(answer.range(of: #""uri": "/fast""#))
         #expect(slow.lowerBound < fast.lowerBound)
@@ -104,7 +105,7 @@ struct ForwardingTests {
         for _ in 0..<5 {
             // Announces 100,000 bytes, sends 10, and hangs up.
             let answer = try await RawHTTPClient(port: harness.port).exchange(
-                "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789", timeout: .milliseconds(300))
+                "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789", timeout: .milliseconds(300))
             #expect(!answer.hasPrefix("HTTP/1.1 2"), "an incomplete upload is never answered as a success")
         }
         let next = try await harness.send(.GET, "/still-serving")

@@ -21,7 +21,7 @@ struct LifecycleTests {
     }
 
     private func get(_ path: String, port: Int) async throws -> String {
-        try await RawHTTPClient(port: port).exchange("GET \(path) HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", timeout: .seconds(5))
+        try await RawHTTPClient(port: port).exchange("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", timeout: .seconds(5))
     }
 
     /// Starts `tokenproxy run` and returns it with the port it listens on.
@@ -142,7 +142,7 @@ struct LifecycleTests {
         while ContinuousClock.now < deadline {
             _ = try await get("/ok", port: port)
             _ = try await get("/reject", port: port)
-            _ = try await RawHTTPClient(port: port).exchange("GET /f HTTP/1.1\r\nHost: a\r\nX-TokenProxy-Fault: 401\r\nAuthorization: Bearer client-own-secret\r\nCookie: session=cookie-secret\r\nConnection: close\r\n\r\n")
+            _ = try await RawHTTPClient(port: port).exchange("GET /f HTTP/1.1\r\nHost: localhost\r\nX-TokenProxy-Fault: 401\r\nAuthorization: Bearer client-own-secret\r\nCookie: session=cookie-secret\r\nConnection: close\r\n\r\n")
             try await Task.sleep(for: .milliseconds(100))
         }
         let status = try await get("/status", port: adminPort)

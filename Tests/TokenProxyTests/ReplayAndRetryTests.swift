@@ -205,7 +205,7 @@ struct ReplayAndRetryTests {
         var arrivals = 0
         for _ in 0..<3 {
             let chunks = try await RawHTTPClient(port: harness.port).stream(
-                "GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n", until: { $0.contains("id: 5") })
+                "GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n", until: { $0.contains("id: 5") })
             delays = []
             for (arrived, text) in chunks {
                 for line in text.split(separator: "\n") where line.hasPrefix("data: ") {

@@ -22,7 +22,7 @@ struct RunCommandTests {
         let process = TokenProxyProcess(["--config", path])
         try process.start()
         let port = try #require(await process.listeningPort(), "not listening: \(process.stderrSoFar)")
-        let answer = try await RawHTTPClient(port: port).exchange("GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        let answer = try await RawHTTPClient(port: port).exchange("GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)\n\(process.stderrSoFar)")
         #expect(answer.contains(#""authorization": "Bearer at-""#))
         process.signal(SIGTERM)

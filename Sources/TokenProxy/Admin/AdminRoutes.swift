@@ -8,18 +8,29 @@ public struct AdminRoutes: Sendable {
     let faults: FaultSettings
     let statistics: ProxyStatistics
     let upstream: UpstreamURL
+    /// `admin.tokenFile`: when set, `POST` and `PUT` need its content as a bearer token.
+    let tokenFile: String?
 
-    public init(broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, upstream: UpstreamURL) {
+    public init(broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, upstream: UpstreamURL, tokenFile: String? = nil) {
         self.broker = broker
         self.faults = faults
         self.statistics = statistics
         self.upstream = upstream
+        self.tokenFile = tokenFile
     }
 
     public struct Request: Sendable {
         public var method: HTTPMethod
         public var path: String
         public var body: String
+        public var headers: HTTPHeaders
+
+        public init(method: HTTPMethod, path: String, body: String = "", headers: HTTPHeaders = ["Host": "127.0.0.1"]) {
+            self.method = method
+            self.path = path
+            self.body = body
+            self.headers = headers
+        }
     }
 
     public struct Response: Sendable {
@@ -38,6 +49,7 @@ public struct AdminRoutes: Sendable {
     }
 
     public func answer(_ request: Request) async -> Response {
+        if let refusal = await refusal(of: request) { return refusal }
         switch (request.method, request.path) {
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
             return .json(.ok, ["status": .string("ok")])
@@ -71,6 +83,41 @@ public struct AdminRoutes: Sendable {
         default:
             return .error(.notFound, "not_found", "no admin route \(request.path); see /healthz, /readyz, /status, /metrics, /token/refresh, /token/expire, /faults")
         }
+    }
+
+    /// SPEC §7: no web page can drive the admin API (loopback `Host` only, no `Origin`, no
+    /// cross-site `Sec-Fetch-Site`, JSON bodies only), and with `admin.tokenFile` a change needs
+    /// the bearer token.
+    private func refusal(of request: Request) async -> Response? {
+        let headers = request.headers
+        if let refusal = ClientGuard.admin.refusal(
+            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"), headers: headers
+        ) {
+            return .error(.forbidden, refusal.code.rawValue, refusal.message)
+        }
+        if headers.first(name: "Host") == nil {
+            return .error(.forbidden, ProxyError.Code.forbiddenRequest.rawValue, "a request without Host is refused")
+        }
+        guard request.method == .POST || request.method == .PUT else { return nil }
+        if !request.body.isEmpty {
+            let type = headers.first(name: "Content-Type")?.split(separator: ";").first?.trimmingWhitespace().lowercased()
+            guard type == "application/json" else {
+                return .error(.unsupportedMediaType, "unsupported_media_type", "admin requests with a body must send it as Content-Type: application/json")
+            }
+        }
+        if let tokenFile {
+            let expected = await BlockingIO.run { try? String(contentsOfFile: tokenFile, encoding: .utf8) }
+            let token = expected.map { $0.hasSuffix("\n") ? String($0.dropLast()) : $0 }
+            guard let token, !token.isEmpty else {
+                return .error(.serviceUnavailable, "admin_token_unavailable", "admin.tokenFile \(tokenFile) cannot be read or is empty; changes are refused until it can")
+            }
+            guard let presented = headers.first(name: "Authorization"), presented == "Bearer \(token)" else {
+                var response = Response.error(.unauthorized, "unauthorized", "this admin request needs Authorization: Bearer <the content of admin.tokenFile>")
+                response.headers.append(("WWW-Authenticate", #"Bearer realm="tokenproxy-admin""#))
+                return response
+            }
+        }
+        return nil
     }
 
     private func readiness() async -> Response {

@@ -90,11 +90,11 @@ extension Configuration {
         let token = readToken(root, resolve: resolve)
         let retry = readRetry(root)
 
-        var admin: Admin? = Admin(listen: .tcp(host: "127.0.0.1", port: 8788))
+        var admin: Admin? = Admin(listen: .tcp(host: "127.0.0.1", port: 8788), tokenFile: nil)
         if case .null? = root.value("admin") {
             admin = nil
         } else if let reader = root.object("admin") {
-            admin = Admin(listen: listenAddress(reader, "listen", default: "127.0.0.1:8788", mayBeExposed: false))
+            admin = Admin(listen: listenAddress(reader, "listen", default: "127.0.0.1:8788", mayBeExposed: false), tokenFile: reader.string("tokenFile").map(resolve))
             reader.finish()
         }
 
@@ -120,7 +120,8 @@ extension Configuration {
         let drainTimeout = root.duration("drainTimeout", default: .seconds(10))
         return Configuration(
             listen: listen, allowNonLoopback: allowNonLoopback, upstream: upstream, token: token, retry: retry,
-            admin: admin, faults: faults, log: log, drainTimeout: drainTimeout, sourcePath: sourcePath
+            admin: admin, faults: faults, log: log, clients: readClients(root), limits: readLimits(root),
+            drainTimeout: drainTimeout, sourcePath: sourcePath
         )
     }
 
@@ -190,6 +191,33 @@ extension Configuration {
         token.requestTimeout = reader.duration("requestTimeout", default: token.requestTimeout, atLeast: .milliseconds(100))
         reader.finish()
         return token
+    }
+
+    private static func readClients(_ root: ConfigurationReader) -> Clients {
+        var clients = Clients(
+            allowedHosts: root.stringList("allowedHosts")?.map { $0.lowercased() },
+            browserRequests: root.choice("browserRequests", default: .refuse),
+            allowedOrigins: (root.stringList("allowedOrigins") ?? []).map { $0.lowercased() },
+            requireHeader: root.string("requireHeader")
+        )
+        if let name = clients.requireHeader, !name.utf8.allSatisfy({ HeaderName.isTokenCharacter($0) }) {
+            root.report("requireHeader", "\"\(name)\" is not a valid header name")
+            clients.requireHeader = nil
+        }
+        if clients.allowedHosts?.isEmpty == true { root.report("allowedHosts", "an empty list would refuse every request; leave the key out for the default") }
+        return clients
+    }
+
+    private static func readLimits(_ root: ConfigurationReader) -> Limits {
+        var limits = Limits(headerTimeout: .seconds(10), idleTimeout: .seconds(75), maxConnections: 4096, maxHeaderBytes: 65_536, maxUriBytes: 8192)
+        guard let reader = root.object("limits") else { return limits }
+        limits.headerTimeout = reader.duration("headerTimeout", default: limits.headerTimeout, atLeast: .milliseconds(10))
+        limits.idleTimeout = reader.duration("idleTimeout", default: limits.idleTimeout, atLeast: .milliseconds(10))
+        limits.maxConnections = reader.integer("maxConnections", default: limits.maxConnections, range: 1...1_000_000)
+        limits.maxHeaderBytes = reader.integer("maxHeaderBytes", default: limits.maxHeaderBytes, range: 1024...(1 << 20))
+        limits.maxUriBytes = reader.integer("maxUriBytes", default: limits.maxUriBytes, range: 64...(1 << 20))
+        reader.finish()
+        return limits
     }
 
     private static func readRetry(_ root: ConfigurationReader) -> Retry {

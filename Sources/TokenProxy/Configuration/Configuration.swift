@@ -11,6 +11,9 @@ public struct Configuration: Sendable, Equatable {
     public var admin: Admin?
     public var faults: Faults
     public var log: Log
+    /// Which clients may use the proxy (SPEC §2.2).
+    public var clients: Clients
+    public var limits: Limits
     /// How long a graceful stop (SIGTERM) waits for in-flight requests before closing them.
     public var drainTimeout: Duration
     /// The file this configuration was read from.
@@ -57,6 +60,30 @@ public struct Configuration: Sendable, Equatable {
 
     public struct Admin: Sendable, Equatable {
         public var listen: ListenAddress
+        /// When set, `POST` and `PUT` need `Authorization: Bearer <this file's content>`.
+        public var tokenFile: String?
+    }
+
+    /// SPEC §2.2: the guard against web pages in a browser on the same host (cross-site
+    /// requests, DNS rebinding) and against callers that do not identify themselves.
+    public struct Clients: Sendable, Equatable {
+        public enum BrowserRequests: String, Sendable, CaseIterable { case refuse, allow }
+        /// `Host` values accepted, lowercased; `nil` for the default (loopback names and the
+        /// `listen` host, with or without the port).
+        public var allowedHosts: [String]?
+        public var browserRequests: BrowserRequests
+        /// `Origin` values accepted while browser requests are refused, lowercased.
+        public var allowedOrigins: [String]
+        /// A header every request must carry, with any value.
+        public var requireHeader: String?
+    }
+
+    public struct Limits: Sendable, Equatable {
+        public var headerTimeout: Duration
+        public var idleTimeout: Duration
+        public var maxConnections: Int
+        public var maxHeaderBytes: Int
+        public var maxUriBytes: Int
     }
 
     public struct Faults: Sendable, Equatable {

@@ -122,6 +122,26 @@ final class ConfigurationReader {
         return map
     }
 
+    /// A list of strings, e.g. `allowedHosts`; `nil` when the key is absent.
+    func stringList(_ key: String) -> [String]? {
+        switch value(key) {
+        case nil, .null?: return nil
+        case .array(let items)?:
+            var list: [String] = []
+            for (index, item) in items.enumerated() {
+                guard case .string(let text) = item, !text.isEmpty else {
+                    report("\(key)[\(index)]", "expected a non-empty string, found \(item.kindDescription)")
+                    continue
+                }
+                list.append(text)
+            }
+            return list
+        case let other?:
+            report(key, "expected a list of strings, found \(other.kindDescription)")
+            return nil
+        }
+    }
+
     /// Reports every key that no accessor asked for.
     func finish() {
         for key in object.keys.sorted() where !consumedKeys.contains(key) {

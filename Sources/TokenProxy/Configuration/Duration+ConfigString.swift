@@ -1,6 +1,6 @@
 extension Duration {
-    /// Parses a configuration duration: a whole number followed by `ms`, `s`, `m` or `h`
-    /// (`250ms`, `5s`, `5m`, `1h`). Returns `nil` for anything else.
+    /// Parses a configuration duration: a whole number followed by `ms`, `s`, `m`, `h` or `d`
+    /// (`250ms`, `5s`, `5m`, `1h`, `7d`). Returns `nil` for anything else.
     public init?(configString text: String) {
         let digits = text.prefix { $0.isASCII && $0.isNumber }
         guard !digits.isEmpty, digits.count <= 12, let value = Int64(digits) else { return nil }
@@ -9,6 +9,7 @@ extension Duration {
         case "s": self = .seconds(value)
         case "m": self = .seconds(value * 60)
         case "h": self = .seconds(value * 3600)
+        case "d": self = .seconds(value * 86_400)
         default: return nil
         }
     }

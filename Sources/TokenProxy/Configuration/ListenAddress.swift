@@ -36,8 +36,19 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
     public var isLoopback: Bool {
         switch self {
         case .unix: true
-        case .tcp(let host, _): host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        case .tcp(let host, _): Self.isLoopbackHost(host)
         }
+    }
+
+    /// `localhost`, `::1` (also as `[::1]`) or an IPv4 literal in 127.0.0.0/8 — exactly, so
+    /// that `127.evil.example` or `127.0.0.1.evil.example` is not taken for one.
+    public static func isLoopbackHost(_ host: some StringProtocol) -> Bool {
+        var name = host.lowercased()
+        if name.hasSuffix(".") { name.removeLast() }
+        if name == "localhost" || name == "::1" || name == "[::1]" { return true }
+        let octets = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard octets.count == 4, octets[0] == "127" else { return false }
+        return octets.allSatisfy { $0.count <= 3 && !$0.isEmpty && $0.allSatisfy(\.isASCII) && UInt8($0) != nil }
     }
 
     public var description: String {

@@ -34,7 +34,7 @@ public enum ProxyApplication {
             )
             if let address = configuration.admin?.listen {
                 admin = try await AdminServer.start(
-                    address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: configuration.upstream.url),
+                    address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: configuration.upstream.url, tokenFile: configuration.admin?.tokenFile),
                     group: MultiThreadedEventLoopGroup.singleton
                 )
             }

@@ -50,13 +50,13 @@ actor Reloader {
             return
         }
         faults.update(enabled: next.faults.enabled, upstream401Percent: next.faults.upstream401Percent)
-        if next.admin?.listen != current.admin?.listen {
+        if next.admin != current.admin {
             await admin?.stop()
             admin = nil
             if let address = next.admin?.listen {
                 do {
                     admin = try await AdminServer.start(
-                        address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: next.upstream.url),
+                        address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: next.upstream.url, tokenFile: next.admin?.tokenFile),
                         group: MultiThreadedEventLoopGroup.singleton
                     )
                 } catch {

@@ -43,6 +43,13 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var random = SplitMix64()
     private var currentURI = ""
     private var currentStatus: UInt = 0
+    private var currentRequestID = ""
+    /// Set once the proxy refused something on this connection: nothing read after it is
+    /// forwarded, and the connection closes once the answers owed are written.
+    private var refusing = false
+    /// A 400 owed for malformed bytes that followed a request read whole: written after that
+    /// request's answer (and those of requests queued before the malformed bytes).
+    private var pendingRefusal: ProxyError?
 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
@@ -79,6 +86,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     // MARK: Client side
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if refusing { return }
         let part = unwrapInboundIn(data)
         // A pipelined request waits until the one before it is answered; reads pause meanwhile.
         if !queuedParts.isEmpty || (machine != nil && part.isHead) {
@@ -159,10 +167,26 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is HTTPParserError, machine == nil || machine?.state == .waitingForToken || machine?.state == .connecting {
+        guard error is HTTPParserError else {
+            apply { $0.clientClosed() }
+            context.close(promise: nil)
+            return
+        }
+        if refusing { return }
+        refusing = true
+        let refusal = ProxyError.badRequest("malformed HTTP request: \(error)")
+        // A request queued whole before the malformed bytes is still served; a partial one is not.
+        while let last = queuedParts.last, !last.isEnd { queuedParts.removeLast() }
+        if let machine, machine.body.isComplete || !queuedParts.isEmpty {
+            // The request in progress was read whole: it gets its answer, then the 400.
+            pendingRefusal = refusal
+            return
+        }
+        if machine == nil || machine?.state == .waitingForToken || machine?.state == .connecting {
             // The request cannot be framed, so the connection cannot be trusted after the answer.
             discardUpstream()
-            respond(with: .badRequest("malformed HTTP request: \(error)"), keepAlive: false)
+            shared.statistics.answeredByProxy(refusal.code)
+            respond(with: refusal, keepAlive: false)
             machine = nil
             return
         }
@@ -179,10 +203,15 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         let faultsEnabled = shared.faults.enabled
         switch shared.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
         case .failure(let error):
+            // Nothing of this request, nor anything after it on this connection, goes upstream.
+            refusing = true
+            queuedParts.removeAll()
+            currentRequestID = head.headers.first(name: "X-Request-Id") ?? shared.rules.requestIDs.next()
             shared.statistics.answeredByProxy(error.code)
             respond(with: error, keepAlive: false)
-            recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false)
+            recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false, error: error)
         case .success(let prepared):
+            currentRequestID = prepared.requestID
             if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
                 context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
             }
@@ -438,6 +467,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func respond(with error: ProxyError, keepAlive: Bool) {
         guard let context else { return }
+        var error = error
+        if error.requestID == nil, !currentRequestID.isEmpty { error.requestID = currentRequestID }
         response.start(complete: error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator))
         writeResponseEnd(keepAlive: keepAlive)
     }
@@ -454,6 +485,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         generation &+= 1
         if !queuedParts.isEmpty, context?.channel.isActive == true {
             drainQueuedRequests()
+        }
+        if machine == nil, queuedParts.isEmpty, let pendingRefusal {
+            self.pendingRefusal = nil
+            currentRequestID = shared.rules.requestIDs.next()
+            shared.statistics.answeredByProxy(pendingRefusal.code)
+            respond(with: pendingRefusal, keepAlive: false)
         }
     }
 
@@ -552,7 +589,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
         guard shared.logger.logLevel <= .info || error != nil else { return }
         var metadata: Logger.Metadata = [
-            "requestId": "\(requestID)", "method": "\(method.rawValue)", "attempts": "\(attempts)",
+            "requestId": "\(currentRequestID)", "method": "\(method.rawValue)", "attempts": "\(attempts)",
             "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(refreshed)",
         ]
         if let status, status > 0 { metadata["status"] = "\(status)" }
@@ -564,10 +601,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         } else {
             shared.logger.info("request", metadata: metadata)
         }
-    }
-
-    private var requestID: String {
-        "\(ObjectIdentifier(self).hashValue & 0xffffff)-\(generation)"
     }
 
     /// The path without its query, which may carry secrets.
@@ -582,6 +615,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 }
 
 extension HTTPServerRequestPart {
+    fileprivate var isEnd: Bool {
+        if case .end = self { true } else { false }
+    }
+
     fileprivate var isHead: Bool {
         if case .head = self { true } else { false }
     }

@@ -32,7 +32,7 @@ public final class ProxyServer: Sendable {
         group: MultiThreadedEventLoopGroup,
         logger: Logger
     ) async throws -> ProxyServer {
-        let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, logger: logger)
+        let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, requestIDs: RequestIDGenerator(), logger: logger)
         let tlsContext = try makeTLSContext(for: configuration.upstream.url)
         var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
         for eventLoop in group.makeIterator() {
@@ -64,7 +64,15 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
-                connections.withLockedValue { $0[id] = channel }
+                let open = connections.withLockedValue { connections in
+                    connections[id] = channel
+                    return connections.count
+                }
+                if open > contextBox.load(ordering: .relaxed).rules.limits.maxConnections {
+                    // Over limits.maxConnections: accepted and closed at once, without an answer.
+                    connections.withLockedValue { _ = $0.removeValue(forKey: id) }
+                    return channel.close()
+                }
                 channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     let pool = pools[ObjectIdentifier(channel.eventLoop)]!.value
@@ -102,7 +110,10 @@ public final class ProxyServer: Sendable {
     /// changed upstream, and a new listener when `listen` changed (open connections stay).
     public func apply(_ configuration: Configuration, previous: Configuration) async throws {
         let current = context.load(ordering: .acquiring)
-        let next = ProxyContext(configuration: configuration, broker: current.broker, faults: current.faults, statistics: current.statistics, logger: current.logger)
+        let next = ProxyContext(
+            configuration: configuration, broker: current.broker, faults: current.faults, statistics: current.statistics,
+            requestIDs: current.rules.requestIDs, logger: current.logger
+        )
         if configuration.upstream != previous.upstream {
             let tlsContext = try Self.makeTLSContext(for: configuration.upstream.url)
             for pool in pools.values {

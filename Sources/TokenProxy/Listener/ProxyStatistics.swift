@@ -55,7 +55,7 @@ public final class ProxyStatistics: Sendable {
         refreshesByResult = Dictionary(uniqueKeysWithValues: RefreshResult.allCases.map {
             ($0, Counter(label: "tokenproxy_token_refreshes_total", dimensions: [("result", $0.rawValue)], factory: factory))
         })
-        errorsByCode = Dictionary(uniqueKeysWithValues: [ProxyError.Code.reauthenticationRequired, .tokenUnavailable, .upstreamUnavailable, .upstreamTimeout, .badRequest].map {
+        errorsByCode = Dictionary(uniqueKeysWithValues: ProxyError.Code.allCases.map {
             ($0, Counter(label: "tokenproxy_proxy_errors_total", dimensions: [("code", $0.rawValue)], factory: factory))
         })
         adoptionsTotal = Counter(label: "tokenproxy_token_adoptions_total", factory: factory)

@@ -1,18 +1,27 @@
+import Atomics
 import NIOCore
 import NIOHTTP1
 
-/// What a client request becomes on its way upstream (SPEC §5), decided without I/O: the target
-/// is checked (not an open proxy), framing ambiguities are refused, hop-by-hop headers dropped,
-/// `Host` rewritten and the `X-Forwarded-*` headers set.
+/// What a client request becomes on its way upstream (SPEC §5), decided without I/O: the client
+/// is checked (``ClientGuard``), the target too (not an open proxy, no dot-segments), framing
+/// ambiguities and malformed fields are refused, hop-by-hop headers dropped, `Host` rewritten,
+/// the `X-Forwarded-*` headers and `X-Request-Id` set.
 final class ForwardingRules: Sendable {
     let upstream: UpstreamURL
+    let clientGuard: ClientGuard
+    let limits: Configuration.Limits
+    /// Makes the ids of requests that came without an `X-Request-Id`.
+    let requestIDs: RequestIDGenerator
     /// Authorities an absolute-form target may name besides loopback ones: the upstream's.
     let upstreamAuthorities: Set<String>
     /// `Host` and `X-Forwarded-Proto`, the same on every request: written once.
     private let fixedLines: ByteBuffer
 
-    init(upstream: UpstreamURL) {
+    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits, requestIDs: RequestIDGenerator) {
         self.upstream = upstream
+        self.clientGuard = clientGuard
+        self.limits = limits
+        self.requestIDs = requestIDs
         upstreamAuthorities = [upstream.hostHeader.lowercased(), "\(upstream.host.lowercased()):\(upstream.port)"]
         var fixedLines = ByteBuffer()
         fixedLines.writeHeaderLine("Host", upstream.hostHeader)
@@ -24,9 +33,10 @@ final class ForwardingRules: Sendable {
     /// proxy itself); the request still goes to the upstream, never to the named host.
     func acceptsAbsoluteTarget(authority: Substring) -> Bool {
         let lowered = authority.lowercased()
+        // `http://127.0.0.1@evil.example/` names evil.example: user information is never accepted.
+        if lowered.contains("@") { return false }
         if upstreamAuthorities.contains(lowered) { return true }
-        let host = lowered.hasPrefix("[") ? String(lowered.prefix { $0 != "]" }.dropFirst()) : String(lowered.prefix { $0 != ":" })
-        return ListenAddress.tcp(host: host, port: 0).isLoopback
+        return ListenAddress.isLoopbackHost(ClientGuard.split(lowered).host)
     }
 
     /// A request ready to be sent, but for the `Authorization` header of each attempt.
@@ -42,6 +52,8 @@ final class ForwardingRules: Sendable {
         /// HTTP/1.1 or later: a body of unknown length can be sent to the client chunked.
         var clientAcceptsChunked: Bool
         var fault: FaultPlan?
+        /// The client's `X-Request-Id`, or the one generated for it; sent upstream either way.
+        var requestID: String
     }
 
     /// How the request body is delimited on the way upstream.
@@ -55,7 +67,7 @@ final class ForwardingRules: Sendable {
 
     static func isIdempotent(_ method: HTTPMethod) -> Bool {
         switch method {
-        case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: true
+        case .GET, .HEAD, .OPTIONS, .PUT, .DELETE: true
         default: false
         }
     }
@@ -63,6 +75,13 @@ final class ForwardingRules: Sendable {
     func prepare(_ head: HTTPRequestHead, clientAddress: String, faultsEnabled: Bool) -> Result<PreparedRequest, ProxyError> {
         if head.method == .CONNECT {
             return .failure(.badRequest("CONNECT is refused: tokenproxy forwards to its one upstream and is not an open proxy"))
+        }
+        if head.method == .TRACE {
+            // A TRACE echoes the request, the token included, back to whoever sent it.
+            return .failure(ProxyError(.methodNotAllowed, "TRACE is refused: it would echo the credentials tokenproxy attaches"))
+        }
+        if head.uri.utf8.count > limits.maxUriBytes {
+            return .failure(ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxUriBytes) bytes)"))
         }
         var path: Substring
         if head.uri.hasPrefix("/") {
@@ -78,6 +97,9 @@ final class ForwardingRules: Sendable {
         } else {
             return .failure(.badRequest("request target \"\(head.uri.prefix(100))\" is not a path"))
         }
+        if Self.hasDotSegment(path) {
+            return .failure(.badRequest("the path holds a dot-segment (/./ or /../, also percent-encoded); it could leave the upstream's path prefix"))
+        }
 
         // One pass over the client's headers: note what the rules need, and whether a
         // `Connection` header names other headers of this hop (then the copy needs a filter).
@@ -88,15 +110,34 @@ final class ForwardingRules: Sendable {
         var faultHeader: String?
         var connectionOptions: [String] = []
         var hasIdempotencyKey = false
+        var origin: String?
+        var fetchSite: String?
+        var requestID: String?
+        var headBytes = head.uri.utf8.count + 16
         for (name, value) in head.headers {
+            headBytes += name.utf8.count + value.utf8.count + 4
+            if !Self.isValidField(name: name, value: value) {
+                return .failure(.badRequest("a header name or value is malformed (CR, LF or NUL in a value, or a character a name may not hold)"))
+            }
             switch HeaderName(name) {
             case .contentLength:
                 if let contentLength, contentLength != value {
                     return .failure(.badRequest("conflicting Content-Length values"))
                 }
                 contentLength = value
-            case .transferEncoding: hasTransferEncoding = true
-            case .host: originalHost = value
+            case .transferEncoding:
+                // Only `chunked`, once: any other coding (identity, xchunked, "chunked, gzip") would
+                // be framed one way here and another way upstream.
+                guard !hasTransferEncoding, value.trimmingWhitespace().lowercased() == "chunked" else {
+                    return .failure(.badRequest("Transfer-Encoding \"\(value.prefix(50))\" is refused: only a single chunked is accepted"))
+                }
+                hasTransferEncoding = true
+            case .host:
+                if originalHost != nil { return .failure(.badRequest("two Host headers")) }
+                originalHost = value
+            case .origin: origin = value
+            case .secFetchSite: fetchSite = value
+            case .requestID: requestID = value
             case .forwardedFor: forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
             case .fault: faultHeader = value
             case .connection:
@@ -106,6 +147,12 @@ final class ForwardingRules: Sendable {
             case .idempotencyKey: hasIdempotencyKey = true
             default: break
             }
+        }
+        if headBytes > limits.maxHeaderBytes {
+            return .failure(ProxyError(.requestHeaderTooLarge, "the request head is larger than limits.maxHeaderBytes (\(limits.maxHeaderBytes) bytes)"))
+        }
+        if let refusal = clientGuard.refusal(host: originalHost, origin: origin, fetchSite: fetchSite, headers: head.headers) {
+            return .failure(refusal)
         }
         if contentLength != nil, hasTransferEncoding {
             return .failure(.badRequest("Content-Length together with Transfer-Encoding is ambiguous"))
@@ -134,7 +181,7 @@ final class ForwardingRules: Sendable {
             case .contentLength:
                 if wroteContentLength { continue }
                 wroteContentLength = true
-            case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .other:
+            case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
                 break
             // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
             case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop:
@@ -146,6 +193,8 @@ final class ForwardingRules: Sendable {
         bytes.writeImmutableBuffer(fixedLines)
         bytes.writeHeaderLine("X-Forwarded-For", forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
         if let originalHost { bytes.writeHeaderLine("X-Forwarded-Host", originalHost) }
+        let id = requestID ?? requestIDs.next()
+        if requestID == nil { bytes.writeHeaderLine("X-Request-Id", id) }
 
         return .success(PreparedRequest(
             method: head.method,
@@ -154,7 +203,41 @@ final class ForwardingRules: Sendable {
             isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
             clientKeepAlive: head.isKeepAlive,
             clientAcceptsChunked: head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1),
-            fault: fault
+            fault: fault,
+            requestID: id
         ))
+    }
+
+    /// RFC 9110 §5.1, §5.5: a name of `tchar`s, a value without CR, LF, NUL or other controls
+    /// but horizontal tab.
+    static func isValidField(name: String, value: String) -> Bool {
+        guard !name.isEmpty, name.utf8.allSatisfy(HeaderName.isTokenCharacter) else { return false }
+        return value.utf8.allSatisfy { $0 >= 0x20 || $0 == 0x09 }
+    }
+
+    /// Whether a path (before its query) has a `.` or `..` segment, plain or percent-encoded.
+    static func hasDotSegment(_ target: Substring) -> Bool {
+        let path = target.prefix { $0 != "?" && $0 != "#" }
+        for segment in path.split(separator: "/", omittingEmptySubsequences: false) where segment.count <= 6 {
+            // Count the dots, each spelled `.` or `%2e`; anything else makes it a name.
+            var dots = 0
+            var rest = Substring(segment.lowercased())
+            while !rest.isEmpty {
+                if rest.hasPrefix(".") { rest = rest.dropFirst() } else if rest.hasPrefix("%2e") { rest = rest.dropFirst(3) } else { break }
+                dots += 1
+            }
+            if rest.isEmpty, dots == 1 || dots == 2 { return true }
+        }
+        return false
+    }
+}
+
+/// Request ids unique for the process's lifetime: a random prefix per process and a counter.
+final class RequestIDGenerator: Sendable {
+    private let prefix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+    private let counter = ManagedAtomic<UInt64>(0)
+
+    func next() -> String {
+        "\(prefix)-\(counter.wrappingIncrementThenLoad(ordering: .relaxed))"
     }
 }

@@ -4,6 +4,7 @@ enum HeaderName: Equatable {
     case host, contentLength, transferEncoding, connection, authorization, expect
     case forwardedFor, forwardedHost, forwardedProto, idempotencyKey, fault
     case wwwAuthenticate, retryAfter
+    case origin, secFetchSite, requestID
     /// Hop-by-hop (RFC 9110 §7.6.1) other than `Connection` itself.
     case hopByHop
     case other
@@ -33,14 +34,19 @@ enum HeaderName: Equatable {
         switch bytes.count {
         case 2: return matches("te") ? .hopByHop : .other
         case 4: return matches("host") ? .host : .other
-        case 6: return matches("expect") ? .expect : .other
+        case 6:
+            if matches("expect") { return .expect }
+            return matches("origin") ? .origin : .other
         case 7: return matches("trailer") || matches("upgrade") ? .hopByHop : .other
         case 10:
             if matches("connection") { return .connection }
             return matches("keep-alive") ? .hopByHop : .other
         case 11: return matches("retry-after") ? .retryAfter : .other
+        case 12: return matches("x-request-id") ? .requestID : .other
         case 13: return matches("authorization") ? .authorization : .other
-        case 14: return matches("content-length") ? .contentLength : .other
+        case 14:
+            if matches("content-length") { return .contentLength }
+            return matches("sec-fetch-site") ? .secFetchSite : .other
         case 15:
             if matches("x-forwarded-for") { return .forwardedFor }
             return matches("idempotency-key") ? .idempotencyKey : .other
@@ -61,6 +67,19 @@ enum HeaderName: Equatable {
 }
 
 extension HeaderName {
+    /// RFC 9110 §5.6.2 `tchar`: what a header name is made of.
+    static func isTokenCharacter(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
+            UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "^"),
+            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
     /// Whether a `Connection` value is just `keep-alive` or `close` (names no other header).
     static func isPlainConnectionOption(_ value: String) -> Bool {
         var value = value

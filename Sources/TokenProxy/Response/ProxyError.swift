@@ -4,12 +4,17 @@ import NIOHTTP1
 /// An answer the proxy gives itself (SPEC §5): JSON `{"error": CODE, "message": …}` with the
 /// header `X-TokenProxy-Error: CODE`.
 public struct ProxyError: Error, Sendable, Equatable {
-    public enum Code: String, Sendable {
+    public enum Code: String, Sendable, CaseIterable {
         case reauthenticationRequired = "reauthentication_required"
         case tokenUnavailable = "token_unavailable"
         case upstreamUnavailable = "upstream_unavailable"
         case upstreamTimeout = "upstream_timeout"
         case badRequest = "bad_request"
+        case forbiddenRequest = "forbidden_request"
+        case methodNotAllowed = "method_not_allowed"
+        case requestTimeout = "request_timeout"
+        case uriTooLong = "uri_too_long"
+        case requestHeaderTooLarge = "request_header_too_large"
 
         public var status: HTTPResponseStatus {
             switch self {
@@ -18,6 +23,11 @@ public struct ProxyError: Error, Sendable, Equatable {
             case .upstreamUnavailable: .badGateway
             case .upstreamTimeout: .gatewayTimeout
             case .badRequest: .badRequest
+            case .forbiddenRequest: .forbidden
+            case .methodNotAllowed: .methodNotAllowed
+            case .requestTimeout: .requestTimeout
+            case .uriTooLong: .uriTooLong
+            case .requestHeaderTooLarge: .requestHeaderFieldsTooLarge
             }
         }
     }
@@ -28,6 +38,8 @@ public struct ProxyError: Error, Sendable, Equatable {
     public var retryAfter: Int?
     /// The injected fault this answer stands for, if any (`X-TokenProxy-Fault-Injected`).
     public var injectedFault: String?
+    /// The request's id (SPEC §5), as `requestId` in the body.
+    public var requestID: String?
 
     public init(_ code: Code, _ message: String, retryAfter: Int? = nil, injectedFault: String? = nil) {
         self.code = code
@@ -37,6 +49,7 @@ public struct ProxyError: Error, Sendable, Equatable {
     }
 
     static func badRequest(_ message: String) -> ProxyError { ProxyError(.badRequest, message) }
+    static func forbidden(_ message: String) -> ProxyError { ProxyError(.forbiddenRequest, message) }
 
     static func from(_ error: TokenBrokerError) -> ProxyError {
         switch error {
@@ -53,7 +66,8 @@ public struct ProxyError: Error, Sendable, Equatable {
 
     /// The whole response as it goes on the wire; `keepAlive` false adds `Connection: close`.
     func response(keepAlive: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let body = "{\"error\":\"\(code.rawValue)\",\"message\":\(JSONValue.quote(message))}\n"
+        let id = requestID.map { ",\"requestId\":\(JSONValue.quote($0))" } ?? ""
+        let body = "{\"error\":\"\(code.rawValue)\",\"message\":\(JSONValue.quote(message))\(id)}\n"
         var bytes = allocator.buffer(capacity: body.utf8.count + 256)
         bytes.writeStatusLine(Int(code.status.code))
         bytes.writeHeaderLine("Content-Type", "application/json")

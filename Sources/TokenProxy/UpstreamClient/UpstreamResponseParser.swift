@@ -238,11 +238,15 @@ struct UpstreamResponseParser {
             }
             let nameRange = line.lowerBound..<colon
             var position = line.lowerBound
-            while position < colon, isTokenCharacter(base[position]) { position += 1 }
+            while position < colon, HeaderName.isTokenCharacter(base[position]) { position += 1 }
             guard position == colon else {
                 throw UpstreamResponseError("the upstream sent a folded or malformed header line")
             }
             let value = trimmed(bytes, (colon + 1)..<line.upperBound)
+            for position in value where base[position] < 0x20 && base[position] != 0x09 || base[position] == 0x7F {
+                // A bare CR or a NUL reads differently to different parsers downstream.
+                throw UpstreamResponseError("the upstream sent a control character (CR, NUL, …) in a header value")
+            }
             var forward = false
             switch HeaderName(bytes: UnsafeRawBufferPointer(rebasing: bytes[nameRange])) {
             case .contentLength:
@@ -338,18 +342,6 @@ struct UpstreamResponseParser {
         return (status, bytes[line.lowerBound + 7] == UInt8(ascii: "1"))
     }
 
-    /// RFC 9110 §5.6.2 `tchar`: what a header name is made of.
-    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-            UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
-            UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "^"),
-            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            true
-        default:
-            false
-        }
-    }
 
     private static func trimmed(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Range<Int> {
         var lower = range.lowerBound

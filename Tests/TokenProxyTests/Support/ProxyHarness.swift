@@ -43,6 +43,8 @@ final class ProxyHarness: @unchecked Sendable {
         var upstreamPrefix = ""
         /// Overrides the test upstream's address, e.g. for a port where nothing listens.
         var upstreamAddress: String?
+        /// More top-level keys, as raw JSON values (`allowedHosts`, `limits`).
+        var topLevel: [String: String] = [:]
     }
 
     init(_ options: Options = Options(), respond: @escaping @Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse = { _, _ in .json(200, #"{"ok": true}"#) }) async throws {
@@ -63,7 +65,7 @@ final class ProxyHarness: @unchecked Sendable {
         fixture.listen = options.listen
         fixture.upstream = (options.upstreamAddress ?? "http://127.0.0.1:\(upstream.port)") + options.upstreamPrefix
         fixture.upstreamExtra = options.upstreamExtra
-        fixture.topLevel = ["retry": options.retry, "faults": options.faults]
+        fixture.topLevel = ["retry": options.retry, "faults": options.faults].merging(options.topLevel) { $1 }
         let path = try fixture.write(to: directory)
         configuration = try Configuration.load(path: path)
         let token = options.initialToken ?? TokenSet(refreshToken: "rt-initial")
@@ -91,10 +93,14 @@ final class ProxyHarness: @unchecked Sendable {
     }
 
     /// A request to `port` (the admin listener) on loopback.
-    func admin(_ method: HTTPMethod, _ path: String, port: Int, body: String? = nil) async throws -> Response {
+    func admin(_ method: HTTPMethod, _ path: String, port: Int, body: String? = nil, headers: [(String, String)] = []) async throws -> Response {
         var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
         request.method = method
-        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body {
+            request.body = .bytes(ByteBuffer(string: body))
+            if !request.headers.contains(name: "Content-Type") { request.headers.add(name: "Content-Type", value: "application/json") }
+        }
         let response = try await client.execute(request, timeout: .seconds(20))
         let bytes = try await response.body.collect(upTo: 1 << 20)
         return Response(status: response.status.code, headers: response.headers, body: String(buffer: bytes))
