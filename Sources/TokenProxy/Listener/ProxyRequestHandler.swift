@@ -54,10 +54,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
 
-    init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool) {
+    private let activity: ClientActivity
+    /// Watches the connection while no request is in progress (header and idle timeouts).
+    private var idleTimer: Scheduled<Void>?
+    private var idleSince = NIODeadline.now()
+
+    init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool, activity: ClientActivity) {
         self.contextBox = context
         self.shared = context.load(ordering: .acquiring)
         self.pool = pool
+        self.activity = activity
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -71,6 +77,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        becameIdle()
         switch context.channel.remoteAddress {
         case .v4(let address)?: clientAddress = address.host
         case .v6(let address)?: clientAddress = address.host
@@ -195,6 +202,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = nil
         generation &+= 1
         requestStarted = .now()
         currentURI = head.uri
@@ -486,6 +495,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         if !queuedParts.isEmpty, context?.channel.isActive == true {
             drainQueuedRequests()
         }
+        if machine == nil, queuedParts.isEmpty, !refusing { becameIdle() }
         if machine == nil, queuedParts.isEmpty, let pendingRefusal {
             self.pendingRefusal = nil
             currentRequestID = shared.rules.requestIDs.next()
@@ -569,7 +579,51 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         readTimeoutActive = false
     }
 
+    /// No request in progress: the client has `limits.idleTimeout` to start one, and once its
+    /// first bytes arrived, `limits.headerTimeout` to finish the head (else 408 and close).
+    private func becameIdle() {
+        idleSince = .now()
+        activity.becameIdle()
+        scheduleIdleCheck(at: idleSince + Self.amount(min(shared.rules.limits.headerTimeout, shared.rules.limits.idleTimeout)))
+    }
+
+    private func scheduleIdleCheck(at deadline: NIODeadline) {
+        guard let context else { return }
+        idleTimer?.cancel()
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.idleTimer = nil
+            self.checkIdle()
+        }
+    }
+
+    private func checkIdle() {
+        guard machine == nil, queuedParts.isEmpty, !refusing, let context, context.channel.isActive else { return }
+        let limits = contextBox.load(ordering: .relaxed).rules.limits
+        let now = NIODeadline.now()
+        if let started = activity.firstBytesSinceIdle {
+            let deadline = started + Self.amount(limits.headerTimeout)
+            guard now >= deadline else { return scheduleIdleCheck(at: deadline) }
+            refusing = true
+            currentRequestID = shared.rules.requestIDs.next()
+            let error = ProxyError(.requestTimeout, "the request head did not arrive within limits.headerTimeout (\(limits.headerTimeout.configString))")
+            shared.statistics.answeredByProxy(error.code)
+            shared.logger.warning("request head timed out; connection closed", metadata: ["requestId": "\(currentRequestID)", "client": "\(clientAddress)"])
+            respond(with: error, keepAlive: false)
+            return
+        }
+        let deadline = idleSince + Self.amount(limits.idleTimeout)
+        // Bytes may start arriving before the idle deadline: look again when a head would be late.
+        guard now >= deadline else { return scheduleIdleCheck(at: min(deadline, now + Self.amount(limits.headerTimeout))) }
+        context.close(promise: nil)
+    }
+
+    private static func amount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(Int64(duration.timeInterval * 1e9))
+    }
+
     private func cancelTimers() {
+        idleTimer?.cancel()
+        idleTimer = nil
         readTimeoutActive = false
         readTimeout?.cancel()
         readTimeout = nil

@@ -79,8 +79,10 @@ public final class ProxyServer: Sendable {
                     let operations = channel.pipeline.syncOperations
                     // Responses are written as bytes by the handler: upstream heads are forwarded
                     // with in-place edits instead of being decoded and encoded again.
+                    let activity = ClientActivity()
+                    try operations.addHandler(ClientActivityHandler(activity: activity))
                     try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool))
+                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool, activity: activity))
                 }
             }
         let channel: any Channel

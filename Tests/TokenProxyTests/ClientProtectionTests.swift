@@ -1,0 +1,264 @@
+import Foundation
+import NIOHTTP1
+import NIOPosix
+import Testing
+import TokenProxyMocks
+
+@testable import TokenProxy
+
+/// Who may use the proxy and what it refuses to forward (SPEC §2.2, §5, §7).
+@Suite("Client protections")
+struct ClientProtectionTests {
+    static func configuration(_ topLevel: [String: String] = [:], listen: String = "127.0.0.1:8787") throws -> Configuration {
+        var fixture = ConfigFixture(endpoint: "http://127.0.0.1:9/token")
+        fixture.listen = listen
+        fixture.topLevel = topLevel
+        return try fixture.configuration(in: TemporaryDirectory())
+    }
+
+    struct GuardRow: Sendable, CustomStringConvertible {
+        var description: String
+        var topLevel: [String: String] = [:]
+        var listen = "127.0.0.1:8787"
+        var headers: [(String, String)]
+        var allowed: Bool
+    }
+
+    static let guardRows: [GuardRow] = [
+        GuardRow(description: "curl on the same host", headers: [("Host", "127.0.0.1:8787")], allowed: true),
+        GuardRow(description: "localhost, any port", headers: [("Host", "localhost:9999")], allowed: true),
+        GuardRow(description: "IPv6 loopback", headers: [("Host", "[::1]:8787")], allowed: true),
+        GuardRow(description: "a rebinding name", headers: [("Host", "evil.example:8787")], allowed: false),
+        GuardRow(description: "a look-alike loopback name", headers: [("Host", "127.0.0.1.evil.example")], allowed: false),
+        GuardRow(description: "a unix socket takes any Host", listen: "unix:/tmp/tp.sock", headers: [("Host", "evil.example")], allowed: true),
+        GuardRow(description: "a configured list replaces the default", topLevel: ["allowedHosts": #"["api.internal"]"#], headers: [("Host", "localhost")], allowed: false),
+        GuardRow(description: "a configured name, any port", topLevel: ["allowedHosts": #"["api.internal"]"#], headers: [("Host", "API.internal:80")], allowed: true),
+        GuardRow(description: "a configured host:port, another port", topLevel: ["allowedHosts": #"["api.internal:80"]"#], headers: [("Host", "api.internal:81")], allowed: false),
+        GuardRow(description: "a cross-site page", headers: [("Host", "localhost"), ("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")], allowed: false),
+        GuardRow(description: "a page's Origin alone", headers: [("Host", "localhost"), ("Origin", "https://evil.example")], allowed: false),
+        GuardRow(description: "Sec-Fetch-Site alone", headers: [("Host", "localhost"), ("Sec-Fetch-Site", "same-site")], allowed: false),
+        GuardRow(description: "a typed-in address in a browser", headers: [("Host", "localhost"), ("Sec-Fetch-Site", "none")], allowed: true),
+        GuardRow(description: "an allowed origin", topLevel: ["allowedOrigins": #"["https://app.example"]"#], headers: [("Host", "localhost"), ("Origin", "https://app.example"), ("Sec-Fetch-Site", "same-origin")], allowed: true),
+        GuardRow(description: "browsers allowed", topLevel: ["browserRequests": #""allow""#], headers: [("Host", "localhost"), ("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")], allowed: true),
+        GuardRow(description: "required header missing", topLevel: ["requireHeader": #""X-TokenProxy-Request""#], headers: [("Host", "localhost")], allowed: false),
+        GuardRow(description: "required header present", topLevel: ["requireHeader": #""X-TokenProxy-Request""#], headers: [("Host", "localhost"), ("x-tokenproxy-request", "1")], allowed: true),
+    ]
+
+    @Test("the client guard", arguments: guardRows)
+    func clientGuard(row: GuardRow) throws {
+        let configuration = try Self.configuration(row.topLevel, listen: row.listen)
+        let headers = HTTPHeaders(row.headers)
+        let refusal = ClientGuard(configuration).refusal(
+            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"), headers: headers
+        )
+        #expect((refusal == nil) == row.allowed, "\(refusal?.message ?? "allowed")")
+        if let refusal { #expect(refusal.code == .forbiddenRequest) }
+    }
+
+    @Test("what the forwarding rules refuse", arguments: [
+        ("TRACE /x HTTP/1.1", [("Host", "localhost")], ProxyError.Code.methodNotAllowed),
+        ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "identity")], .badRequest),
+        ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "xchunked")], .badRequest),
+        ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "chunked0")], .badRequest),
+        ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")], .badRequest),
+        ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "gzip, chunked")], .badRequest),
+        ("GET /a HTTP/1.1", [("Host", "localhost"), ("Host", "localhost")], .badRequest),
+        ("GET /../admin HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET /v1/../admin HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET /./x HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET /%2e%2e/admin HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET /%2E/x HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET /.%2e HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET http://127.0.0.1@evil.example/x HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET http://127.evil.example/x HTTP/1.1", [("Host", "localhost")], .badRequest),
+        ("GET /a HTTP/1.1", [("Host", "localhost"), ("X-A", "a\u{0}b")], .badRequest),
+        ("GET /a HTTP/1.1", [("Host", "localhost"), ("X-A", "a\rb")], .badRequest),
+        ("GET /a HTTP/1.1", [("Host", "localhost"), ("X A", "b")], .badRequest),
+        ("GET /" + String(repeating: "a", count: 9000) + " HTTP/1.1", [("Host", "localhost")], .uriTooLong),
+        ("GET /a HTTP/1.1", [("Host", "localhost"), ("X-Big", String(repeating: "b", count: 70_000))], .requestHeaderTooLarge),
+        ("GET /a HTTP/1.1", [("Host", "evil.example")], .forbiddenRequest),
+    ])
+    func refusals(line: String, headers: [(String, String)], expected: ProxyError.Code) throws {
+        let configuration = try Self.configuration()
+        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits, requestIDs: RequestIDGenerator())
+        let parts = line.split(separator: " ")
+        let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: String(parts[0])), uri: String(parts[1]), headers: HTTPHeaders(headers))
+        switch rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false) {
+        case .success: Issue.record("\(line.prefix(60)) was accepted")
+        case .failure(let error): #expect(error.code == expected, "\(error.message)")
+        }
+    }
+
+    @Test("what the forwarding rules accept", arguments: ["/a/b", "/a..b/c", "/.well-known/x", "/a/...", "/a?x=/../", "/%2e%2ex"])
+    func acceptedPaths(path: String) throws {
+        let configuration = try Self.configuration()
+        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits, requestIDs: RequestIDGenerator())
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: ["Host": "localhost"])
+        guard case .success = rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false) else {
+            Issue.record("\(path) was refused")
+            return
+        }
+    }
+
+    @Test func requestIDsAreForwardedOrGeneratedAndUnique() throws {
+        let configuration = try Self.configuration()
+        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits, requestIDs: RequestIDGenerator())
+        let own = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["Host": "localhost", "X-Request-Id": "client-7"])
+        let prepared = try rules.prepare(own, clientAddress: "127.0.0.1", faultsEnabled: false).get()
+        #expect(prepared.requestID == "client-7")
+        #expect(String(buffer: prepared.head).components(separatedBy: "X-Request-Id").count == 2, "forwarded once")
+        var seen: Set<String> = []
+        for _ in 0..<1000 {
+            let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["Host": "localhost"])
+            let generated = try rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false).get()
+            #expect(String(buffer: generated.head).contains("X-Request-Id: \(generated.requestID)\r\n"))
+            seen.insert(generated.requestID)
+        }
+        #expect(seen.count == 1000)
+    }
+
+    // MARK: Through the proxy, on raw sockets
+
+    @Test("a refused request sends no byte upstream, nor does anything after it", arguments: [
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: identity\r\n\r\nhello",
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "GET http://other.example/x HTTP/1.1\r\nHost: localhost\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "TRACE / HTTP/1.1\r\nHost: localhost\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n\r\n",
+        "GET /v1/../admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ])
+    func refusedRequestsStayHere(raw: String) async throws {
+        let upstream = try await RawUpstream { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.upstreamAddress = upstream.url
+        let harness = try await ProxyHarness(options)
+        let answer = try await RawHTTPClient(port: harness.port).exchange(raw, timeout: .seconds(5))
+        #expect(answer.hasPrefix("HTTP/1.1 4"), "\(answer)")
+        #expect(answer.contains("\"requestId\":"), "\(answer)")
+        #expect(answer.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer, then the connection closed: \(answer)")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(upstream.connections == 0, "the upstream received no byte")
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
+    @Test func aRequestReadWholeBeforeMalformedBytesGetsItsAnswer() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, _ in .json(200, #"{"created": true}"#) }
+        let answer = try await RawHTTPClient(port: harness.port).exchange(
+            "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}GARBAGE \u{1}\r\n\r\n", timeout: .seconds(5))
+        #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+        #expect(answer.contains(#"{"created": true}"#))
+        #expect(answer.contains("HTTP/1.1 400"), "then the 400: \(answer)")
+        #expect(harness.received.count == 1)
+        await harness.shutdown()
+    }
+
+    @Test func anUpstreamHeaderWithABareCRIsA502() async throws {
+        let upstream = try await RawUpstream { _ in ("HTTP/1.1 200 OK\r\nX-Split: a\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nok", false) }
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.upstreamAddress = upstream.url
+        let harness = try await ProxyHarness(options)
+        let response = try await harness.send(.GET, "/x")
+        #expect(response.status == 502)
+        #expect(response.headers.first(name: "Set-Cookie") == nil)
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
+    @Test func connectionsOverTheLimitAreClosedWithoutAnAnswer() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.topLevel = ["limits": #"{"maxConnections": 2}"#]
+        let harness = try await ProxyHarness(options) { _, _ in .json(200, "{}") }
+        let first = try RawHTTPClient.connect(port: harness.port)
+        let second = try RawHTTPClient.connect(port: harness.port)
+        try await Task.sleep(for: .milliseconds(100))
+        let third = try await RawHTTPClient(port: harness.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(2))
+        #expect(third.isEmpty, "closed without an answer: \(third)")
+        close(first)
+        close(second)
+        // Once the proxy has seen those two close, a new connection is served again.
+        let served = await TokenFailureTests.waitUntil(timeout: .seconds(10)) {
+            (try? await RawHTTPClient(port: harness.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))?.hasPrefix("HTTP/1.1 200") == true
+        }
+        #expect(served)
+        await harness.shutdown()
+    }
+
+    @Test func aSlowHeadGets408AndAnIdleConnectionIsClosed() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.topLevel = ["limits": #"{"headerTimeout": "300ms", "idleTimeout": "1s"}"#]
+        let harness = try await ProxyHarness(options) { _, _ in .json(200, "{}") }
+        let client = RawHTTPClient(port: harness.port)
+
+        var started = ContinuousClock.now
+        let slow = try await client.exchange("GET / HTTP/1.1\r\nHost: loc", timeout: .seconds(10))
+        #expect(slow.hasPrefix("HTTP/1.1 408"), "\(slow)")
+        #expect(slow.contains("request_timeout"))
+        #expect(started.duration(to: .now) < .seconds(3), "closed after the header timeout, not the test's")
+
+        started = ContinuousClock.now
+        let silent = try await client.exchange("", timeout: .seconds(10))
+        #expect(silent.isEmpty)
+        let idle = started.duration(to: .now)
+        #expect(idle >= .milliseconds(900) && idle < .seconds(5), "an idle connection closes after limits.idleTimeout: \(idle)")
+
+        started = ContinuousClock.now
+        let kept = try await client.exchange("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(10))
+        #expect(kept.hasPrefix("HTTP/1.1 200"))
+        #expect(started.duration(to: .now) >= .milliseconds(900), "a keep-alive connection stays open for the idle timeout")
+        #expect(harness.received.count == 1)
+        await harness.shutdown()
+    }
+
+    // MARK: The admin listener
+
+    @Test func theAdminListenerServesOnlyLoopbackNamesAndNoBrowser() async throws {
+        let harness = try await ProxyHarness { _, _ in .json(200, "{}") }
+        let admin = try await harness.startAdmin()
+        let port = try #require(admin.port)
+        let client = RawHTTPClient(port: port)
+        func send(_ head: String) async throws -> String {
+            try await client.exchange(head + "Connection: close\r\n\r\n", timeout: .seconds(5))
+        }
+        #expect(try await send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n").hasPrefix("HTTP/1.1 200"))
+        #expect(try await send("GET /healthz HTTP/1.1\r\nHost: localhost\r\n").hasPrefix("HTTP/1.1 200"))
+        #expect(try await send("GET /status HTTP/1.1\r\nHost: evil.example\r\n").hasPrefix("HTTP/1.1 403"))
+        #expect(try await send("POST /token/refresh HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\nContent-Length: 0\r\n").hasPrefix("HTTP/1.1 403"))
+        #expect(try await send("POST /token/expire HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\n").hasPrefix("HTTP/1.1 403"))
+        let form = try await client.exchange(
+            "PUT /faults HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"enabled\": true}",
+            timeout: .seconds(5))
+        #expect(form.hasPrefix("HTTP/1.1 415"), "\(form)")
+        #expect(harness.faults.enabled == false, "nothing was switched on")
+        #expect(try await send("POST /token/refresh HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n").hasPrefix("HTTP/1.1 200"), "a bodyless POST is fine")
+        await admin.stop()
+        await harness.shutdown()
+    }
+
+    @Test func anAdminTokenFileGuardsChanges() async throws {
+        let harness = try await ProxyHarness { _, _ in .json(200, "{}") }
+        let tokenFile = try harness.directory.write("admin-token", "s3cret-admin\n")
+        let routes = AdminRoutes(broker: harness.broker, faults: harness.faults, statistics: harness.statistics, upstream: harness.configuration.upstream.url, tokenFile: tokenFile)
+        let admin = try await AdminServer.start(address: .tcp(host: "127.0.0.1", port: 0), routes: routes, group: MultiThreadedEventLoopGroup.singleton)
+        let port = try #require(admin.port)
+        let without = try await harness.admin(.PUT, "/faults", port: port, body: #"{"enabled": true}"#)
+        #expect(without.status == 401)
+        #expect(without.headers.first(name: "WWW-Authenticate")?.hasPrefix("Bearer") == true)
+        let wrong = try await harness.admin(.PUT, "/faults", port: port, body: #"{"enabled": true}"#, headers: [("Authorization", "Bearer guess")])
+        #expect(wrong.status == 401)
+        #expect(harness.faults.enabled == false)
+        let right = try await harness.admin(.PUT, "/faults", port: port, body: #"{"enabled": true}"#, headers: [("Authorization", "Bearer s3cret-admin")])
+        #expect(right.status == 200)
+        #expect(harness.faults.enabled)
+        #expect(try await harness.admin(.GET, "/status", port: port).status == 200, "reading needs no token")
+        await admin.stop()
+        await harness.shutdown()
+    }
+}
