@@ -190,6 +190,24 @@ struct ClientProtectionTests {
         await harness.shutdown()
     }
 
+    @Test func bytesAfterAnUpgradeRequestAreNeverRead() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        let harness = try await ProxyHarness(options) { _, _ in .json(200, #"{"plain": true}"#) }
+        // Small enough to sit in the socket buffers: the proxy closes without reading it, and a
+        // larger write would meet a closed socket (EPIPE) on the client side.
+        let junk = String(repeating: "x", count: 100_000)
+        let answer = try await RawHTTPClient(port: harness.port).exchange(
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + junk, timeout: .seconds(20))
+        #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer.prefix(200))")
+        #expect(answer.lowercased().contains("connection: close"))
+        let seen = try #require(harness.received.first)
+        #expect(seen.header("Upgrade") == nil, "not a tunnel (yet): the upgrade is not forwarded")
+        #expect(seen.header("Authorization") == "Bearer at-live")
+        #expect(harness.received.count == 1)
+        await harness.shutdown()
+    }
+
     @Test func aSlowHeadGets408AndAnIdleConnectionIsClosed() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")

@@ -26,15 +26,43 @@ struct TokenFailureTests {
         }
     }
 
+    /// Requests in flight, by the round in which they started.
+    final class Rounds: Sendable {
+        private let state = NIOLockedValueBox((round: 0, inFlight: [Int: Int]()))
+
+        func started() -> Int {
+            state.withLockedValue {
+                $0.inFlight[$0.round, default: 0] += 1
+                return $0.round
+            }
+        }
+
+        func finished(_ round: Int) { state.withLockedValue { $0.inFlight[round, default: 0] -= 1 } }
+
+        /// Starts the next round; returns the number of the one that ended.
+        func next() -> Int {
+            state.withLockedValue {
+                $0.round += 1
+                return $0.round - 1
+            }
+        }
+
+        func inFlight(upTo round: Int) -> Int {
+            state.withLockedValue { $0.inFlight.filter { $0.key <= round }.values.reduce(0, +) }
+        }
+    }
+
     /// Runs `clients` loops of GETs until `stop` is set; returns every status the clients saw.
-    static func clients(_ count: Int, harness: ProxyHarness, stop: NIOLockedValueBox<Bool>) -> Task<[UInt], Never> {
+    static func clients(_ count: Int, harness: ProxyHarness, stop: NIOLockedValueBox<Bool>, rounds: Rounds = Rounds()) -> Task<[UInt], Never> {
         Task {
             await withTaskGroup(of: [UInt].self) { group in
                 for _ in 0..<count {
                     group.addTask {
                         var statuses: [UInt] = []
                         while !stop.withLockedValue({ $0 }) {
+                            let round = rounds.started()
                             statuses.append((try? await harness.send(.GET, "/data"))?.status ?? 0)
+                            rounds.finished(round)
                         }
                         return statuses
                     }
@@ -62,15 +90,24 @@ struct TokenFailureTests {
         #expect(try await harness.send(.GET, "/warm-up").status == 200)
 
         let stop = NIOLockedValueBox(false)
-        let clients = Self.clients(8, harness: harness, stop: stop)
+        let rounds = Rounds()
+        let clients = Self.clients(8, harness: harness, stop: stop, rounds: rounds)
         let rotations = 20
         for rotation in 1...rotations {
+            // More than token.minRefreshInterval after the last 401-caused refresh: sooner, the
+            // throttle rightly replays with the rejected token instead of refreshing again.
+            try await Task.sleep(for: .milliseconds(150))
             // The server ends the session's access token early (as at a rotation elsewhere):
             // every request in flight is refused at once.
             harness.issuer.revokeAccessTokens()
             let rotated = await Self.waitUntil { harness.issuer.callCount == rotation + 1 }
             #expect(rotated, "rotation \(rotation): the proxy refreshed")
-            try await Task.sleep(for: .milliseconds(150))
+            // The next rotation comes once every request that began before this one is answered:
+            // one request may see one rotation, as with real rotations minutes apart (a request
+            // caught by two would rightly get the second 401: one replay per request).
+            let ended = rounds.next()
+            let settled = await Self.waitUntil(timeout: .seconds(30)) { rounds.inFlight(upTo: ended) == 0 }
+            #expect(settled)
         }
         stop.withLockedValue { $0 = true }
         let statuses = await clients.value

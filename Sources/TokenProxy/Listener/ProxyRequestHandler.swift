@@ -149,7 +149,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private var shouldHoldClientReads: Bool {
-        if !queuedParts.isEmpty { return true }
+        if !queuedParts.isEmpty || refusing { return true }
         if let upstream { return !upstream.isWritable }
         return (machine?.body.unsentBytes ?? 0) > Self.maximumUnsentBytes
     }
@@ -221,6 +221,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false, error: error)
         case .success(let prepared):
             currentRequestID = prepared.requestID
+            if prepared.upgradeRequested, prepared.bodyFraming == .none {
+                // Nothing after an upgrade request is HTTP: read no more of it (SPEC §5: never
+                // buffered without bound). The connection closes after this answer.
+                refusing = true
+            }
             if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
                 context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
             }

@@ -54,6 +54,10 @@ final class ForwardingRules: Sendable {
         var fault: FaultPlan?
         /// The client's `X-Request-Id`, or the one generated for it; sent upstream either way.
         var requestID: String
+        /// The client asked for a protocol upgrade. Tunnels are not served yet: the request goes
+        /// upstream without it, and the connection closes after the answer, so that whatever
+        /// the client sends next is never read (nor buffered).
+        var upgradeRequested: Bool
     }
 
     /// How the request body is delimited on the way upstream.
@@ -113,6 +117,7 @@ final class ForwardingRules: Sendable {
         var origin: String?
         var fetchSite: String?
         var requestID: String?
+        var upgradeRequested = false
         var headBytes = head.uri.utf8.count + 16
         for (name, value) in head.headers {
             headBytes += name.utf8.count + value.utf8.count + 4
@@ -138,6 +143,7 @@ final class ForwardingRules: Sendable {
             case .origin: origin = value
             case .secFetchSite: fetchSite = value
             case .requestID: requestID = value
+            case .upgrade: upgradeRequested = true
             case .forwardedFor: forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
             case .fault: faultHeader = value
             case .connection:
@@ -184,7 +190,7 @@ final class ForwardingRules: Sendable {
             case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
                 break
             // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
-            case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop:
+            case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop, .upgrade:
                 continue
             }
             if !connectionOptions.isEmpty, connectionOptions.contains(name.lowercased()) { continue }
@@ -201,10 +207,11 @@ final class ForwardingRules: Sendable {
             head: bytes,
             bodyFraming: hasTransferEncoding ? .chunked : contentLength != nil ? .length : .none,
             isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
-            clientKeepAlive: head.isKeepAlive,
+            clientKeepAlive: head.isKeepAlive && !upgradeRequested,
             clientAcceptsChunked: head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1),
             fault: fault,
-            requestID: id
+            requestID: id,
+            upgradeRequested: upgradeRequested
         ))
     }
 

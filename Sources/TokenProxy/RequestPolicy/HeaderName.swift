@@ -5,6 +5,8 @@ enum HeaderName: Equatable {
     case forwardedFor, forwardedHost, forwardedProto, idempotencyKey, fault
     case wwwAuthenticate, retryAfter
     case origin, secFetchSite, requestID
+    /// `Upgrade`: hop-by-hop, and a sign that the client may send bytes that are not HTTP.
+    case upgrade
     /// Hop-by-hop (RFC 9110 §7.6.1) other than `Connection` itself.
     case hopByHop
     case other
@@ -37,7 +39,9 @@ enum HeaderName: Equatable {
         case 6:
             if matches("expect") { return .expect }
             return matches("origin") ? .origin : .other
-        case 7: return matches("trailer") || matches("upgrade") ? .hopByHop : .other
+        case 7:
+            if matches("upgrade") { return .upgrade }
+            return matches("trailer") ? .hopByHop : .other
         case 10:
             if matches("connection") { return .connection }
             return matches("keep-alive") ? .hopByHop : .other

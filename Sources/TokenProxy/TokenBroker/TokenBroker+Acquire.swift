@@ -16,7 +16,7 @@ extension TokenBroker {
             let lock = try await takeLock()
             var lockPassedOn = false
             defer { if !lockPassedOn { lock.release() } }
-            var stored = try await readStoreUnderLock()
+            var (stored, version) = try await readStoreUnderLock()
             if let tokens = stored.tokens, gate.satisfies(tokens, need, now: Date()) {
                 return .adopted(tokens)
             }
@@ -27,11 +27,11 @@ extension TokenBroker {
                 if let rejection = tokens?.rejection, rejection.credential == credentials.fingerprint {
                     let said = rejection.errorDescription.map { " (\($0))" } ?? ""
                     let reason = "the token endpoint refused these credentials with \(rejection.error)\(said) at \(RFC3339.format(rejection.at)); \(configuration.reauthenticationRemedy)"
-                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil)
+                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
                 }
                 if configuration.grant == .refreshToken, credentials.refreshToken == nil {
                     let reason = "the token store \(store.path) holds no refresh token; \(configuration.reauthenticationRemedy)"
-                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil)
+                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
                 }
                 gate.callingEndpoint(for: need, now: Date())
                 observer?(.refreshing)
@@ -59,18 +59,18 @@ extension TokenBroker {
                     if refusal.kind == .configuration {
                         return await refused(.misconfigured(reason: message), storeMatters: false, remaining: nil)
                     }
-                    let again = try await readStore()
+                    let (again, againVersion) = try await readStoreVersion()
                     if again != stored {
                         // Someone wrote the store meanwhile (a person handing over a new refresh
                         // token, or a process that does not honour the lock).
                         guard let newer = again.tokens, attempt < 3 else {
                             // Empty or half written: a writer is at work. Leave the file alone; the
                             // next need looks again once it has changed.
-                            return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: nil)
+                            return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: nil, storeVersion: againVersion)
                         }
                         logger.warning("the token endpoint refused the refresh token, but the store changed meanwhile; using the store", metadata: ["error": "\(refusal.error)"])
                         if gate.satisfies(newer, need, now: Date()) { return .adopted(newer) }
-                        stored = again
+                        (stored, version) = (again, againVersion)
                         continue
                     }
                     var marked = tokens ?? TokenSet()
@@ -82,8 +82,8 @@ extension TokenBroker {
                         marked.expiresAt = nil
                         marked.obtainedAt = nil
                     }
-                    try await write(marked)
-                    return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: marked)
+                    let written = try await write(marked)
+                    return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: marked, storeVersion: written)
                 }
             }
             return .failed(.unavailable(reason: "the token store kept changing during the refresh", retryAfter: nil), retryAfter: nil)
@@ -92,20 +92,22 @@ extension TokenBroker {
         }
     }
 
-    private func refused(_ error: TokenBrokerError, storeMatters: Bool, remaining: TokenSet?) async -> RefreshGate.Outcome {
-        .refused(error, watch: await watch(storeMatters: storeMatters), remaining: remaining)
+    /// A permanent refusal, watching the store from `storeVersion` (the version the decision
+    /// was made on): a hand-over written a moment after that read still counts as a change.
+    private func refused(_ error: TokenBrokerError, storeMatters: Bool, remaining: TokenSet?, storeVersion: TokenStore.Fingerprint?? = nil) async -> RefreshGate.Outcome {
+        .refused(error, watch: await watch(storeMatters: storeMatters, storeVersion: storeVersion), remaining: remaining)
     }
 
     /// Reads the store while holding the lock. An unparseable store is treated as empty for the
     /// need at hand and moved aside only once it has stayed the same for a while (SPEC §3).
-    private func readStoreUnderLock() async throws(TokenBrokerError) -> TokenStore.Contents {
-        let contents = try await readStore()
-        guard case .corrupt(let reason, let fingerprint) = contents else { return contents }
+    private func readStoreUnderLock() async throws(TokenBrokerError) -> (contents: TokenStore.Contents, version: TokenStore.Fingerprint?) {
+        let read = try await readStoreVersion()
+        guard case .corrupt(let reason, let fingerprint) = read.contents else { return read }
         guard gate.sawCorruptStore(fingerprint, now: Date()) else {
             logger.warning("the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s)", metadata: ["store": "\(store.path)", "reason": "\(reason)"])
-            return contents
+            return read
         }
-        return await moveAside(fingerprint, reason: reason) ? .empty : contents
+        return await moveAside(fingerprint, reason: reason) ? (.empty, nil) : read
     }
 
     /// Moves an unparseable store aside, unless it changed meanwhile; returns whether it did.
@@ -143,12 +145,13 @@ extension TokenBroker {
         }
     }
 
-    func write(_ tokens: TokenSet) async throws(TokenBrokerError) {
+    @discardableResult
+    func write(_ tokens: TokenSet) async throws(TokenBrokerError) -> TokenStore.Fingerprint? {
         let store = self.store
         do {
-            try await BlockingIO.run { () throws(TokenStoreError) in
+            return try await BlockingIO.run { () throws(TokenStoreError) in
                 store.removeAbandonedTemporaryFiles()
-                try store.write(tokens)
+                return try store.write(tokens)
             }
         } catch {
             logger.critical("the new token could not be saved; a rotated refresh token may be lost", metadata: ["error": "\(error)"])

@@ -149,18 +149,24 @@ public actor TokenBroker {
     }
 
     func readStore() async throws(TokenBrokerError) -> TokenStore.Contents {
+        try await readStoreVersion().contents
+    }
+
+    /// The store's contents and the version of the file they came from.
+    func readStoreVersion() async throws(TokenBrokerError) -> (contents: TokenStore.Contents, version: TokenStore.Fingerprint?) {
         let store = self.store
-        let contents: TokenStore.Contents
+        let read: (contents: TokenStore.Contents, version: TokenStore.Fingerprint?)
         do {
-            contents = try await BlockingIO.run { () throws(TokenStoreError) in try store.read(now: Date()) }
+            read = try await BlockingIO.run { () throws(TokenStoreError) in try store.readVersion(now: Date()) }
         } catch {
             throw Self.brokerError(error)
         }
+        let contents = read.contents
         if case .tokens(_, let discarded?) = contents, discarded != lastDiscardNote {
             lastDiscardNote = discarded
             logger.warning("the token store's access token was refused and will be replaced by a refresh", metadata: ["store": "\(store.path)", "reason": "\(discarded)"])
         }
-        return contents
+        return read
     }
 
     static func brokerError(_ error: TokenStoreError) -> TokenBrokerError {
@@ -170,11 +176,12 @@ public actor TokenBroker {
         }
     }
 
-    /// What a permanent failure watches, as it is now.
-    func watch(storeMatters: Bool) async -> RefreshGate.Watch {
+    /// What a permanent failure watches, as it is now; `storeVersion`, when given, is the
+    /// version of the store a decision was made on (a change after it must count).
+    func watch(storeMatters: Bool, storeVersion: TokenStore.Fingerprint?? = nil) async -> RefreshGate.Watch {
         let (store, endpoint) = (self.store, self.endpoint)
         let (version, client) = await BlockingIO.run { (store.fingerprint(), try? endpoint.credentials(refreshToken: nil).fingerprint) }
-        return RefreshGate.Watch(store: version, client: client, storeMatters: storeMatters)
+        return RefreshGate.Watch(store: storeVersion ?? version, client: client, storeMatters: storeMatters)
     }
 
     private func report(_ report: RefreshGate.Report, need: Need, elapsed: Duration) {

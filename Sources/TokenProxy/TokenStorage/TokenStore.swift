@@ -28,7 +28,7 @@ public struct TokenStore: Sendable {
 
     /// Identifies one version of the store file, so that "has the store changed?" is one `stat`.
     public struct Fingerprint: Sendable, Hashable {
-        var device: UInt64, inode: UInt64, size: Int64, modifiedNanoseconds: Int64, changedNanoseconds: Int64
+        var device: UInt64, inode: UInt64, size: Int64, modifiedNanoseconds: Int64
     }
 
     /// The largest store file read; a bigger one is treated as corrupt.
@@ -36,11 +36,17 @@ public struct TokenStore: Sendable {
 
     /// Reads the store; `now` judges whether its times are in range. A missing file is empty.
     public func read(now: Date = Date()) throws(TokenStoreError) -> Contents {
+        try readVersion(now: now).contents
+    }
+
+    /// Reads the store, and identifies the version read (`nil`: no file), so that a decision
+    /// made on these contents can later tell whether the file has changed since.
+    public func readVersion(now: Date = Date()) throws(TokenStoreError) -> (contents: Contents, version: Fingerprint?) {
         if let refusal = StoreFolder.refusal(of: path, key: "token.store", create: false) { throw .refused(path: path, reason: refusal) }
         let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
         if descriptor < 0 {
             let code = errno
-            if code == ENOENT { return .empty }
+            if code == ENOENT { return (.empty, nil) }
             if code == ELOOP { throw .refused(path: path, reason: "token.store \(path) is a symbolic link; point token.store at the real file") }
             throw .system(path: path, operation: "read", code: code)
         }
@@ -59,19 +65,20 @@ public struct TokenStore: Sendable {
             if count == 0 { break }
             data.append(contentsOf: buffer[0..<count])
         }
-        if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return .empty }
+        let version = Fingerprint(info)
+        if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return (.empty, version) }
         let reason: String
         if data.count > Self.maximumSize {
             reason = "larger than \(Self.maximumSize) bytes"
         } else {
             do {
                 let (tokens, discarded) = try StoreDocument.decode(data, now: now)
-                return .tokens(tokens, discarded: discarded)
+                return (.tokens(tokens, discarded: discarded), version)
             } catch {
                 reason = error.description
             }
         }
-        return .corrupt(reason: reason, fingerprint: Fingerprint(info))
+        return (.corrupt(reason: reason, fingerprint: version), version)
     }
 
     /// Moves an unparseable store aside to `<path>.corrupt-<unix time>`, unless it changed since
@@ -87,7 +94,9 @@ public struct TokenStore: Sendable {
     /// Replaces the store with `tokens`: a temporary file in the same folder (mode 0600), fsync,
     /// rename over the store, fsync of the folder. Readers see the old or the new file, never a
     /// mix. A missing folder is created (0700); a refused folder or a symbolic link is not written.
-    public func write(_ tokens: TokenSet) throws(TokenStoreError) {
+    /// Returns the version written.
+    @discardableResult
+    public func write(_ tokens: TokenSet) throws(TokenStoreError) -> Fingerprint? {
         if let refusal = StoreFolder.refusal(of: path, key: "token.store", create: true) { throw .refused(path: path, reason: refusal) }
         let folder = StoreFolder.folder(of: path)
         let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -113,6 +122,8 @@ public struct TokenStore: Sendable {
             close(descriptor)
             throw .system(path: temporary, operation: "write", code: code)
         }
+        var info = stat()
+        let version = fstat(descriptor, &info) == 0 ? Fingerprint(info) : nil
         close(descriptor)
         guard rename(temporary, path) == 0 else { throw .system(path: path, operation: "replace", code: errno) }
         succeeded = true
@@ -121,6 +132,7 @@ public struct TokenStore: Sendable {
             fsync(folderDescriptor)
             close(folderDescriptor)
         }
+        return version
     }
 
     /// Removes temporary files left by writers that were killed mid-write. Call it only while
@@ -147,8 +159,7 @@ extension TokenStore.Fingerprint {
     init(_ info: stat) {
         self.init(
             device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
-            modifiedNanoseconds: Int64(info.st_mtim.tv_sec) &* 1_000_000_000 &+ Int64(info.st_mtim.tv_nsec),
-            changedNanoseconds: Int64(info.st_ctim.tv_sec) &* 1_000_000_000 &+ Int64(info.st_ctim.tv_nsec)
+            modifiedNanoseconds: Int64(info.st_mtim.tv_sec) &* 1_000_000_000 &+ Int64(info.st_mtim.tv_nsec)
         )
     }
 }

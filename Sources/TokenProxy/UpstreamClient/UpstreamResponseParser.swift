@@ -266,7 +266,7 @@ struct UpstreamResponseParser {
                     let option = option.trimmingWhitespace().lowercased()
                     if option == "close" { keepAlive = false } else if option == "keep-alive" { if !http11 { keepAlive = true } } else { connectionOptions.append(option) }
                 }
-            case .hopByHop:
+            case .hopByHop, .upgrade:
                 break
             case .wwwAuthenticate:
                 wwwAuthenticate.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value]), as: UTF8.self))
@@ -301,7 +301,7 @@ struct UpstreamResponseParser {
                 let colon = index(of: UInt8(ascii: ":"), in: bytes, line)!
                 let name = UnsafeRawBufferPointer(rebasing: bytes[line.lowerBound..<colon])
                 switch HeaderName(bytes: name) {
-                case .contentLength, .transferEncoding, .connection, .hopByHop: continue
+                case .contentLength, .transferEncoding, .connection, .hopByHop, .upgrade: continue
                 default:
                     if connectionOptions.contains(String(decoding: name, as: UTF8.self).lowercased()) { continue }
                     forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[line]))
