@@ -9,7 +9,7 @@ port, count, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 sockets = []
 for _ in range(count):
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     sockets.append(s)
 ok = 0
 for s in sockets:

@@ -6,60 +6,28 @@ import NIOHTTP1
 /// `forbidden_request`. The proxy holds a token that it attaches to whatever it forwards: a web
 /// page open in a browser on the same host must not be able to use it.
 struct ClientGuard: Sendable, Equatable {
-    /// Host names (lowercased, without port) accepted with any port.
-    let hostsAnyPort: Set<String>
-    /// `host:port` values (lowercased) accepted exactly.
-    let hostsWithPort: Set<String>
-    /// Any `Host` is accepted (a unix-socket listener: no browser can reach it by name).
-    let anyHost: Bool
+    enum Hosts: Sendable, Equatable {
+        /// Any `Host` (a unix-socket listener: no browser can reach it by name).
+        case any
+        /// Loopback names and addresses only (the admin listener).
+        case loopback
+        /// `names` (lowercased, without port) with any port; `withPort` (`host:port`) exactly.
+        case listed(names: Set<String>, withPort: Set<String>)
+    }
+
+    let hosts: Hosts
     let refusesBrowserRequests: Bool
+    /// `Origin` values accepted while browser requests are refused, lowercased.
     let allowedOrigins: Set<String>
     let requiredHeader: String?
 
-    /// The proxy listener's guard, from the configuration.
-    init(_ configuration: Configuration) {
-        var names: Set<String> = ["localhost", "127.0.0.1", "[::1]"]
-        var withPort: Set<String> = []
-        switch configuration.listen {
-        case .tcp(let host, _): names.insert(host.contains(":") ? "[\(host.lowercased())]" : host.lowercased())
-        case .unix: break
-        }
-        if let configured = configuration.clients.allowedHosts {
-            names = []
-            for entry in configured {
-                if Self.split(entry).port == nil { names.insert(Self.split(entry).host) } else { withPort.insert(entry) }
-            }
-        }
-        if case .unix = configuration.listen { anyHost = true } else { anyHost = false }
-        hostsAnyPort = names
-        hostsWithPort = withPort
-        refusesBrowserRequests = configuration.clients.browserRequests == .refuse
-        allowedOrigins = Set(configuration.clients.allowedOrigins)
-        requiredHeader = configuration.clients.requireHeader
-        loopbackOnly = false
-    }
-
     /// The admin listener's guard: loopback `Host` names only, and no browser request at all.
-    static let admin = ClientGuard(
-        hostsAnyPort: [], hostsWithPort: [], anyHost: false, refusesBrowserRequests: true, allowedOrigins: [], requiredHeader: nil, loopbackOnly: true
-    )
-
-    private let loopbackOnly: Bool
-
-    private init(hostsAnyPort: Set<String>, hostsWithPort: Set<String>, anyHost: Bool, refusesBrowserRequests: Bool, allowedOrigins: Set<String>, requiredHeader: String?, loopbackOnly: Bool) {
-        self.hostsAnyPort = hostsAnyPort
-        self.hostsWithPort = hostsWithPort
-        self.anyHost = anyHost
-        self.refusesBrowserRequests = refusesBrowserRequests
-        self.allowedOrigins = allowedOrigins
-        self.requiredHeader = requiredHeader
-        self.loopbackOnly = loopbackOnly
-    }
+    static let admin = ClientGuard(hosts: .loopback, refusesBrowserRequests: true, allowedOrigins: [], requiredHeader: nil)
 
     /// Why the request may not pass, or `nil`. `host` is the request's `Host` (`nil` if none;
     /// framing rules deal with a missing one), `origin` and `fetchSite` the browser's headers.
     func refusal(host: String?, origin: String?, fetchSite: String?, headers: HTTPHeaders) -> ProxyError? {
-        if let host, !anyHost, !accepts(host: host) {
+        if let host, !accepts(host: host) {
             return .forbidden("Host \"\(host.prefix(100))\" is not served here (a page in a browser may be using DNS rebinding); list it in allowedHosts if it is yours")
         }
         if refusesBrowserRequests {
@@ -78,9 +46,12 @@ struct ClientGuard: Sendable, Equatable {
 
     private func accepts(host: String) -> Bool {
         let lowered = host.lowercased()
-        let (name, _) = Self.split(lowered)
-        if loopbackOnly { return ListenAddress.isLoopbackHost(name) }
-        return hostsAnyPort.contains(name) || hostsWithPort.contains(lowered)
+        let name = Self.split(lowered).host
+        switch hosts {
+        case .any: return true
+        case .loopback: return ListenAddress.isLoopbackHost(name)
+        case .listed(let names, let withPort): return names.contains(name) || withPort.contains(lowered)
+        }
     }
 
     /// `example.com:8787` → (`example.com`, `8787`); `[::1]:8787` → (`[::1]`, `8787`).
@@ -98,5 +69,26 @@ struct ClientGuard: Sendable, Equatable {
         }
         if host.hasSuffix(".") { host = host.dropLast() }
         return (String(host), port.map(String.init))
+    }
+}
+
+extension ClientGuard {
+    /// The proxy listener's guard, from the configuration (SPEC §2.2).
+    init(_ configuration: Configuration) {
+        let hosts: Hosts
+        if case .unix = configuration.listen {
+            hosts = .any
+        } else if let configured = configuration.clients.allowedHosts {
+            let split = configured.map { ($0, Self.split($0)) }
+            hosts = .listed(names: Set(split.filter { $0.1.port == nil }.map(\.1.host)), withPort: Set(split.filter { $0.1.port != nil }.map(\.0)))
+        } else {
+            var names: Set<String> = ["localhost", "127.0.0.1", "[::1]"]
+            if case .tcp(let host, _) = configuration.listen { names.insert(host.contains(":") ? "[\(host.lowercased())]" : host.lowercased()) }
+            hosts = .listed(names: names, withPort: [])
+        }
+        self.init(
+            hosts: hosts, refusesBrowserRequests: configuration.clients.browserRequests == .refuse,
+            allowedOrigins: Set(configuration.clients.allowedOrigins), requiredHeader: configuration.clients.requireHeader
+        )
     }
 }
