@@ -45,12 +45,20 @@ struct ClientGuard: Sendable, Equatable {
     }
 
     private func accepts(host: String) -> Bool {
-        let lowered = host.lowercased()
-        let name = Self.split(lowered).host
+        // Lowercase only when needed: a request's Host is nearly always lowercase already.
+        let lowered = host.utf8.contains(where: { (0x41...0x5A).contains($0) }) ? host.lowercased() : host
         switch hosts {
-        case .any: return true
-        case .loopback: return ListenAddress.isLoopbackHost(name)
-        case .listed(let names, let withPort): return names.contains(name) || withPort.contains(lowered)
+        case .any:
+            return true
+        case .loopback:
+            return ListenAddress.isLoopbackHost(Self.split(lowered).host)
+        case .listed(let names, let withPort):
+            // Without splitting (no allocation): a listed name followed by nothing or a port.
+            for name in names where lowered.utf8.starts(with: name.utf8) {
+                let rest = lowered.utf8.dropFirst(name.utf8.count)
+                if rest.isEmpty || rest.first == UInt8(ascii: ":") { return true }
+            }
+            return withPort.contains(lowered)
         }
     }
 

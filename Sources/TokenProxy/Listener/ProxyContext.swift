@@ -15,8 +15,8 @@ final class ProxyContext: AtomicReference, Sendable {
     let statistics: ProxyStatistics
     let logger: Logger
 
-    init(configuration: Configuration, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, requestIDs: RequestIDGenerator, logger: Logger) {
-        rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits, requestIDs: requestIDs)
+    init(configuration: Configuration, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, logger: Logger) {
+        rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
         retryPolicy = RetryPolicy(configuration.retry)
         replayLimit = configuration.retry.replayBuffer
         readTimeout = configuration.upstream.readTimeout

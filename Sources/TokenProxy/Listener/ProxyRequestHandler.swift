@@ -43,7 +43,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var random = SplitMix64()
     private var currentURI = ""
     private var currentStatus: UInt = 0
-    private var currentRequestID = ""
+    private var currentRequestID = RequestID.generate()
     /// Set once the proxy refused something on this connection: nothing read after it is
     /// forwarded, and the connection closes once the answers owed are written.
     private var refusing = false
@@ -54,16 +54,17 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
 
-    private let activity: ClientActivity
     /// Watches the connection while no request is in progress (header and idle timeouts).
     private var idleTimer: Scheduled<Void>?
     private var idleSince = NIODeadline.now()
+    /// When bytes first arrived since the connection became idle: the decoder consumes a
+    /// partial head without passing anything on, but every read still ends in a read-complete.
+    private var firstBytesSinceIdle: NIODeadline?
 
-    init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool, activity: ClientActivity) {
+    init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool) {
         self.contextBox = context
         self.shared = context.load(ordering: .acquiring)
         self.pool = pool
-        self.activity = activity
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -133,6 +134,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        if firstBytesSinceIdle == nil, machine == nil, queuedParts.isEmpty { firstBytesSinceIdle = .now() }
         if upstreamNeedsFlush {
             upstreamNeedsFlush = false
             upstream?.flush()
@@ -202,8 +204,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        idleTimer = nil
         generation &+= 1
         requestStarted = .now()
         currentURI = head.uri
@@ -215,7 +215,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             // Nothing of this request, nor anything after it on this connection, goes upstream.
             refusing = true
             queuedParts.removeAll()
-            currentRequestID = head.headers.first(name: "X-Request-Id") ?? shared.rules.requestIDs.next()
+            currentRequestID = head.headers.first(name: "X-Request-Id").map(RequestID.client) ?? .generate()
             shared.statistics.answeredByProxy(error.code)
             respond(with: error, keepAlive: false)
             recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false, error: error)
@@ -482,7 +482,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func respond(with error: ProxyError, keepAlive: Bool) {
         guard let context else { return }
         var error = error
-        if error.requestID == nil, !currentRequestID.isEmpty { error.requestID = currentRequestID }
+        if error.requestID == nil { error.requestID = currentRequestID.description }
         response.start(complete: error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator))
         writeResponseEnd(keepAlive: keepAlive)
     }
@@ -503,7 +503,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         if machine == nil, queuedParts.isEmpty, !refusing { becameIdle() }
         if machine == nil, queuedParts.isEmpty, let pendingRefusal {
             self.pendingRefusal = nil
-            currentRequestID = shared.rules.requestIDs.next()
+            currentRequestID = .generate()
             shared.statistics.answeredByProxy(pendingRefusal.code)
             respond(with: pendingRefusal, keepAlive: false)
         }
@@ -586,15 +586,21 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     /// No request in progress: the client has `limits.idleTimeout` to start one, and once its
     /// first bytes arrived, `limits.headerTimeout` to finish the head (else 408 and close).
+    /// One timer per connection, re-armed only when it fires (as the read timeout): a request
+    /// costs no timer of its own.
     private func becameIdle() {
         idleSince = .now()
-        activity.becameIdle()
-        scheduleIdleCheck(at: idleSince + Self.amount(min(shared.rules.limits.headerTimeout, shared.rules.limits.idleTimeout)))
+        firstBytesSinceIdle = nil
+        if idleTimer == nil { scheduleIdleCheck(at: idleSince + idleCheckInterval) }
+    }
+
+    private var idleCheckInterval: TimeAmount {
+        let limits = shared.rules.limits
+        return Self.amount(min(limits.headerTimeout, limits.idleTimeout))
     }
 
     private func scheduleIdleCheck(at deadline: NIODeadline) {
         guard let context else { return }
-        idleTimer?.cancel()
         idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
             self.idleTimer = nil
             self.checkIdle()
@@ -602,14 +608,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func checkIdle() {
-        guard machine == nil, queuedParts.isEmpty, !refusing, let context, context.channel.isActive else { return }
+        guard !refusing, let context, context.channel.isActive else { return }
         let limits = contextBox.load(ordering: .relaxed).rules.limits
         let now = NIODeadline.now()
-        if let started = activity.firstBytesSinceIdle {
+        // A request in progress has its own timeouts; look again later.
+        guard machine == nil, queuedParts.isEmpty else { return scheduleIdleCheck(at: now + idleCheckInterval) }
+        if let started = firstBytesSinceIdle {
             let deadline = started + Self.amount(limits.headerTimeout)
             guard now >= deadline else { return scheduleIdleCheck(at: deadline) }
             refusing = true
-            currentRequestID = shared.rules.requestIDs.next()
+            currentRequestID = .generate()
             let error = ProxyError(.requestTimeout, "the request head did not arrive within limits.headerTimeout (\(limits.headerTimeout.configString))")
             shared.statistics.answeredByProxy(error.code)
             shared.logger.warning("request head timed out; connection closed", metadata: ["requestId": "\(currentRequestID)", "client": "\(clientAddress)"])

@@ -32,7 +32,7 @@ public final class ProxyServer: Sendable {
         group: MultiThreadedEventLoopGroup,
         logger: Logger
     ) async throws -> ProxyServer {
-        let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, requestIDs: RequestIDGenerator(), logger: logger)
+        let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, logger: logger)
         let tlsContext = try makeTLSContext(for: configuration.upstream.url)
         var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
         for eventLoop in group.makeIterator() {
@@ -79,10 +79,8 @@ public final class ProxyServer: Sendable {
                     let operations = channel.pipeline.syncOperations
                     // Responses are written as bytes by the handler: upstream heads are forwarded
                     // with in-place edits instead of being decoded and encoded again.
-                    let activity = ClientActivity()
-                    try operations.addHandler(ClientActivityHandler(activity: activity))
                     try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool, activity: activity))
+                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool))
                 }
             }
         let channel: any Channel
@@ -114,7 +112,7 @@ public final class ProxyServer: Sendable {
         let current = context.load(ordering: .acquiring)
         let next = ProxyContext(
             configuration: configuration, broker: current.broker, faults: current.faults, statistics: current.statistics,
-            requestIDs: current.rules.requestIDs, logger: current.logger
+            logger: current.logger
         )
         if configuration.upstream != previous.upstream {
             let tlsContext = try Self.makeTLSContext(for: configuration.upstream.url)

@@ -1,4 +1,3 @@
-import Atomics
 import NIOCore
 import NIOHTTP1
 
@@ -10,18 +9,15 @@ final class ForwardingRules: Sendable {
     let upstream: UpstreamURL
     let clientGuard: ClientGuard
     let limits: Configuration.Limits
-    /// Makes the ids of requests that came without an `X-Request-Id`.
-    let requestIDs: RequestIDGenerator
     /// Authorities an absolute-form target may name besides loopback ones: the upstream's.
     let upstreamAuthorities: Set<String>
     /// `Host` and `X-Forwarded-Proto`, the same on every request: written once.
     private let fixedLines: ByteBuffer
 
-    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits, requestIDs: RequestIDGenerator) {
+    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits) {
         self.upstream = upstream
         self.clientGuard = clientGuard
         self.limits = limits
-        self.requestIDs = requestIDs
         upstreamAuthorities = [upstream.hostHeader.lowercased(), "\(upstream.host.lowercased()):\(upstream.port)"]
         var fixedLines = ByteBuffer()
         fixedLines.writeHeaderLine("Host", upstream.hostHeader)
@@ -53,7 +49,7 @@ final class ForwardingRules: Sendable {
         var clientAcceptsChunked: Bool
         var fault: FaultPlan?
         /// The client's `X-Request-Id`, or the one generated for it; sent upstream either way.
-        var requestID: String
+        var requestID: RequestID
         /// The client asked for a protocol upgrade. Tunnels are not served yet: the request goes
         /// upstream without it, and the connection closes after the answer, so that whatever
         /// the client sends next is never read (nor buffered).
@@ -199,8 +195,8 @@ final class ForwardingRules: Sendable {
         bytes.writeImmutableBuffer(fixedLines)
         bytes.writeHeaderLine("X-Forwarded-For", forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
         if let originalHost { bytes.writeHeaderLine("X-Forwarded-Host", originalHost) }
-        let id = requestID ?? requestIDs.next()
-        if requestID == nil { bytes.writeHeaderLine("X-Request-Id", id) }
+        let id = requestID.map(RequestID.client) ?? .generate()
+        if id.isGenerated { id.writeHeaderLine(to: &bytes) }
 
         return .success(PreparedRequest(
             method: head.method,
@@ -224,6 +220,8 @@ final class ForwardingRules: Sendable {
 
     /// Whether a path (before its query) has a `.` or `..` segment, plain or percent-encoded.
     static func hasDotSegment(_ target: Substring) -> Bool {
+        // Most paths hold no dot at all: one pass over the bytes decides.
+        guard target.utf8.contains(UInt8(ascii: ".")) || target.utf8.contains(UInt8(ascii: "%")) else { return false }
         let path = target.prefix { $0 != "?" && $0 != "#" }
         for segment in path.split(separator: "/", omittingEmptySubsequences: false) where segment.count <= 6 {
             // Count the dots, each spelled `.` or `%2e`; anything else makes it a name.
@@ -236,15 +234,5 @@ final class ForwardingRules: Sendable {
             if rest.isEmpty, dots == 1 || dots == 2 { return true }
         }
         return false
-    }
-}
-
-/// Request ids unique for the process's lifetime: a random prefix per process and a counter.
-final class RequestIDGenerator: Sendable {
-    private let prefix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
-    private let counter = ManagedAtomic<UInt64>(0)
-
-    func next() -> String {
-        "\(prefix)-\(counter.wrappingIncrementThenLoad(ordering: .relaxed))"
     }
 }
