@@ -237,6 +237,46 @@ struct ClientProtectionTests {
         await harness.shutdown()
     }
 
+    @Test func runningOutOfFileDescriptorsDoesNotSpin() async throws {
+        let directory = try TemporaryDirectory()
+        let issuer = try await MockTokenIssuer.start()
+        let upstream = try await MockHTTPServer.start { _ in .json(200, "{}") }
+        var fixture = ConfigFixture(endpoint: issuer.url)
+        fixture.grant = "client_credentials"
+        fixture.upstream = upstream.baseURL
+        let config = try fixture.write(to: directory)
+        let process = TokenProxyProcess(["run", "--config", config], launcher: ["/usr/bin/prlimit", "--nofile=64:64"])
+        try process.start()
+        let port = try #require(await process.listeningPort(), "\(process.stderrSoFar)")
+        #expect(try await RawHTTPClient(port: port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+
+        // Far more connections than descriptors: the accept loop hits EMFILE.
+        var sockets: [Int32] = []
+        for _ in 0..<120 { if let socket = try? RawHTTPClient.connect(port: port) { sockets.append(socket) } }
+        let before = Self.cpuSeconds(of: process.pid)
+        try await Task.sleep(for: .seconds(2))
+        let spent = Self.cpuSeconds(of: process.pid) - before
+        #expect(spent < 0.5, "CPU while out of descriptors: \(spent) s in 2 s")
+        sockets.forEach { close($0) }
+        let served = await TokenFailureTests.waitUntil(timeout: .seconds(10)) {
+            (try? await RawHTTPClient(port: port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))?.hasPrefix("HTTP/1.1 200") == true
+        }
+        #expect(served, "serves again once descriptors are free")
+        process.signal(SIGTERM)
+        _ = await process.wait(timeout: .seconds(15))
+        await upstream.shutdown()
+        await issuer.shutdown()
+    }
+
+    /// User and system CPU time of a process, from /proc.
+    static func cpuSeconds(of pid: pid_t) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let end = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        // After the command: state is field 3; utime and stime are fields 14 and 15.
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     // MARK: The admin listener
 
     @Test func theAdminListenerServesOnlyLoopbackNamesAndNoBrowser() async throws {

@@ -14,6 +14,7 @@ public enum ProxyApplication {
 
     public static func run(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
         let startupSignals = StartupSignals()
+        let openFiles = FileDescriptorLimit.raiseToHardLimit()
         let logger = Logger(label: "tokenproxy")
         let notifier = SystemdNotifier(environment: environment)
         let statistics = ProxyStatistics()
@@ -43,7 +44,10 @@ public enum ProxyApplication {
             await broker.shutdown()
             throw error
         }
-        var listening: Logger.Metadata = ["listen": "\(configuration.listen)", "upstream": "\(configuration.upstream.url)", "admin": "\(configuration.admin?.listen.description ?? "off")"]
+        var listening: Logger.Metadata = [
+            "listen": "\(configuration.listen)", "upstream": "\(configuration.upstream.url)", "admin": "\(configuration.admin?.listen.description ?? "off")",
+            "openFiles": "\(openFiles)",
+        ]
         // The ports actually bound, for listen addresses with port 0.
         if let port = server.port { listening["port"] = "\(port)" }
         if let port = admin?.port { listening["adminPort"] = "\(port)" }

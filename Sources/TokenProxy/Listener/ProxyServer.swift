@@ -57,9 +57,14 @@ public final class ProxyServer: Sendable {
         let pools = self.pools
         let contextBox = self.context
         let connections = self.connections
+        let budget = FileDescriptorLimit.clientConnectionBudget()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Out of file descriptors (EMFILE), accepting pauses for a moment instead of spinning.
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+            }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
@@ -68,8 +73,9 @@ public final class ProxyServer: Sendable {
                     connections[id] = channel
                     return connections.count
                 }
-                if open > contextBox.load(ordering: .relaxed).rules.limits.maxConnections {
-                    // Over limits.maxConnections: accepted and closed at once, without an answer.
+                if open > min(contextBox.load(ordering: .relaxed).rules.limits.maxConnections, budget) {
+                    // Over limits.maxConnections (or what the descriptor limit allows): accepted
+                    // and closed at once, without an answer.
                     connections.withLockedValue { _ = $0.removeValue(forKey: id) }
                     return channel.close()
                 }
