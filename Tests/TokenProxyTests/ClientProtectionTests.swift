@@ -245,14 +245,17 @@ struct ClientProtectionTests {
         fixture.grant = "client_credentials"
         fixture.upstream = upstream.baseURL
         let config = try fixture.write(to: directory)
-        let process = TokenProxyProcess(["run", "--config", config], launcher: ["/usr/bin/prlimit", "--nofile=64:64"])
+        // The child inherits this process's open descriptors; leave it about 100 of its own.
+        let inherited = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+        let limit = inherited + 100
+        let process = TokenProxyProcess(["run", "--config", config], launcher: ["/usr/bin/prlimit", "--nofile=\(limit):\(limit)"])
         try process.start()
         let port = try #require(await process.listeningPort(), "\(process.stderrSoFar)")
         #expect(try await RawHTTPClient(port: port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 200"))
 
         // Far more connections than descriptors: the accept loop hits EMFILE.
         var sockets: [Int32] = []
-        for _ in 0..<120 { if let socket = try? RawHTTPClient.connect(port: port) { sockets.append(socket) } }
+        for _ in 0..<250 { if let socket = try? RawHTTPClient.connect(port: port) { sockets.append(socket) } }
         let before = Self.cpuSeconds(of: process.pid)
         try await Task.sleep(for: .seconds(2))
         let spent = Self.cpuSeconds(of: process.pid) - before

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Glibc
 
 /// The process's limit on open files. Each client and upstream connection takes one; the soft
@@ -24,6 +25,8 @@ enum FileDescriptorLimit {
     static func clientConnectionBudget() -> Int {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(Int.max) else { return Int.max }
-        return max((Int(limit.rlim_cur) - 32) / 2, 1)
+        // Descriptors already open (inherited ones included) are not available to connections.
+        let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0
+        return max((Int(limit.rlim_cur) - open - 32) / 2, 1)
     }
 }
