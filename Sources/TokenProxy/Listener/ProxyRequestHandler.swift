@@ -596,7 +596,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private var idleCheckInterval: TimeAmount {
         let limits = shared.rules.limits
-        return Self.amount(min(limits.headerTimeout, limits.idleTimeout))
+        return TimeAmount(min(limits.headerTimeout, limits.idleTimeout))
     }
 
     private func scheduleIdleCheck(at deadline: NIODeadline) {
@@ -614,7 +614,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         // A request in progress has its own timeouts; look again later.
         guard machine == nil, queuedParts.isEmpty else { return scheduleIdleCheck(at: now + idleCheckInterval) }
         if let started = firstBytesSinceIdle {
-            let deadline = started + Self.amount(limits.headerTimeout)
+            let deadline = started + TimeAmount(limits.headerTimeout)
             guard now >= deadline else { return scheduleIdleCheck(at: deadline) }
             refusing = true
             currentRequestID = .generate()
@@ -624,14 +624,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             respond(with: error, keepAlive: false)
             return
         }
-        let deadline = idleSince + Self.amount(limits.idleTimeout)
+        let deadline = idleSince + TimeAmount(limits.idleTimeout)
         // Bytes may start arriving before the idle deadline: look again when a head would be late.
-        guard now >= deadline else { return scheduleIdleCheck(at: min(deadline, now + Self.amount(limits.headerTimeout))) }
+        guard now >= deadline else { return scheduleIdleCheck(at: min(deadline, now + TimeAmount(limits.headerTimeout))) }
         context.close(promise: nil)
-    }
-
-    private static func amount(_ duration: Duration) -> TimeAmount {
-        .nanoseconds(Int64(duration.timeInterval * 1e9))
     }
 
     private func cancelTimers() {
