@@ -269,6 +269,21 @@ struct TokenFailureTests {
         await harness.shutdown()
     }
 
+    @Test func invalidClientWithTheRefreshTokenGrantPointsAtTheSecretNotALogin() async throws {
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.expectedClient = (id: "test-client", secret: "another-secret")
+        let harness = try await BrokerHarness(behavior: behavior)
+        try harness.handOverRefreshToken()
+        do {
+            _ = try await harness.broker.token(for: .usable)
+            Issue.record("the wrong secret was accepted")
+        } catch {
+            #expect(error.description.contains("client secret"), "\(error)")
+            #expect(!error.description.contains("log in again"), "\(error)")
+        }
+        await harness.shutdown()
+    }
+
     @Test func aMissingStoreFolderIsCreatedAndTheFirstTokenFetched() async throws {
         let directory = try TemporaryDirectory()
         let issuer = try await MockTokenIssuer.start()
