@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Testing
@@ -14,6 +15,20 @@ struct ClientProtectionTests {
         fixture.listen = listen
         fixture.topLevel = topLevel
         return try fixture.configuration(in: TemporaryDirectory())
+    }
+
+    /// What becomes of a request head, given as its request line and fields: the parser's
+    /// refusal, the rules' refusal, or the request as prepared for the upstream.
+    static func prepare(_ line: String, _ headers: [(String, String)], configuration: Configuration) -> Result<ForwardingRules.PreparedRequest, ProxyError> {
+        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
+        var parser = ClientRequestParser(limits: rules.parserLimits)
+        parser.append(ByteBuffer(string: line + "\r\n" + headers.map { "\($0.0): \($0.1)\r\n" }.joined() + "\r\n"))
+        do throws(ProxyError) {
+            guard case .head(let head) = try parser.next() else { return .failure(ProxyError(.badRequest, "the parser returned no head")) }
+            return rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false)
+        } catch {
+            return .failure(error)
+        }
     }
 
     struct GuardRow: Sendable, CustomStringConvertible {
@@ -49,13 +64,14 @@ struct ClientProtectionTests {
         let configuration = try Self.configuration(row.topLevel, listen: row.listen)
         let headers = HTTPHeaders(row.headers)
         let refusal = ClientGuard(configuration).refusal(
-            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"), headers: headers
+            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"),
+            carries: { headers.contains(name: $0) }
         )
         #expect((refusal == nil) == row.allowed, "\(refusal?.message ?? "allowed")")
         if let refusal { #expect(refusal.code == .forbiddenRequest) }
     }
 
-    @Test("what the forwarding rules refuse", arguments: [
+    @Test("what the parser and the forwarding rules refuse", arguments: [
         ("TRACE /x HTTP/1.1", [("Host", "localhost")], ProxyError.Code.methodNotAllowed),
         ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "identity")], .badRequest),
         ("POST /a HTTP/1.1", [("Host", "localhost"), ("Transfer-Encoding", "xchunked")], .badRequest),
@@ -79,11 +95,7 @@ struct ClientProtectionTests {
         ("GET /a HTTP/1.1", [("Host", "evil.example")], .forbiddenRequest),
     ])
     func refusals(line: String, headers: [(String, String)], expected: ProxyError.Code) throws {
-        let configuration = try Self.configuration()
-        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
-        let parts = line.split(separator: " ")
-        let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: String(parts[0])), uri: String(parts[1]), headers: HTTPHeaders(headers))
-        switch rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false) {
+        switch Self.prepare(line, headers, configuration: try Self.configuration()) {
         case .success: Issue.record("\(line.prefix(60)) was accepted")
         case .failure(let error): #expect(error.code == expected, "\(error.message)")
         }
@@ -91,10 +103,7 @@ struct ClientProtectionTests {
 
     @Test("what the forwarding rules accept", arguments: ["/a/b", "/a..b/c", "/.well-known/x", "/a/...", "/a?x=/../", "/%2e%2ex"])
     func acceptedPaths(path: String) throws {
-        let configuration = try Self.configuration()
-        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: ["Host": "localhost"])
-        guard case .success = rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false) else {
+        guard case .success = Self.prepare("GET \(path) HTTP/1.1", [("Host", "localhost")], configuration: try Self.configuration()) else {
             Issue.record("\(path) was refused")
             return
         }
@@ -102,15 +111,12 @@ struct ClientProtectionTests {
 
     @Test func requestIDsAreForwardedOrGeneratedAndUnique() throws {
         let configuration = try Self.configuration()
-        let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
-        let own = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["Host": "localhost", "X-Request-Id": "client-7"])
-        let prepared = try rules.prepare(own, clientAddress: "127.0.0.1", faultsEnabled: false).get()
+        let prepared = try Self.prepare("GET / HTTP/1.1", [("Host", "localhost"), ("X-Request-Id", "client-7")], configuration: configuration).get()
         #expect(prepared.requestID.description == "client-7")
         #expect(String(buffer: prepared.head).components(separatedBy: "X-Request-Id").count == 2, "forwarded once")
         var seen: Set<String> = []
         for _ in 0..<1000 {
-            let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["Host": "localhost"])
-            let generated = try rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false).get()
+            let generated = try Self.prepare("GET / HTTP/1.1", [("Host", "localhost")], configuration: configuration).get()
             #expect(String(buffer: generated.head).contains("X-Request-Id: \(generated.requestID)\r\n"))
             seen.insert(generated.requestID.description)
         }
@@ -190,7 +196,7 @@ struct ClientProtectionTests {
         await harness.shutdown()
     }
 
-    @Test func bytesAfterAnUpgradeRequestAreNeverRead() async throws {
+    @Test func anUpgradeToAnotherProtocolIsDroppedAndWhatFollowsNeverRead() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
         let harness = try await ProxyHarness(options) { _, _ in .json(200, #"{"plain": true}"#) }
@@ -198,11 +204,13 @@ struct ClientProtectionTests {
         // larger write would meet a closed socket (EPIPE) on the client side.
         let junk = String(repeating: "x", count: 100_000)
         let answer = try await RawHTTPClient(port: harness.port).exchange(
-            "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + junk, timeout: .seconds(20))
+            "GET /h2 HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n" + junk,
+            timeout: .seconds(20))
         #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer.prefix(200))")
         #expect(answer.lowercased().contains("connection: close"))
         let seen = try #require(harness.received.first)
-        #expect(seen.header("Upgrade") == nil, "not a tunnel (yet): the upgrade is not forwarded")
+        #expect(seen.header("Upgrade") == nil, "only WebSocket upgrades are passed on")
+        #expect(seen.header("HTTP2-Settings") == nil, "named in Connection: a header of this hop")
         #expect(seen.header("Authorization") == "Bearer at-live")
         #expect(harness.received.count == 1)
         await harness.shutdown()

@@ -91,7 +91,7 @@ public struct AdminRoutes: Sendable {
     private func refusal(of request: Request) async -> Response? {
         let headers = request.headers
         if let refusal = ClientGuard.admin.refusal(
-            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"), headers: headers
+            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"), carries: { headers.contains(name: $0) }
         ) {
             return .error(.forbidden, refusal.code.rawValue, refusal.message)
         }

@@ -1,5 +1,3 @@
-import NIOHTTP1
-
 /// Who may use a listener (SPEC §2.2, §7), decided from a request head before anything is
 /// forwarded: a `Host` that is not allowed (DNS rebinding), a browser's cross-site request
 /// (`Origin`, `Sec-Fetch-Site`), or a request without the required header gets 403
@@ -25,8 +23,9 @@ struct ClientGuard: Sendable, Equatable {
     static let admin = ClientGuard(hosts: .loopback, refusesBrowserRequests: true, allowedOrigins: [], requiredHeader: nil)
 
     /// Why the request may not pass, or `nil`. `host` is the request's `Host` (`nil` if none;
-    /// framing rules deal with a missing one), `origin` and `fetchSite` the browser's headers.
-    func refusal(host: String?, origin: String?, fetchSite: String?, headers: HTTPHeaders) -> ProxyError? {
+    /// framing rules deal with a missing one), `origin` and `fetchSite` the browser's headers;
+    /// `carries` tells whether the request has a header of a given name.
+    func refusal(host: String?, origin: String?, fetchSite: String?, carries: (String) -> Bool) -> ProxyError? {
         if let host, !accepts(host: host) {
             return .forbidden("Host \"\(host.prefix(100))\" is not served here (a page in a browser may be using DNS rebinding); list it in allowedHosts if it is yours")
         }
@@ -38,7 +37,7 @@ struct ClientGuard: Sendable, Equatable {
                 return .forbidden("a \(fetchSite.prefix(30)) request from a browser (Sec-Fetch-Site) is refused: a page open in a browser must not use the token")
             }
         }
-        if let requiredHeader, !headers.contains(name: requiredHeader) {
+        if let requiredHeader, !carries(requiredHeader) {
             return .forbidden("every request must carry the header \(requiredHeader) (requireHeader)")
         }
         return nil

@@ -7,11 +7,11 @@ import NIOHTTP1
 /// request, on the connection's own event loop, with the upstream connection leased from that
 /// loop's pool. Reads are held back in both directions while the other side cannot take more.
 ///
-/// Pipelined requests are queued here rather than by NIO's `HTTPServerPipelineHandler`, which
-/// withholds a read after every request and so re-registers the socket with epoll twice per
-/// request.
+/// Requests are read by ``ClientRequestParser``, which stops after each one: a pipelined request
+/// (or malformed bytes) is parsed only once the request before it was answered, and reads pause
+/// meanwhile. After a WebSocket upgrade's `101` the connection is a byte tunnel to the upstream.
 final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -27,7 +27,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// Bumped per request, so that late callbacks of a finished request are ignored.
     private var generation = 0
     private var clientReadPending = false
-    private var queuedParts = CircularBuffer<HTTPServerRequestPart>()
+    private var parser: ClientRequestParser
+    /// Set while parts are taken from the parser, so that a request finished meanwhile does not
+    /// start parsing again from inside the loop.
+    private var parsing = false
+    /// After a `101`: client bytes go upstream as they are.
+    private var tunneling = false
     private var needsFlush = false
     /// Body parts were written upstream since the last flush.
     private var upstreamNeedsFlush = false
@@ -36,7 +41,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var readTimeoutActive = false
     /// `upstream.readTimeout` of the current request's context (a reload may change it).
     private var readTimeoutAmount = TimeAmount.zero
-    private var lastUpstreamActivity = NIODeadline.now()
+    /// The last byte from the upstream (or, in a tunnel, either way).
+    private var lastActivity = NIODeadline.now()
     private var retryTimer: Scheduled<Void>?
     private var requestStarted = NIODeadline.now()
     private var clientAddress = "unknown"
@@ -47,9 +53,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// Set once the proxy refused something on this connection: nothing read after it is
     /// forwarded, and the connection closes once the answers owed are written.
     private var refusing = false
-    /// A 400 owed for malformed bytes that followed a request read whole: written after that
-    /// request's answer (and those of requests queued before the malformed bytes).
-    private var pendingRefusal: ProxyError?
 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
@@ -57,14 +60,14 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// Watches the connection while no request is in progress (header and idle timeouts).
     private var idleTimer: Scheduled<Void>?
     private var idleSince = NIODeadline.now()
-    /// When bytes first arrived since the connection became idle: the decoder consumes a
-    /// partial head without passing anything on, but every read still ends in a read-complete.
+    /// When the bytes of a head first arrived since the connection became idle.
     private var firstBytesSinceIdle: NIODeadline?
 
     init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool) {
         self.contextBox = context
         self.shared = context.load(ordering: .acquiring)
         self.pool = pool
+        self.parser = ClientRequestParser(limits: shared.rules.parserLimits)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -73,7 +76,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             return
         }
         closeAfterResponse = true
-        if machine == nil, queuedParts.isEmpty { context.close(promise: nil) }
+        if machine == nil { context.close(promise: nil) }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -95,46 +98,66 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if refusing { return }
-        let part = unwrapInboundIn(data)
-        // A pipelined request waits until the one before it is answered; reads pause meanwhile.
-        if !queuedParts.isEmpty || (machine != nil && part.isHead) {
-            queuedParts.append(part)
+        let bytes = unwrapInboundIn(data)
+        if tunneling {
+            lastActivity = .now()
+            apply { $0.clientBodyPart(bytes) }
             return
         }
-        handle(part, context: context)
+        parser.append(bytes)
+        parseAvailable()
     }
 
-    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch part {
-        case .head(let head):
-            startRequest(head, context: context)
-        case .body(let buffer):
-            apply { $0.clientBodyPart(buffer) }
-        case .end:
-            apply { $0.clientBodyEnd(jitter: random.unit()) }
-            finishIfDone()
-        }
-    }
-
-    /// Serves pipelined requests that arrived while the previous one was answered.
-    private func drainQueuedRequests() {
-        guard let context else { return }
-        while machine == nil, let part = queuedParts.first {
-            queuedParts.removeFirst()
-            handle(part, context: context)
-        }
-        if machine != nil, queuedParts.first?.isHead == false {
-            // Parts of the request now in progress.
-            while let part = queuedParts.first, !part.isHead {
-                queuedParts.removeFirst()
-                handle(part, context: context)
+    /// Hands on what the parser has, as long as the current request can take it.
+    private func parseAvailable() {
+        guard !parsing else { return }
+        parsing = true
+        defer { parsing = false }
+        while !refusing, !tunneling {
+            let part: ClientRequestParser.Part?
+            do throws(ProxyError) {
+                part = try parser.next()
+            } catch {
+                parseFailed(error)
+                return
+            }
+            guard let part else { return }
+            switch part {
+            case .head(let head):
+                startRequest(head)
+            case .body(let buffer):
+                apply { $0.clientBodyPart(buffer) }
+            case .end:
+                apply { $0.clientBodyEnd(jitter: random.unit()) }
+                finishIfDone()
             }
         }
-        resumeClientReadsIfPossible()
+    }
+
+    /// Malformed bytes: a request not yet sent upstream is answered with the error; one whose
+    /// body broke off while being sent cannot be answered, and the connection is closed.
+    private func parseFailed(_ refusal: ProxyError) {
+        refusing = true
+        if machine == nil || machine?.state == .waitingForToken || machine?.state == .connecting {
+            discardUpstream()
+            if machine == nil { currentRequestID = .generate() }
+            shared.statistics.answeredByProxy(refusal.code)
+            respond(with: refusal, keepAlive: false)
+            if machine != nil {
+                recordCompletion(status: refusal.code.status.code, error: refusal)
+            } else {
+                recordCompletion(method: nil, uri: nil, status: refusal.code.status.code, attempts: 0, refreshed: false, error: refusal)
+            }
+            machine = nil
+            return
+        }
+        shared.logger.warning("malformed request body; connection closed", metadata: ["requestId": "\(currentRequestID)", "reason": "\(refusal.message)"])
+        apply { $0.clientClosed() }
+        context?.close(promise: nil)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if firstBytesSinceIdle == nil, machine == nil, queuedParts.isEmpty { firstBytesSinceIdle = .now() }
+        if firstBytesSinceIdle == nil, machine == nil, parser.isReadingHead { firstBytesSinceIdle = .now() }
         if upstreamNeedsFlush {
             upstreamNeedsFlush = false
             upstream?.flush()
@@ -151,7 +174,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private var shouldHoldClientReads: Bool {
-        if !queuedParts.isEmpty || refusing { return true }
+        // Bytes after a request read whole wait until it is answered (pipelining, or the first
+        // bytes for a tunnel): held up to what one read brought, then by not reading.
+        if refusing || (parser.isBetweenRequests && parser.bufferedBytes > 0) { return true }
         if let upstream { return !upstream.isWritable }
         return (machine?.body.unsentBytes ?? 0) > Self.maximumUnsentBytes
     }
@@ -176,37 +201,15 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard error is HTTPParserError else {
-            apply { $0.clientClosed() }
-            context.close(promise: nil)
-            return
-        }
-        if refusing { return }
-        refusing = true
-        let refusal = ProxyError.badRequest("malformed HTTP request: \(error)")
-        // A request queued whole before the malformed bytes is still served; a partial one is not.
-        while let last = queuedParts.last, !last.isEnd { queuedParts.removeLast() }
-        if let machine, machine.body.isComplete || !queuedParts.isEmpty {
-            // The request in progress was read whole: it gets its answer, then the 400.
-            pendingRefusal = refusal
-            return
-        }
-        if machine == nil || machine?.state == .waitingForToken || machine?.state == .connecting {
-            // The request cannot be framed, so the connection cannot be trusted after the answer.
-            discardUpstream()
-            shared.statistics.answeredByProxy(refusal.code)
-            respond(with: refusal, keepAlive: false)
-            machine = nil
-            return
-        }
         apply { $0.clientClosed() }
         context.close(promise: nil)
     }
 
-    private func startRequest(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func startRequest(_ head: ClientRequestHead) {
+        guard let context else { return }
         generation &+= 1
         requestStarted = .now()
-        currentURI = head.uri
+        currentURI = head.target
         shared = contextBox.load(ordering: .acquiring)
         shared.statistics.requestStarted()
         let faultsEnabled = shared.faults.enabled
@@ -214,19 +217,18 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .failure(let error):
             // Nothing of this request, nor anything after it on this connection, goes upstream.
             refusing = true
-            queuedParts.removeAll()
-            currentRequestID = head.headers.first(name: "X-Request-Id").map(RequestID.client) ?? .generate()
+            currentRequestID = head.first(.requestID).map(RequestID.client) ?? .generate()
             shared.statistics.answeredByProxy(error.code)
             respond(with: error, keepAlive: false)
-            recordCompletion(method: head.method, uri: head.uri, status: error.code.status.code, attempts: 0, refreshed: false, error: error)
+            recordCompletion(method: head.method, uri: head.target, status: error.code.status.code, attempts: 0, refreshed: false, error: error)
         case .success(let prepared):
             currentRequestID = prepared.requestID
-            if prepared.upgradeRequested, prepared.bodyFraming == .none {
+            if prepared.upgrade == .refused {
                 // Nothing after an upgrade request is HTTP: read no more of it (SPEC §5: never
                 // buffered without bound). The connection closes after this answer.
                 refusing = true
             }
-            if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            if head.first(.expect)?.lowercased() == "100-continue" {
                 context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
             }
             machine = RequestStateMachine(
@@ -287,7 +289,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .sendRequest(let head, let headEnding, let body, let end):
             // Fields are read one by one: binding the machine to a local would copy all of it.
             guard let upstream, let bodyFraming = machine?.bodyFraming else { return }
-            upstream.startRequest(isHEAD: machine?.method == .HEAD)
+            upstream.startRequest(isHEAD: machine?.method == .HEAD, upgrade: machine?.upgrade == .websocket)
             // One buffer for the head: a copy of ~200 bytes costs less than a second write.
             var bytes = head
             bytes.writeImmutableBuffer(headEnding)
@@ -326,6 +328,22 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             currentStatus = UInt(head.status)
             writeResponseHead(head)
             needsFlush = true
+
+        case .openTunnel(let head):
+            currentStatus = UInt(head.status)
+            writeResponseHead(head, keepAlive: false)
+            writePendingResponseHead()
+            context?.flush()
+            tunneling = true
+            // The idle timeout now watches both directions, on a timer of its own length.
+            readTimeout?.cancel()
+            readTimeout = nil
+            armReadTimeout()
+            // What the client sent after its upgrade request goes first.
+            let early = parser.takeBufferedBytes()
+            if early.readableBytes > 0 { apply { $0.clientBodyPart(early) } }
+            upstream?.flush()
+            resumeClientReadsIfPossible()
 
         case .forwardResponseBodyPart(let buffer):
             writeResponseBodyPart(buffer)
@@ -474,6 +492,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         if keepAlive, !closeAfterResponse {
             context.flush()
         } else {
+            // The last answer on this connection: nothing the client sent after it is read.
+            refusing = true
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(Self.nothing)).whenComplete { _ in channel.close(promise: nil) }
         }
@@ -487,7 +507,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         writeResponseEnd(keepAlive: keepAlive)
     }
 
-    /// Clears the request once both its response and its body are done.
+    /// Clears the request once both its response and its body are done, and goes on with what
+    /// the client sent after it.
     private func finishIfDone() {
         guard machine?.isFinished == true else { return }
         machine = nil
@@ -497,16 +518,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         retryTimer = nil
         discardUpstream()
         generation &+= 1
-        if !queuedParts.isEmpty, context?.channel.isActive == true {
-            drainQueuedRequests()
-        }
-        if machine == nil, queuedParts.isEmpty, !refusing { becameIdle() }
-        if machine == nil, queuedParts.isEmpty, let pendingRefusal {
-            self.pendingRefusal = nil
-            currentRequestID = .generate()
-            shared.statistics.answeredByProxy(pendingRefusal.code)
-            respond(with: pendingRefusal, keepAlive: false)
-        }
+        guard !refusing, !tunneling, context?.channel.isActive == true else { return }
+        becameIdle()
+        parser.startNextRequest()
+        parseAvailable()
+        resumeClientReadsIfPossible()
     }
 
     // MARK: Upstream side
@@ -523,7 +539,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func upstreamRead(_ part: UpstreamResponseParser.Part) {
-        lastUpstreamActivity = .now()
+        lastActivity = .now()
         switch part {
         case .head(let head):
             apply { $0.responseHead(head, jitter: random.unit()) }
@@ -559,18 +575,19 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// (nginx's proxy_read_timeout): an SSE stream never times out while events flow. One timer
     /// per connection, re-armed only when it fires, so that a request costs no timer of its own.
     private func armReadTimeout() {
-        lastUpstreamActivity = .now()
-        readTimeoutAmount = .nanoseconds(Int64(shared.readTimeout.timeInterval * 1e9))
+        lastActivity = .now()
+        // In a tunnel, silence both ways for limits.idleTimeout closes it.
+        readTimeoutAmount = TimeAmount(tunneling ? shared.rules.limits.idleTimeout : shared.readTimeout)
         readTimeoutActive = true
         guard readTimeout == nil, let context else { return }
-        scheduleReadTimeout(at: lastUpstreamActivity + readTimeoutAmount, on: context.eventLoop)
+        scheduleReadTimeout(at: lastActivity + readTimeoutAmount, on: context.eventLoop)
     }
 
     private func scheduleReadTimeout(at deadline: NIODeadline, on eventLoop: any EventLoop) {
         readTimeout = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
             self.readTimeout = nil
             guard self.readTimeoutActive else { return }
-            let silentUntil = self.lastUpstreamActivity + self.readTimeoutAmount
+            let silentUntil = self.lastActivity + self.readTimeoutAmount
             if silentUntil > .now() {
                 self.scheduleReadTimeout(at: silentUntil, on: eventLoop)
             } else {
@@ -612,7 +629,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         let limits = contextBox.load(ordering: .relaxed).rules.limits
         let now = NIODeadline.now()
         // A request in progress has its own timeouts; look again later.
-        guard machine == nil, queuedParts.isEmpty else { return scheduleIdleCheck(at: now + idleCheckInterval) }
+        guard machine == nil else { return scheduleIdleCheck(at: now + idleCheckInterval) }
         if let started = firstBytesSinceIdle {
             let deadline = started + TimeAmount(limits.headerTimeout)
             guard now >= deadline else { return scheduleIdleCheck(at: deadline) }
@@ -648,11 +665,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         recordCompletion(method: method, uri: currentURI, status: status, attempts: attempts, refreshed: machine?.refreshed ?? false, error: error)
     }
 
-    private func recordCompletion(method: HTTPMethod, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
+    private func recordCompletion(method: HTTPMethod?, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
         shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
         guard shared.logger.logLevel <= .info || error != nil else { return }
         var metadata: Logger.Metadata = [
-            "requestId": "\(currentRequestID)", "method": "\(method.rawValue)", "attempts": "\(attempts)",
+            "requestId": "\(currentRequestID)", "method": "\(method?.rawValue ?? "-")", "attempts": "\(attempts)",
             "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(refreshed)",
         ]
         if let status, status > 0 { metadata["status"] = "\(status)" }
@@ -674,15 +691,5 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     static func describe(_ error: any Error) -> String {
         if let error = error as? IOError { return error.description }
         return "\(error)"
-    }
-}
-
-extension HTTPServerRequestPart {
-    fileprivate var isEnd: Bool {
-        if case .end = self { true } else { false }
-    }
-
-    fileprivate var isHead: Bool {
-        if case .head = self { true } else { false }
     }
 }

@@ -2,7 +2,6 @@ import Atomics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
@@ -83,9 +82,8 @@ public final class ProxyServer: Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     let pool = pools[ObjectIdentifier(channel.eventLoop)]!.value
                     let operations = channel.pipeline.syncOperations
-                    // Responses are written as bytes by the handler: upstream heads are forwarded
-                    // with in-place edits instead of being decoded and encoded again.
-                    try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                    // Requests are parsed and responses written by the handler itself, as bytes:
+                    // heads are forwarded with edits in place instead of decoded and encoded again.
                     try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool))
                 }
             }

@@ -35,6 +35,11 @@ final class ForwardingRules: Sendable {
         return ListenAddress.isLoopbackHost(ClientGuard.split(lowered).host)
     }
 
+    /// The limits the request parser enforces (SPEC §2.2 `limits`).
+    var parserLimits: ClientRequestParser.Limits {
+        ClientRequestParser.Limits(maxHeaderBytes: limits.maxHeaderBytes, maxURIBytes: limits.maxUriBytes)
+    }
+
     /// A request ready to be sent, but for the `Authorization` header of each attempt.
     struct PreparedRequest {
         var method: HTTPMethod
@@ -50,10 +55,17 @@ final class ForwardingRules: Sendable {
         var fault: FaultPlan?
         /// The client's `X-Request-Id`, or the one generated for it; sent upstream either way.
         var requestID: RequestID
-        /// The client asked for a protocol upgrade. Tunnels are not served yet: the request goes
-        /// upstream without it, and the connection closes after the answer, so that whatever
-        /// the client sends next is never read (nor buffered).
-        var upgradeRequested: Bool
+        var upgrade: Upgrade
+    }
+
+    /// What becomes of a client's protocol upgrade (SPEC §5).
+    enum Upgrade: Equatable {
+        case none
+        /// A WebSocket upgrade, passed on: after the upstream's `101` the connection is a tunnel.
+        case websocket
+        /// Another protocol (`h2c`): the request goes upstream without it, and the connection
+        /// closes after the answer, so that whatever the client sends next is never read as HTTP.
+        case refused
     }
 
     /// How the request body is delimited on the way upstream.
@@ -72,7 +84,7 @@ final class ForwardingRules: Sendable {
         }
     }
 
-    func prepare(_ head: HTTPRequestHead, clientAddress: String, faultsEnabled: Bool) -> Result<PreparedRequest, ProxyError> {
+    func prepare(_ head: ClientRequestHead, clientAddress: String, faultsEnabled: Bool) -> Result<PreparedRequest, ProxyError> {
         if head.method == .CONNECT {
             return .failure(.badRequest("CONNECT is refused: tokenproxy forwards to its one upstream and is not an open proxy"))
         }
@@ -80,14 +92,14 @@ final class ForwardingRules: Sendable {
             // A TRACE echoes the request, the token included, back to whoever sent it.
             return .failure(ProxyError(.methodNotAllowed, "TRACE is refused: it would echo the credentials tokenproxy attaches"))
         }
-        if head.uri.utf8.count > limits.maxUriBytes {
+        if head.target.utf8.count > limits.maxUriBytes {
             return .failure(ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxUriBytes) bytes)"))
         }
         var path: Substring
-        if head.uri.hasPrefix("/") {
-            path = Substring(head.uri)
-        } else if let schemeEnd = head.uri.firstRange(of: "://") {
-            let rest = head.uri[schemeEnd.upperBound...]
+        if head.target.hasPrefix("/") {
+            path = Substring(head.target)
+        } else if let schemeEnd = head.target.firstRange(of: "://") {
+            let rest = head.target[schemeEnd.upperBound...]
             let authority = rest.prefix { $0 != "/" && $0 != "?" }
             guard acceptsAbsoluteTarget(authority: authority) else {
                 return .failure(.badRequest("absolute-form target for \(authority) is refused: tokenproxy forwards only to its upstream and is not an open proxy"))
@@ -95,72 +107,39 @@ final class ForwardingRules: Sendable {
             path = rest.dropFirst(authority.count)
             if !path.hasPrefix("/") { path = "/" + path }
         } else {
-            return .failure(.badRequest("request target \"\(head.uri.prefix(100))\" is not a path"))
+            return .failure(.badRequest("request target \"\(head.target.prefix(100))\" is not a path"))
         }
         if Self.hasDotSegment(path) {
             return .failure(.badRequest("the path holds a dot-segment (/./ or /../, also percent-encoded); it could leave the upstream's path prefix"))
         }
 
-        // One pass over the client's headers: note what the rules need, and whether a
-        // `Connection` header names other headers of this hop (then the copy needs a filter).
-        var contentLength: String?
-        var hasTransferEncoding = false
+        // One pass over the fields: note what the rules need.
         var originalHost: String?
         var forwardedFor: String?
         var faultHeader: String?
-        var connectionOptions: [String] = []
         var hasIdempotencyKey = false
         var origin: String?
         var fetchSite: String?
         var requestID: String?
-        var upgradeRequested = false
-        var headBytes = head.uri.utf8.count + 16
-        for (name, value) in head.headers {
-            headBytes += name.utf8.count + value.utf8.count + 4
-            if !Self.isValidField(name: name, value: value) {
-                return .failure(.badRequest("a header name or value is malformed (CR, LF or NUL in a value, or a character a name may not hold)"))
-            }
-            switch HeaderName(name) {
-            case .contentLength:
-                if let contentLength, contentLength != value {
-                    return .failure(.badRequest("conflicting Content-Length values"))
-                }
-                contentLength = value
-            case .transferEncoding:
-                // Only `chunked`, once: any other coding (identity, xchunked, "chunked, gzip") would
-                // be framed one way here and another way upstream.
-                guard !hasTransferEncoding, value.trimmingWhitespace().lowercased() == "chunked" else {
-                    return .failure(.badRequest("Transfer-Encoding \"\(value.prefix(50))\" is refused: only a single chunked is accepted"))
-                }
-                hasTransferEncoding = true
-            case .host:
-                if originalHost != nil { return .failure(.badRequest("two Host headers")) }
-                originalHost = value
-            case .origin: origin = value
-            case .secFetchSite: fetchSite = value
-            case .requestID: requestID = value
-            case .upgrade: upgradeRequested = true
-            case .forwardedFor: forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
-            case .fault: faultHeader = value
-            case .connection:
-                if !HeaderName.isPlainConnectionOption(value) {
-                    connectionOptions += value.split(separator: ",").map { $0.trimmingWhitespace().lowercased() }
-                }
+        var websocket = false
+        for field in head.fields {
+            switch field.kind {
+            case .host: originalHost = head.value(of: field)
+            case .origin: origin = head.value(of: field)
+            case .secFetchSite: fetchSite = head.value(of: field)
+            case .requestID: requestID = head.value(of: field)
+            case .forwardedFor:
+                let value = head.value(of: field)
+                forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
+            case .fault: faultHeader = head.value(of: field)
             case .idempotencyKey: hasIdempotencyKey = true
+            case .upgrade:
+                websocket = head.withBytes(field.value) { HeaderName.equalsIgnoringCase($0.assumingMemoryBound(to: UInt8.self), "websocket") }
             default: break
             }
         }
-        if headBytes > limits.maxHeaderBytes {
-            return .failure(ProxyError(.requestHeaderTooLarge, "the request head is larger than limits.maxHeaderBytes (\(limits.maxHeaderBytes) bytes)"))
-        }
-        if let refusal = clientGuard.refusal(host: originalHost, origin: origin, fetchSite: fetchSite, headers: head.headers) {
+        if let refusal = clientGuard.refusal(host: originalHost, origin: origin, fetchSite: fetchSite, carries: head.contains(name:)) {
             return .failure(refusal)
-        }
-        if contentLength != nil, hasTransferEncoding {
-            return .failure(.badRequest("Content-Length together with Transfer-Encoding is ambiguous"))
-        }
-        if head.version.major == 1, head.version.minor >= 1, originalHost == nil {
-            return .failure(.badRequest("an HTTP/1.1 request needs a Host header"))
         }
 
         var fault: FaultPlan?
@@ -171,51 +150,57 @@ final class ForwardingRules: Sendable {
             }
         }
 
-        var bytes = ByteBufferAllocator().buffer(capacity: 256 + head.uri.utf8.count + head.headers.count * 48)
+        // Only a WebSocket upgrade is passed on (SPEC §5); any other (h2c) is dropped.
+        let upgrade = head.upgradeRequested && websocket && head.framing == .none
+        var bytes = ByteBufferAllocator().buffer(capacity: head.bytes.readableBytes + 160 + upstream.pathPrefix.utf8.count)
         bytes.writeString(head.method.rawValue)
         bytes.writeStaticString(" ")
         if !upstream.pathPrefix.isEmpty { bytes.writeString(upstream.pathPrefix) }
         bytes.writeSubstring(path)
         bytes.writeStaticString(" HTTP/1.1\r\n")
         var wroteContentLength = false
-        for (name, value) in head.headers {
-            switch HeaderName(name) {
-            case .contentLength:
-                if wroteContentLength { continue }
-                wroteContentLength = true
-            case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
-                break
-            // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
-            case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop, .upgrade:
-                continue
+        head.bytes.withUnsafeReadableBytes { raw in
+            for field in head.fields {
+                switch field.kind {
+                case .contentLength:
+                    if wroteContentLength { continue }
+                    wroteContentLength = true
+                case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
+                    break
+                // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
+                case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop, .upgrade:
+                    continue
+                }
+                if !head.connectionOptions.isEmpty, head.connectionOptions.contains(head.name(of: field).lowercased()) { continue }
+                // The line as the client sent it, up to the end of its value, with a CRLF ending.
+                bytes.writeBytes(UnsafeRawBufferPointer(rebasing: raw[field.name.lowerBound..<field.value.upperBound]))
+                bytes.writeStaticString("\r\n")
             }
-            if !connectionOptions.isEmpty, connectionOptions.contains(name.lowercased()) { continue }
-            bytes.writeHeaderLine(name, value)
         }
         bytes.writeImmutableBuffer(fixedLines)
+        if upgrade { bytes.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n") }
         bytes.writeHeaderLine("X-Forwarded-For", forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
         if let originalHost { bytes.writeHeaderLine("X-Forwarded-Host", originalHost) }
         let id = requestID.map(RequestID.client) ?? .generate()
         if id.isGenerated { id.writeHeaderLine(to: &bytes) }
 
+        let bodyFraming: BodyFraming
+        switch head.framing {
+        case .none: bodyFraming = .none
+        case .length: bodyFraming = .length
+        case .chunked: bodyFraming = .chunked
+        }
         return .success(PreparedRequest(
             method: head.method,
             head: bytes,
-            bodyFraming: hasTransferEncoding ? .chunked : contentLength != nil ? .length : .none,
+            bodyFraming: bodyFraming,
             isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
-            clientKeepAlive: head.isKeepAlive && !upgradeRequested,
-            clientAcceptsChunked: head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1),
+            clientKeepAlive: head.keepAlive && !head.upgradeRequested,
+            clientAcceptsChunked: head.version.minor >= 1,
             fault: fault,
             requestID: id,
-            upgradeRequested: upgradeRequested
+            upgrade: upgrade ? .websocket : head.upgradeRequested ? .refused : .none
         ))
-    }
-
-    /// RFC 9110 §5.1, §5.5: a name of `tchar`s, a value without CR, LF, NUL or other controls
-    /// but horizontal tab.
-    static func isValidField(name: String, value: String) -> Bool {
-        guard !name.isEmpty, name.utf8.allSatisfy(HeaderName.isTokenCharacter) else { return false }
-        return value.utf8.allSatisfy { $0 >= 0x20 || $0 == 0x09 }
     }
 
     /// Whether a path (before its query) has a `.` or `..` segment, plain or percent-encoded.

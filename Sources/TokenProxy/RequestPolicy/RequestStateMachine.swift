@@ -16,6 +16,8 @@ struct RequestStateMachine {
         case holdingInjectedFault(FaultPlan.Kind)
         case waitingToRetry
         case streamingResponse
+        /// After a WebSocket upgrade's `101`: bytes pass both ways until either side closes.
+        case tunnel
         /// The client has its whole answer; what is left of the request body is discarded.
         case responded
         /// The client connection has to go: its answer cannot be completed.
@@ -39,6 +41,8 @@ struct RequestStateMachine {
         case sendBodyPart(ByteBuffer)
         case sendEnd
         case forwardResponseHead(UpstreamResponseHead)
+        /// The upstream accepted the upgrade (`101`): forward its head, then pass bytes both ways.
+        case openTunnel(UpstreamResponseHead)
         case forwardResponseBodyPart(ByteBuffer)
         /// The response is complete; the upstream connection may go back to the pool.
         case forwardResponseEnd(reuseUpstream: Bool)
@@ -79,6 +83,7 @@ struct RequestStateMachine {
     var clientKeepAlive: Bool { request.clientKeepAlive }
     var method: HTTPMethod { request.method }
     var bodyFraming: ForwardingRules.BodyFraming { request.bodyFraming }
+    var upgrade: ForwardingRules.Upgrade { request.upgrade }
     var clientAcceptsChunked: Bool { request.clientAcceptsChunked }
     var isRetryableAfterSending: Bool { request.isRetryableAfterSending }
     /// Whether a refresh happened for this request (for the log line).
@@ -132,7 +137,7 @@ struct RequestStateMachine {
         case .connecting, .awaitingResponse:
             lastFailure = reason
             return retryOrGiveUp(requestWritten ? .resetAfterSending : .notSent, jitter: jitter, discardUpstream: true, injected: nil)
-        case .streamingResponse:
+        case .streamingResponse, .tunnel:
             state = .failed
             return .abort
         case .waitingForToken, .holdingInjectedFault, .waitingToRetry, .responded, .failed:
@@ -145,10 +150,10 @@ struct RequestStateMachine {
         case .awaitingResponse:
             state = .responded
             return .respond(ProxyError(.upstreamTimeout, "the upstream did not answer within upstream.readTimeout (\(timeout.configString))"), discardUpstream: true)
-        case .streamingResponse:
+        case .streamingResponse, .tunnel:
             state = .failed
             return .abort
-        default:
+        case .waitingForToken, .connecting, .holdingInjectedFault, .waitingToRetry, .responded, .failed:
             return .none
         }
     }
@@ -166,6 +171,8 @@ struct RequestStateMachine {
         switch state {
         case .responded, .failed:
             return .none
+        case .tunnel:
+            return .sendBodyPart(buffer)
         case .awaitingResponse, .streamingResponse:
             body.append(buffer)
             _ = body.takeUnsent()
@@ -184,7 +191,7 @@ struct RequestStateMachine {
             return .sendEnd
         case .holdingInjectedFault:
             return injectedFaultReady(jitter: jitter)
-        case .waitingForToken, .connecting, .waitingToRetry, .responded, .failed:
+        case .waitingForToken, .connecting, .waitingToRetry, .tunnel, .responded, .failed:
             return .none
         }
     }
@@ -197,11 +204,11 @@ struct RequestStateMachine {
     }
 
     mutating func responseBodyPart(_ buffer: ByteBuffer) -> Action {
-        state == .streamingResponse ? .forwardResponseBodyPart(buffer) : .none
+        state == .streamingResponse || state == .tunnel ? .forwardResponseBodyPart(buffer) : .none
     }
 
     mutating func responseEnd(upstreamKeepAlive: Bool) -> Action {
-        guard state == .streamingResponse else { return .none }
+        guard state == .streamingResponse || state == .tunnel else { return .none }
         state = .responded
         return .forwardResponseEnd(reuseUpstream: upstreamKeepAlive && requestWritten && body.isComplete)
     }
@@ -241,6 +248,11 @@ struct RequestStateMachine {
         if injected != nil {
             state = .responded
             return .respondInjected(head)
+        }
+        if status == 101 {
+            // The upstream parser passes a 101 only for a request that asked for the upgrade.
+            state = .tunnel
+            return .openTunnel(head)
         }
         state = .streamingResponse
         return .forwardResponseHead(head)

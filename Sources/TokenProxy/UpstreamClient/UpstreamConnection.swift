@@ -35,9 +35,10 @@ final class UpstreamConnection {
     var isActive: Bool { channel.isActive }
     var isWritable: Bool { channel.isWritable }
 
-    /// A new request goes out: its response comes next (one to HEAD has no body).
-    func startRequest(isHEAD: Bool) {
-        handler.startRequest(isHEAD: isHEAD)
+    /// A new request goes out: its response comes next (one to HEAD has no body; one to an
+    /// upgrade request may switch the connection to a tunnel).
+    func startRequest(isHEAD: Bool, upgrade: Bool) {
+        handler.startRequest(isHEAD: isHEAD, upgrade: upgrade)
     }
 
     func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
@@ -90,8 +91,8 @@ final class UpstreamHandler: ChannelDuplexHandler {
         if let failure { errorCaught(context: context, error: failure) }
     }
 
-    func startRequest(isHEAD: Bool) {
-        parser.expectResponse(toHEAD: isHEAD)
+    func startRequest(isHEAD: Bool, upgrade: Bool) {
+        parser.expectResponse(toHEAD: isHEAD, upgrade: upgrade)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

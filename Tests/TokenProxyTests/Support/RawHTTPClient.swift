@@ -82,3 +82,82 @@ struct RawHTTPClient {
         return count <= 0 ? [] : Array(buffer[0..<count])
     }
 }
+
+/// A client connection kept open across several sends and receives (a tunnel).
+final class RawConnection: @unchecked Sendable {
+    fileprivate let socket: Int32
+    /// Everything received so far.
+    private(set) var received: [UInt8] = []
+    private(set) var closedByPeer = false
+
+    init(port: Int) throws {
+        socket = try RawHTTPClient.connect(port: port)
+    }
+
+    deinit { close(socket) }
+
+    func send(_ bytes: [UInt8]) async throws {
+        let socket = self.socket
+        try await onOwnThread {
+            var offset = 0
+            while offset < bytes.count {
+                let written = bytes[offset...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                guard written > 0 else { throw POSIXError(.EPIPE) }
+                offset += written
+            }
+        }
+    }
+
+    func send(_ text: String) async throws { try await send(Array(text.utf8)) }
+
+    /// Receives until `done(received)` holds, the peer closes, or `timeout` passes; returns `done`'s verdict.
+    @discardableResult
+    func receive(until done: @escaping @Sendable ([UInt8]) -> Bool, timeout: Duration = .seconds(10)) async throws -> Bool {
+        let socket = self.socket
+        let start = received
+        let (bytes, closed) = try await onOwnThread { () -> ([UInt8], Bool) in
+            var bytes = start
+            let deadline = ContinuousClock.now.advanced(by: timeout)
+            while ContinuousClock.now < deadline, !done(bytes) {
+                var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+                guard poll(&descriptor, 1, 50) > 0 else { continue }
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                let count = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+                if count <= 0 { return (bytes, true) }
+                bytes += buffer[0..<count]
+            }
+            return (bytes, false)
+        }
+        received = bytes
+        closedByPeer = closedByPeer || closed
+        return done(bytes)
+    }
+
+    /// Waits for the peer to close the connection, up to `timeout`.
+    func waitForClose(timeout: Duration) async throws -> Bool {
+        try await receive(until: { _ in false }, timeout: timeout)
+        return closedByPeer
+    }
+}
+
+extension RawConnection {
+    /// Sends filler bytes for `duration`, as fast as the peer takes them, up to `limit`;
+    /// returns how many it took.
+    func sendFiller(for duration: Duration, limit: Int) async throws -> Int {
+        let socket = self.socket
+        return try await onOwnThread {
+            let chunk = [UInt8](repeating: 0x78, count: 65536)
+            var sent = 0
+            let deadline = ContinuousClock.now.advanced(by: duration)
+            while sent < limit, ContinuousClock.now < deadline {
+                var descriptor = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+                guard poll(&descriptor, 1, 50) > 0 else { continue }
+                let written = chunk.withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                if written < 0, errno == EAGAIN { continue }
+                guard written > 0 else { break }
+                sent += written
+            }
+            return sent
+        }
+    }
+}

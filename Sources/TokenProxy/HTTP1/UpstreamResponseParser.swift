@@ -34,14 +34,18 @@ struct UpstreamResponseParser {
 
     private var state = State.idle
     private var respondingToHEAD = false
+    /// The request asked for a WebSocket upgrade: a `101` is its answer, not an error.
+    private var upgradeRequested = false
     private var keepAlive = true
     /// Bytes read but not yet parsed (an incomplete head or chunk line).
     private var pending: ByteBuffer?
 
-    /// A request was sent: its response comes next. A response to HEAD has no body.
-    mutating func expectResponse(toHEAD: Bool) {
+    /// A request was sent: its response comes next. A response to HEAD has no body; after a
+    /// `101` to an upgrade request, everything the upstream sends is body, until it closes.
+    mutating func expectResponse(toHEAD: Bool, upgrade: Bool = false) {
         state = .head
         respondingToHEAD = toHEAD
+        upgradeRequested = upgrade
         keepAlive = true
         pending = nil
     }
@@ -121,7 +125,7 @@ struct UpstreamResponseParser {
         case .none, .length(0): finish(into: &parts)
         case .length(let length): state = .fixed(remaining: length)
         case .chunked: state = .chunkSize
-        case .untilClose:
+        case .untilClose, .tunnel:
             keepAlive = false
             state = .untilClose
         }
@@ -172,9 +176,10 @@ struct UpstreamResponseParser {
     /// (1xx) response, which concerns this hop only and is skipped.
     private mutating func parseHead(_ buffer: inout ByteBuffer) throws(UpstreamResponseError) -> UpstreamResponseHead?? {
         let respondingToHEAD = self.respondingToHEAD
+        let upgradeRequested = self.upgradeRequested
         let result: Result<(consumed: Int, head: UpstreamResponseHead?)?, UpstreamResponseError> = buffer.withUnsafeReadableBytes { bytes in
             do throws(UpstreamResponseError) {
-                return .success(try Self.parseHead(bytes, respondingToHEAD: respondingToHEAD, allocator: ByteBufferAllocator()))
+                return .success(try Self.parseHead(bytes, respondingToHEAD: respondingToHEAD, upgradeRequested: upgradeRequested, allocator: ByteBufferAllocator()))
             } catch {
                 return .failure(error)
             }
@@ -190,12 +195,12 @@ struct UpstreamResponseParser {
     }
 
     static func parseHead(
-        _ bytes: UnsafeRawBufferPointer, respondingToHEAD: Bool, allocator: ByteBufferAllocator
+        _ bytes: UnsafeRawBufferPointer, respondingToHEAD: Bool, upgradeRequested: Bool = false, allocator: ByteBufferAllocator
     ) throws(UpstreamResponseError) -> (consumed: Int, head: UpstreamResponseHead?)? {
         // Find the end of the head before parsing anything, so that an incomplete head costs one scan.
         var lineStart = 0
         var headEnd = -1
-        while let newline = newlineIndex(bytes, from: lineStart, to: bytes.count) {
+        while let newline = HeadLines.index(of: UInt8(ascii: "\n"), in: bytes, lineStart..<bytes.count) {
             let lineLength = newline - lineStart - (newline > lineStart && bytes[newline - 1] == UInt8(ascii: "\r") ? 1 : 0)
             if lineLength == 0, lineStart > 0 {
                 headEnd = newline + 1
@@ -209,11 +214,11 @@ struct UpstreamResponseParser {
             return nil
         }
 
-        var lines = LineIterator(bytes: bytes, end: headEnd)
+        var lines = HeadLines(bytes: bytes, end: headEnd)
         let statusLine = lines.next()!
         let (status, http11) = try parseStatusLine(bytes, statusLine)
-        if status == 101 { throw UpstreamResponseError("the upstream switched protocols (101), which the proxy does not forward") }
-        if status < 200 { return (headEnd, nil) }
+        if status == 101, !upgradeRequested { throw UpstreamResponseError("the upstream switched protocols (101) for a request that did not ask for it") }
+        if status < 200, status != 101 { return (headEnd, nil) }
 
         var forwarded = allocator.buffer(capacity: headEnd + 64)
         forwarded.writeStaticString("HTTP/1.1 ")
@@ -233,7 +238,7 @@ struct UpstreamResponseParser {
         let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
 
         while let line = lines.next(), !line.isEmpty {
-            guard let colon = index(of: UInt8(ascii: ":"), in: bytes, line), colon > line.lowerBound else {
+            guard let colon = HeadLines.index(of: UInt8(ascii: ":"), in: bytes, line), colon > line.lowerBound else {
                 throw UpstreamResponseError("the upstream sent a malformed header line")
             }
             let nameRange = line.lowerBound..<colon
@@ -295,10 +300,10 @@ struct UpstreamResponseParser {
         if !connectionOptions.isEmpty {
             // Rare: `Connection` names headers of this hop, which may come before it.
             forwarded.moveWriterIndex(to: forwarded.readerIndex + statusLineBytes)
-            var lines = LineIterator(bytes: bytes, end: headEnd)
+            var lines = HeadLines(bytes: bytes, end: headEnd)
             _ = lines.next()
             while let line = lines.next(), !line.isEmpty {
-                let colon = index(of: UInt8(ascii: ":"), in: bytes, line)!
+                let colon = HeadLines.index(of: UInt8(ascii: ":"), in: bytes, line)!
                 let name = UnsafeRawBufferPointer(rebasing: bytes[line.lowerBound..<colon])
                 switch HeaderName(bytes: name) {
                 case .contentLength, .transferEncoding, .connection, .hopByHop, .upgrade: continue
@@ -311,7 +316,10 @@ struct UpstreamResponseParser {
         }
 
         let body: UpstreamResponseHead.Body
-        if respondingToHEAD || status == 204 || status == 304 {
+        if status == 101 {
+            body = .tunnel
+            contentLength = nil
+        } else if respondingToHEAD || status == 204 || status == 304 {
             body = .none
         } else if let transferEncoding {
             // RFC 9112 §6.3: chunked must be the final coding, else the body runs to the close.
@@ -360,38 +368,6 @@ struct UpstreamResponseParser {
             value = value * 10 + Int(byte - UInt8(ascii: "0"))
         }
         return value
-    }
-}
-
-/// The index of the next LF in `bytes[start..<end]`.
-private func newlineIndex(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Int? {
-    index(of: UInt8(ascii: "\n"), in: bytes, start..<end)
-}
-
-/// The index of the first `byte` in `bytes[range]` (memchr: heads are scanned a line at a time).
-private func index(of byte: UInt8, in bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
-    guard !range.isEmpty, let base = bytes.baseAddress, let found = memchr(base + range.lowerBound, Int32(byte), range.count) else { return nil }
-    return base.distance(to: UnsafeRawPointer(found))
-}
-
-/// The lines of a complete head, without their line endings.
-private struct LineIterator {
-    let bytes: UnsafeRawBufferPointer
-    let end: Int
-    var position = 0
-    private(set) var lastLineEndedWithCRLF = false
-
-    init(bytes: UnsafeRawBufferPointer, end: Int) {
-        self.bytes = bytes
-        self.end = end
-    }
-
-    mutating func next() -> Range<Int>? {
-        guard let newline = newlineIndex(bytes, from: position, to: end) else { return nil }
-        lastLineEndedWithCRLF = newline > position && bytes[newline - 1] == UInt8(ascii: "\r")
-        let line = position..<(lastLineEndedWithCRLF ? newline - 1 : newline)
-        position = newline + 1
-        return line
     }
 }
 

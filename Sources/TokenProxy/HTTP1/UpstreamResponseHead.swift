@@ -12,6 +12,8 @@ struct UpstreamResponseHead {
         case chunked
         /// Delimited by the upstream closing the connection.
         case untilClose
+        /// After a `101`: the connection carries another protocol, both ways, until it closes.
+        case tunnel
     }
 
     var status: Int

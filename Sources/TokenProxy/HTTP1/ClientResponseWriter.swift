@@ -42,6 +42,11 @@ struct ClientResponseWriter {
                 bytes.writeString(String(length))
                 bytes.writeStaticString("\r\n")
             }
+        case .tunnel:
+            // The hop-by-hop pair that makes a 101 mean something; bytes then pass as they are.
+            framing = .untilClose
+            keepAlive = true
+            bytes.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
         case .chunked, .untilClose:
             if clientAcceptsChunked {
                 framing = .chunked

@@ -1,0 +1,64 @@
+import NIOCore
+import NIOHTTP1
+
+/// A client's request head as ``ClientRequestParser`` read it: valid by RFC 9112, with its
+/// fields left in the bytes they arrived in and located by offsets, so that forwarding copies
+/// them instead of making a string of each.
+struct ClientRequestHead {
+    struct Field {
+        let kind: HeaderName
+        /// Offsets into `bytes`' readable bytes: the name, and the value without surrounding white space.
+        let name: Range<Int>
+        let value: Range<Int>
+    }
+
+    /// How the request's body is delimited (RFC 9112 §6.3).
+    enum BodyFraming: Equatable {
+        case none
+        case length(Int)
+        case chunked
+    }
+
+    let method: HTTPMethod
+    let target: String
+    let version: HTTPVersion
+    /// The head as read, request line to blank line.
+    let bytes: ByteBuffer
+    let fields: [Field]
+    let framing: BodyFraming
+    /// The client keeps the connection after this request (its version and `Connection`).
+    let keepAlive: Bool
+    /// `Connection` names `upgrade` and an `Upgrade` header is present.
+    let upgradeRequested: Bool
+    /// The options of `Connection` other than `close`, `keep-alive` and `upgrade`, lowercased:
+    /// headers of this hop only.
+    let connectionOptions: [String]
+
+    /// The value of a field, as text.
+    func value(of field: Field) -> String {
+        bytes.getString(at: bytes.readerIndex + field.value.lowerBound, length: field.value.count) ?? ""
+    }
+
+    /// The name of a field, as the client spelled it.
+    func name(of field: Field) -> String {
+        bytes.getString(at: bytes.readerIndex + field.name.lowerBound, length: field.name.count) ?? ""
+    }
+
+    /// The first value of a field the rules know by name.
+    func first(_ kind: HeaderName) -> String? {
+        fields.first { $0.kind == kind }.map(value(of:))
+    }
+
+    /// Whether a field named `name` (any case) is present.
+    func contains(name: String) -> Bool {
+        let wanted = name.lowercased()
+        return fields.contains { self.name(of: $0).lowercased() == wanted }
+    }
+
+    /// Calls `body` with the bytes of `range` (offsets into the head).
+    func withBytes<Result>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        bytes.withUnsafeReadableBytes { body(UnsafeRawBufferPointer(rebasing: $0[range])) }
+    }
+
+    var headerCount: Int { fields.count }
+}
