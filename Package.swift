@@ -80,3 +80,16 @@ let package = Package(
         ),
     ]
 )
+
+// Fuzzing (`fuzz/run.sh`): a libFuzzer binary, declared only when asked for, since it links
+// only with `-sanitize=fuzzer`.
+if Context.environment["TOKENPROXY_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "tokenproxy-fuzz",
+            dependencies: ["TokenProxy"],
+            path: "fuzz/Sources",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        )
+    )
+}
