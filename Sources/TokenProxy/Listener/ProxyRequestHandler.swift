@@ -71,12 +71,27 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            clientInputClosed(context: context)
+            return
+        }
         guard event is ChannelShouldQuiesceEvent else {
             context.fireUserInboundEventTriggered(event)
             return
         }
         closeAfterResponse = true
         if machine == nil { context.close(promise: nil) }
+    }
+
+    /// The client half-closed (sent its FIN): a request it sent whole is still answered, then
+    /// the connection closes; anything else ends now.
+    private func clientInputClosed(context: ChannelHandlerContext) {
+        if let machine, machine.body.isComplete, !tunneling, !refusing {
+            closeAfterResponse = true
+            return
+        }
+        if machine != nil { apply { $0.clientClosed() } }
+        context.close(promise: nil)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -151,8 +166,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             machine = nil
             return
         }
-        shared.logger.warning("malformed request body; connection closed", metadata: ["requestId": "\(currentRequestID)", "reason": "\(refusal.message)"])
-        apply { $0.clientClosed() }
+        shared.statistics.requestAborted(.malformedBody)
+        recordCompletion(status: nil, aborted: .malformedBody, reason: refusal.message)
+        discardUpstream()
+        cancelTimers()
+        machine = nil
         context?.close(promise: nil)
     }
 
@@ -209,6 +227,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         guard let context else { return }
         generation &+= 1
         requestStarted = .now()
+        currentStatus = 0
         currentURI = head.target
         shared = contextBox.load(ordering: .acquiring)
         shared.statistics.requestStarted()
@@ -390,9 +409,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 self.apply { $0.retryDue() }
             }
 
-        case .abort:
+        case .abort(let reason):
             discardUpstream()
             cancelTimers()
+            if tunneling {
+                // One side of a tunnel closed (or it was idle too long): its normal ending.
+                recordCompletion(status: currentStatus)
+            } else {
+                shared.statistics.requestAborted(reason)
+                recordCompletion(status: currentStatus, aborted: reason)
+            }
             machine = nil
             context?.close(promise: nil)
         }
@@ -659,15 +685,22 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Completion (duration metric and the log line)
 
-    private func recordCompletion(status: UInt?, error: ProxyError? = nil) {
+    /// Every ending of a request comes here: answered (by the upstream or the proxy), refused,
+    /// or aborted (`aborted` says why; `reason` adds detail).
+    private func recordCompletion(status: UInt?, error: ProxyError? = nil, aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil) {
         guard let method = machine?.method else { return }
         let attempts = (machine?.attempts ?? 0) + (machine?.replayedAfter401 == true ? 1 : 0)
-        recordCompletion(method: method, uri: currentURI, status: status, attempts: attempts, refreshed: machine?.refreshed ?? false, error: error)
+        recordCompletion(
+            method: method, uri: currentURI, status: status, attempts: attempts, refreshed: machine?.refreshed ?? false, error: error,
+            aborted: aborted, reason: reason)
     }
 
-    private func recordCompletion(method: HTTPMethod?, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil) {
+    private func recordCompletion(
+        method: HTTPMethod?, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil,
+        aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil
+    ) {
         shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
-        guard shared.logger.logLevel <= .info || error != nil else { return }
+        guard shared.logger.logLevel <= .info || error != nil || (aborted != nil && aborted != .clientClosed) else { return }
         var metadata: Logger.Metadata = [
             "requestId": "\(currentRequestID)", "method": "\(method?.rawValue ?? "-")", "attempts": "\(attempts)",
             "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(refreshed)",
@@ -678,6 +711,15 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             metadata["error"] = "\(error.code.rawValue)"
             metadata["reason"] = "\(error.message)"
             shared.logger.warning("request answered by the proxy", metadata: metadata)
+        } else if let aborted {
+            metadata["aborted"] = "\(aborted.rawValue)"
+            if let reason { metadata["reason"] = "\(reason)" }
+            // A client that goes away is its own business; the upstream failing mid-answer is not.
+            if aborted == .clientClosed {
+                shared.logger.info("request aborted", metadata: metadata)
+            } else {
+                shared.logger.warning("request aborted", metadata: metadata)
+            }
         } else {
             shared.logger.info("request", metadata: metadata)
         }

@@ -16,6 +16,7 @@ public final class ProxyStatistics: Sendable {
     public let replaysAfter401 = ManagedAtomic<Int>(0)
     public let faultsInjected = ManagedAtomic<Int>(0)
     public let proxyErrors = ManagedAtomic<Int>(0)
+    public let aborted = ManagedAtomic<Int>(0)
 
     private let requestsTotal: CoreMetrics.Counter
     private let requestDuration: CoreMetrics.Timer
@@ -24,12 +25,19 @@ public final class ProxyStatistics: Sendable {
     private let refreshesByResult: [RefreshResult: CoreMetrics.Counter]
     private let adoptionsTotal: CoreMetrics.Counter
     private let errorsByCode: [ProxyError.Code: CoreMetrics.Counter]
+    private let abortsByReason: [AbortReason: CoreMetrics.Counter]
     /// Seconds left on the access token, set when `/metrics` is rendered.
     public let tokenSecondsLeft: CoreMetrics.Gauge
 
     public enum RetryReason: String, Sendable, CaseIterable {
         case notSent = "not_sent", reset, upstream502 = "upstream_502", upstream503 = "upstream_503", upstream504 = "upstream_504"
         case upstream401 = "upstream_401"
+    }
+
+    /// Why a request ended without a complete answer (the client connection was closed).
+    public enum AbortReason: String, Sendable, CaseIterable {
+        case clientClosed = "client_closed", upstreamClosed = "upstream_closed", upstreamTimeout = "upstream_timeout"
+        case malformedBody = "malformed_body"
     }
 
     public enum RefreshResult: String, Sendable, CaseIterable {
@@ -57,6 +65,9 @@ public final class ProxyStatistics: Sendable {
         })
         errorsByCode = Dictionary(uniqueKeysWithValues: ProxyError.Code.allCases.map {
             ($0, Counter(label: "tokenproxy_proxy_errors_total", dimensions: [("code", $0.rawValue)], factory: factory))
+        })
+        abortsByReason = Dictionary(uniqueKeysWithValues: AbortReason.allCases.map {
+            ($0, Counter(label: "tokenproxy_requests_aborted_total", dimensions: [("reason", $0.rawValue)], factory: factory))
         })
         adoptionsTotal = Counter(label: "tokenproxy_token_adoptions_total", factory: factory)
         tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
@@ -88,6 +99,11 @@ public final class ProxyStatistics: Sendable {
     func answeredByProxy(_ code: ProxyError.Code) {
         proxyErrors.wrappingIncrement(ordering: .relaxed)
         errorsByCode[code]?.increment()
+    }
+
+    func requestAborted(_ reason: AbortReason) {
+        aborted.wrappingIncrement(ordering: .relaxed)
+        abortsByReason[reason]?.increment()
     }
 
     /// Counts the broker's calls to the token endpoint by outcome, and the tokens it adopted from

@@ -51,8 +51,9 @@ struct RequestStateMachine {
         /// Answer with the proxy's own error.
         case respond(ProxyError, discardUpstream: Bool)
         case retry(after: TimeAmount, discardUpstream: Bool, reason: ProxyStatistics.RetryReason)
-        /// Close the client and any upstream connection.
-        case abort
+        /// Close the client and any upstream connection: the answer cannot be completed (or, in a
+        /// tunnel, one side has closed).
+        case abort(ProxyStatistics.AbortReason)
     }
 
     private(set) var state: State = .waitingForToken
@@ -139,7 +140,7 @@ struct RequestStateMachine {
             return retryOrGiveUp(requestWritten ? .resetAfterSending : .notSent, jitter: jitter, discardUpstream: true, injected: nil)
         case .streamingResponse, .tunnel:
             state = .failed
-            return .abort
+            return .abort(.upstreamClosed)
         case .waitingForToken, .holdingInjectedFault, .waitingToRetry, .responded, .failed:
             return .none
         }
@@ -152,7 +153,7 @@ struct RequestStateMachine {
             return .respond(ProxyError(.upstreamTimeout, "the upstream did not answer within upstream.readTimeout (\(timeout.configString))"), discardUpstream: true)
         case .streamingResponse, .tunnel:
             state = .failed
-            return .abort
+            return .abort(.upstreamTimeout)
         case .waitingForToken, .connecting, .holdingInjectedFault, .waitingToRetry, .responded, .failed:
             return .none
         }
@@ -218,7 +219,7 @@ struct RequestStateMachine {
         case .failed: return .none
         default:
             state = .failed
-            return .abort
+            return .abort(.clientClosed)
         }
     }
 

@@ -8,12 +8,14 @@ struct RawHTTPClient {
 
     /// Sends `request` verbatim and returns everything the server sent until it closed the
     /// connection or `timeout` passed.
-    func exchange(_ request: String, timeout: Duration = .seconds(5)) async throws -> String {
+    /// With `halfClose`, the client shuts its sending side after the request (as `nc -N` does).
+    func exchange(_ request: String, timeout: Duration = .seconds(5), halfClose: Bool = false) async throws -> String {
         let port = self.port
         return try await onOwnThread {
             let socket = try Self.connect(port: port)
             defer { close(socket) }
             try Self.send(request, on: socket)
+            if halfClose { shutdown(socket, Int32(SHUT_WR)) }
             var received: [UInt8] = []
             let deadline = ContinuousClock.now.advanced(by: timeout)
             while ContinuousClock.now < deadline {
