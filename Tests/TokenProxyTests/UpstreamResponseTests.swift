@@ -82,6 +82,10 @@ struct UpstreamResponseTests {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        // Found by fuzzing: a status line's reason phrase went to the client unchecked.
+        "HTTP/1.1 200 O\u{0}K\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 O\rK\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.x 200 OK\r\nContent-Length: 0\r\n\r\n",
         "HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "a", count: 70_000) + "\r\n\r\n",
     ])
     func malformedResponses(response: String) {

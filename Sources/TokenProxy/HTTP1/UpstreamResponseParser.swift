@@ -343,13 +343,18 @@ struct UpstreamResponseParser {
         guard line.count >= 12, (0..<7).allSatisfy({ bytes[line.lowerBound + $0] == prefix.utf8Start[$0] }),
             bytes[line.lowerBound + 8] == UInt8(ascii: " "),
             line.count == 12 || bytes[line.lowerBound + 12] == UInt8(ascii: " "),
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[line.lowerBound + 7]),
             let status = parseDecimal(bytes, (line.lowerBound + 9)..<(line.lowerBound + 12)), status >= 100
         else {
             throw UpstreamResponseError("the upstream did not answer with an HTTP/1.x status line")
         }
+        // The reason phrase goes to the client as it is: visible characters and white space only
+        // (found by fuzzing: a NUL or bare CR in it reached the client).
+        for index in (line.lowerBound + 12)..<line.upperBound where bytes[index] < 0x20 && bytes[index] != 0x09 || bytes[index] == 0x7F {
+            throw UpstreamResponseError("the upstream sent a control character (CR, NUL, …) in its status line")
+        }
         return (status, bytes[line.lowerBound + 7] == UInt8(ascii: "1"))
     }
-
 
     private static func trimmed(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Range<Int> {
         var lower = range.lowerBound
