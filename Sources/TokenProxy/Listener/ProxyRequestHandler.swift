@@ -3,13 +3,14 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
-/// Serves one client connection: carries out what ``RequestStateMachine`` decides for each
-/// request, on the connection's own event loop, with the upstream connection leased from that
-/// loop's pool. Reads are held back in both directions while the other side cannot take more.
+/// Serves one client connection on its own event loop, with upstream connections leased from
+/// that loop's pool. It decides nothing: ``ProxyConnectionStateMachine`` (wrapping each request's
+/// ``RequestStateMachine``) and ``ConnectionTimers`` decide, and this handler carries out their
+/// actions — parse, write, lease, schedule, log.
 ///
 /// Requests are read by ``ClientRequestParser``, which stops after each one: a pipelined request
 /// (or malformed bytes) is parsed only once the request before it was answered, and reads pause
-/// meanwhile. After a WebSocket upgrade's `101` the connection is a byte tunnel to the upstream.
+/// meanwhile. Reads are held back in both directions while the other side cannot take more.
 final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -19,84 +20,55 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// The context of the current request (a reload swaps the box; a request keeps its own).
     private var shared: ProxyContext
     private let pool: UpstreamConnectionPool
-    /// Set by a graceful shutdown: close once the current response is complete.
-    private var closeAfterResponse = false
     private var context: ChannelHandlerContext?
-    private var machine: RequestStateMachine?
-    private var upstream: UpstreamConnection?
-    /// Bumped per request, so that late callbacks of a finished request are ignored.
-    private var generation = 0
-    private var clientReadPending = false
+    private var connection = ProxyConnectionStateMachine()
     private var parser: ClientRequestParser
     /// Set while parts are taken from the parser, so that a request finished meanwhile does not
     /// start parsing again from inside the loop.
     private var parsing = false
-    /// After a `101`: client bytes go upstream as they are.
-    private var tunneling = false
+    private var upstream: UpstreamConnection?
+    private var requestWriter = UpstreamRequestWriter(framing: .none)
+    private var response = ClientResponseWriter()
+    /// Bumped per request, so that late callbacks of a finished request are ignored.
+    private var generation = 0
+    private var clientReadPending = false
+    /// What the last answer written said about the connection.
+    private var lastAnswerKeptConnection = false
+    /// Response bytes were written to the client since the last flush.
     private var needsFlush = false
     /// Body parts were written upstream since the last flush.
     private var upstreamNeedsFlush = false
-    private var response = ClientResponseWriter()
-    private var readTimeout: Scheduled<Void>?
-    private var readTimeoutActive = false
-    /// `upstream.readTimeout` of the current request's context (a reload may change it).
-    private var readTimeoutAmount = TimeAmount.zero
-    /// The last byte from the upstream (or, in a tunnel, either way).
-    private var lastActivity = NIODeadline.now()
+
+    private var timers: ConnectionTimers
+    /// One timer per kind, re-armed only when it fires (see ``ConnectionTimers``).
+    private var idleTimer: Scheduled<Void>?
+    private var silenceTimer: Scheduled<Void>?
     private var retryTimer: Scheduled<Void>?
+
+    // For the log line and the metrics of the current request.
     private var requestStarted = NIODeadline.now()
     private var clientAddress = "unknown"
     private var random = SplitMix64()
     private var currentURI = ""
     private var currentStatus: UInt = 0
-    private var currentRequestID = RequestID.generate()
-    /// Set once the proxy refused something on this connection: nothing read after it is
-    /// forwarded, and the connection closes once the answers owed are written.
-    private var refusing = false
+    private var currentRequestID: RequestID?
 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
 
-    /// Watches the connection while no request is in progress (header and idle timeouts).
-    private var idleTimer: Scheduled<Void>?
-    private var idleSince = NIODeadline.now()
-    /// When the bytes of a head first arrived since the connection became idle.
-    private var firstBytesSinceIdle: NIODeadline?
-
     init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool) {
         self.contextBox = context
-        self.shared = context.load(ordering: .acquiring)
+        let shared = context.load(ordering: .acquiring)
+        self.shared = shared
         self.pool = pool
         self.parser = ClientRequestParser(limits: shared.rules.parserLimits)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            clientInputClosed(context: context)
-            return
-        }
-        guard event is ChannelShouldQuiesceEvent else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        closeAfterResponse = true
-        if machine == nil { context.close(promise: nil) }
-    }
-
-    /// The client half-closed (sent its FIN): a request it sent whole is still answered, then
-    /// the connection closes; anything else ends now.
-    private func clientInputClosed(context: ChannelHandlerContext) {
-        if let machine, machine.body.isComplete, !tunneling, !refusing {
-            closeAfterResponse = true
-            return
-        }
-        if machine != nil { apply { $0.clientClosed() } }
-        context.close(promise: nil)
+        self.timers = ConnectionTimers(
+            headerTimeout: TimeAmount(shared.rules.limits.headerTimeout), idleTimeout: TimeAmount(shared.rules.limits.idleTimeout), now: .now())
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        becameIdle()
+        scheduleIdleCheck(at: .now() + timers.idleCheckInterval)
         switch context.channel.remoteAddress {
         case .v4(let address)?: clientAddress = address.host
         case .v6(let address)?: clientAddress = address.host
@@ -109,13 +81,23 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         self.context = nil
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            perform(connection.clientInputClosed())
+        } else if event is ChannelShouldQuiesceEvent {
+            perform(connection.quiesce())
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
     // MARK: Client side
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if refusing { return }
+        guard connection.readsClient else { return }
         let bytes = unwrapInboundIn(data)
-        if tunneling {
-            lastActivity = .now()
+        if connection.isTunnel {
+            timers.activity(now: .now())
             apply { $0.clientBodyPart(bytes) }
             return
         }
@@ -123,17 +105,19 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         parseAvailable()
     }
 
-    /// Hands on what the parser has, as long as the current request can take it.
+    /// Hands on what the parser has, as long as the connection takes it.
     private func parseAvailable() {
         guard !parsing else { return }
         parsing = true
         defer { parsing = false }
-        while !refusing, !tunneling {
+        while connection.readsClient, !connection.isTunnel {
             let part: ClientRequestParser.Part?
             do throws(ProxyError) {
                 part = try parser.next()
             } catch {
-                parseFailed(error)
+                let method = connection.currentRequest?.method
+                if method == nil { startRecord(uri: nil, requestID: .generate()) }
+                perform(connection.parseFailed(error), parseError: error, refusedMethod: method)
                 return
             }
             guard let part else { return }
@@ -149,33 +133,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
     }
 
-    /// Malformed bytes: a request not yet sent upstream is answered with the error; one whose
-    /// body broke off while being sent cannot be answered, and the connection is closed.
-    private func parseFailed(_ refusal: ProxyError) {
-        refusing = true
-        if machine == nil || machine?.state == .waitingForToken || machine?.state == .connecting {
-            discardUpstream()
-            if machine == nil { currentRequestID = .generate() }
-            shared.statistics.answeredByProxy(refusal.code)
-            respond(with: refusal, keepAlive: false)
-            if machine != nil {
-                recordCompletion(status: refusal.code.status.code, error: refusal)
-            } else {
-                recordCompletion(method: nil, uri: nil, status: refusal.code.status.code, attempts: 0, refreshed: false, error: refusal)
-            }
-            machine = nil
-            return
-        }
-        shared.statistics.requestAborted(.malformedBody)
-        recordCompletion(status: nil, aborted: .malformedBody, reason: refusal.message)
-        discardUpstream()
-        cancelTimers()
-        machine = nil
-        context?.close(promise: nil)
-    }
-
     func channelReadComplete(context: ChannelHandlerContext) {
-        if firstBytesSinceIdle == nil, machine == nil, parser.isReadingHead { firstBytesSinceIdle = .now() }
+        if parser.isReadingHead { timers.headBytesArrived(now: .now()) }
         if upstreamNeedsFlush {
             upstreamNeedsFlush = false
             upstream?.flush()
@@ -194,9 +153,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var shouldHoldClientReads: Bool {
         // Bytes after a request read whole wait until it is answered (pipelining, or the first
         // bytes for a tunnel): held up to what one read brought, then by not reading.
-        if refusing || (parser.isBetweenRequests && parser.bufferedBytes > 0) { return true }
+        if !connection.readsClient || (parser.isBetweenRequests && parser.bufferedBytes > 0) { return true }
         if let upstream { return !upstream.isWritable }
-        return (machine?.body.unsentBytes ?? 0) > Self.maximumUnsentBytes
+        return (connection.currentRequest?.body.unsentBytes ?? 0) > Self.maximumUnsentBytes
     }
 
     private func resumeClientReadsIfPossible() {
@@ -214,6 +173,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     func channelInactive(context: ChannelHandlerContext) {
         apply { $0.clientClosed() }
+        connection.closed()
         cancelTimers()
         context.fireChannelInactive()
     }
@@ -225,40 +185,71 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func startRequest(_ head: ClientRequestHead) {
         guard let context else { return }
-        generation &+= 1
-        requestStarted = .now()
-        currentStatus = 0
-        currentURI = head.target
         shared = contextBox.load(ordering: .acquiring)
         shared.statistics.requestStarted()
+        generation &+= 1
+        timers.requestStarted()
         let faultsEnabled = shared.faults.enabled
-        switch shared.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
-        case .failure(let error):
-            // Nothing of this request, nor anything after it on this connection, goes upstream.
-            refusing = true
-            currentRequestID = head.first(.requestID).map(RequestID.client) ?? .generate()
-            shared.statistics.answeredByProxy(error.code)
-            respond(with: error, keepAlive: false)
-            recordCompletion(method: head.method, uri: head.target, status: error.code.status.code, attempts: 0, refreshed: false, error: error)
-        case .success(let prepared):
-            currentRequestID = prepared.requestID
-            if prepared.upgrade == .refused {
-                // Nothing after an upgrade request is HTTP: read no more of it (SPEC §5: never
-                // buffered without bound). The connection closes after this answer.
-                refusing = true
-            }
+        let prepared = shared.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled)
+        switch prepared {
+        case .success(let request):
+            startRecord(uri: head.target, requestID: request.requestID)
+            requestWriter = UpstreamRequestWriter(framing: request.bodyFraming)
             if head.first(.expect)?.lowercased() == "100-continue" {
                 context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
             }
-            machine = RequestStateMachine(
-                request: prepared, policy: shared.retryPolicy, replayLimit: shared.replayLimit,
-                injectFirst401: faultsEnabled && shared.faults.drawUpstream401(using: &random)
-            )
-            perform(.obtainToken)
+        case .failure:
+            startRecord(uri: head.target, requestID: head.first(.requestID).map(RequestID.client) ?? .generate())
+        }
+        let action = connection.requestHead(prepared.map { request in
+            RequestStateMachine(
+                request: request, policy: shared.retryPolicy, replayLimit: shared.replayLimit,
+                injectFirst401: faultsEnabled && shared.faults.drawUpstream401(using: &random))
+        })
+        perform(action, refusedMethod: head.method)
+    }
+
+    private func startRecord(uri: String?, requestID: RequestID) {
+        requestStarted = .now()
+        currentStatus = 0
+        currentURI = uri ?? ""
+        currentRequestID = requestID
+    }
+
+    // MARK: Connection actions
+
+    /// Carries out what the connection machine decided. `parseError` and `refusedMethod` only
+    /// add detail to the log line of a request that never started.
+    private func perform(_ action: ProxyConnectionStateMachine.Action, parseError: ProxyError? = nil, refusedMethod: HTTPMethod? = nil) {
+        switch action {
+        case .none:
+            break
+        case .request(let action):
+            perform(action)
+        case .refuse(let error):
+            discardUpstream()
+            shared.statistics.answeredByProxy(error.code)
+            let method = connection.currentRequest?.method ?? refusedMethod
+            respond(with: error, keepAlive: false)
+            recordCompletion(method: method, status: error.code.status.code, error: error)
+        case .readNextRequest:
+            timers.becameIdle(now: .now())
+            parser.startNextRequest()
+            parseAvailable()
+            resumeClientReadsIfPossible()
+        case .close:
+            if let parseError {
+                // A body that broke off mid-way: the request cannot be answered.
+                shared.statistics.requestAborted(.malformedBody)
+                recordCompletion(status: nil, aborted: .malformedBody, reason: parseError.message)
+            }
+            discardUpstream()
+            cancelTimers()
+            context?.close(promise: nil)
         }
     }
 
-    // MARK: Actions
+    // MARK: Request actions
 
     private func perform(_ action: RequestStateMachine.Action) {
         switch action {
@@ -274,7 +265,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
         case .refreshAndReplay(let rejected, let discard):
             if discard { discardUpstream() }
-            cancelReadTimeout()
+            timers.stopWatchingSilence()
             shared.statistics.retried(.upstream401)
             awaitToken(.replacing(rejected: rejected))
 
@@ -285,7 +276,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             } else {
                 let generation = self.generation
                 pool.connect().assumeIsolated().whenComplete { result in
-                    guard generation == self.generation, self.machine?.state == .connecting else {
+                    guard generation == self.generation, self.connection.currentRequest?.state == .connecting else {
                         if case .success(let connection) = result { self.pool.release(connection) }
                         return
                     }
@@ -302,38 +293,36 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
         case .injectFault(let kind):
             shared.statistics.faultInjected()
-            shared.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "method": "\(machine?.method.rawValue ?? "")"])
+            shared.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "requestId": "\(currentRequestID?.description ?? "-")"])
             apply { $0.injectedFaultReady(jitter: random.unit()) }
 
         case .sendRequest(let head, let headEnding, let body, let end):
-            // Fields are read one by one: binding the machine to a local would copy all of it.
-            guard let upstream, let bodyFraming = machine?.bodyFraming else { return }
-            upstream.startRequest(isHEAD: machine?.method == .HEAD, upgrade: machine?.upgrade == .websocket)
-            // One buffer for the head: a copy of ~200 bytes costs less than a second write.
-            var bytes = head
-            bytes.writeImmutableBuffer(headEnding)
-            if body.isEmpty, end, bodyFraming != .chunked {
+            guard let upstream, let request = connection.currentRequest else { return }
+            upstream.startRequest(isHEAD: request.method == .HEAD, upgrade: request.upgrade == .websocket)
+            let bytes = requestWriter.head(head, ending: headEnding)
+            if body.isEmpty, end, requestWriter.end == nil {
                 // The whole request is this one buffer. Whether its write completed matters only
                 // for requests that may not be sent twice; the others (the common GET) skip the
                 // promise: a head this small is taken by the socket during the flush, and a failed
                 // write closes the connection right there.
-                let confirmed = machine?.isRetryableAfterSending == false
+                let confirmed = !request.isRetryableAfterSending
                 upstream.write(bytes, promise: confirmed ? requestEndPromise(on: upstream) : nil)
                 upstream.flush()
-                if !confirmed, upstream.isActive { machine?.requestEndWritten() }
+                if !confirmed, upstream.isActive { requestEndWritten() }
             } else {
                 upstream.write(bytes)
-                for part in body { writeBodyPart(part, to: upstream) }
+                for part in body { requestWriter.body(part) { upstream.write($0) } }
                 if end { writeRequestEnd(to: upstream) }
                 upstream.flush()
             }
             upstreamNeedsFlush = false
-            armReadTimeout()
+            timers.watchSilence(limit: TimeAmount(shared.readTimeout), now: .now())
+            armSilenceTimer()
             resumeClientReadsIfPossible()
 
         case .sendBodyPart(let buffer):
             if let upstream {
-                writeBodyPart(buffer, to: upstream)
+                requestWriter.body(buffer) { upstream.write($0) }
                 upstreamNeedsFlush = true
             }
 
@@ -345,7 +334,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
         case .forwardResponseHead(let head):
             currentStatus = UInt(head.status)
-            writeResponseHead(head)
+            writeResponseHead(head, keepAlive: connection.currentRequest?.clientKeepAlive ?? false)
             needsFlush = true
 
         case .openTunnel(let head):
@@ -353,11 +342,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             writeResponseHead(head, keepAlive: false)
             writePendingResponseHead()
             context?.flush()
-            tunneling = true
             // The idle timeout now watches both directions, on a timer of its own length.
-            readTimeout?.cancel()
-            readTimeout = nil
-            armReadTimeout()
+            timers.watchSilence(limit: TimeAmount(shared.rules.limits.idleTimeout), now: .now())
+            silenceTimer?.cancel()
+            silenceTimer = nil
+            armSilenceTimer()
             // What the client sent after its upgrade request goes first.
             let early = parser.takeBufferedBytes()
             if early.readableBytes > 0 { apply { $0.clientBodyPart(early) } }
@@ -369,36 +358,36 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             needsFlush = true
 
         case .forwardResponseEnd(let reuse):
-            cancelReadTimeout()
+            timers.stopWatchingSilence()
             if let upstream {
                 self.upstream = nil
                 if reuse { pool.release(upstream) } else { upstream.close() }
             }
-            let keepAlive = (machine?.clientKeepAlive ?? false) && response.framing != .untilClose
+            let keepAlive = connection.keepsConnection(responseEndsWithClose: response.framing == .untilClose)
             recordCompletion(status: currentStatus)
-            writeResponseEnd(keepAlive: keepAlive && machine?.body.isComplete == true)
-            finishIfDone()
+            writeResponseEnd(keepAlive: keepAlive)
+            finishIfDone(keptConnection: keepAlive)
 
         case .respondInjected(let head):
             discardUpstream()
-            let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
+            let keepAlive = connection.keepsConnection(responseEndsWithClose: false)
             writeResponseHead(head, keepAlive: keepAlive)
             recordCompletion(status: UInt(head.status))
             writeResponseEnd(keepAlive: keepAlive)
-            finishIfDone()
+            finishIfDone(keptConnection: keepAlive)
 
         case .respond(let error, let discard):
             if discard { discardUpstream() }
-            cancelReadTimeout()
+            timers.stopWatchingSilence()
             shared.statistics.answeredByProxy(error.code)
-            let keepAlive = (machine?.clientKeepAlive ?? false) && machine?.body.isComplete == true
+            let keepAlive = connection.keepsConnection(responseEndsWithClose: false)
             respond(with: error, keepAlive: keepAlive)
             recordCompletion(status: error.code.status.code, error: error)
-            finishIfDone()
+            finishIfDone(keptConnection: keepAlive)
 
         case .retry(let delay, let discard, let reason):
             if discard { discardUpstream() }
-            cancelReadTimeout()
+            timers.stopWatchingSilence()
             shared.statistics.retried(reason)
             shared.logger.debug("retrying", metadata: ["reason": "\(reason.rawValue)", "delayMs": "\(delay.nanoseconds / 1_000_000)"])
             guard let context else { return }
@@ -412,23 +401,28 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .abort(let reason):
             discardUpstream()
             cancelTimers()
-            if tunneling {
+            if connection.isTunnel {
                 // One side of a tunnel closed (or it was idle too long): its normal ending.
                 recordCompletion(status: currentStatus)
             } else {
                 shared.statistics.requestAborted(reason)
                 recordCompletion(status: currentStatus, aborted: reason)
             }
-            machine = nil
+            connection.closed()
             context?.close(promise: nil)
         }
     }
 
-    /// Runs one event on the machine and performs what it returns. The machine is mutated in
-    /// place: copying it out and back would copy its body buffers and cost a retain per field.
+    /// Runs one event on the request in progress and carries out what follows.
     private func apply(_ event: (inout RequestStateMachine) -> RequestStateMachine.Action) {
-        guard machine != nil else { return }
-        perform(event(&machine!))
+        perform(connection.request(event))
+    }
+
+    private func requestEndWritten() {
+        _ = connection.request { request in
+            request.requestEndWritten()
+            return .none
+        }
     }
 
     private func awaitToken(_ need: TokenBroker.Need) {
@@ -459,9 +453,22 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
     }
 
-    // MARK: Wire format (the request's way upstream, the response's way back)
+    /// Clears the request once both its response and its body are done, and goes on with what
+    /// the client sent after it (or closes).
+    private func finishIfDone(keptConnection: Bool? = nil) {
+        guard connection.currentRequest?.isFinished == true else { return }
+        retryTimer?.cancel()
+        retryTimer = nil
+        timers.stopWatchingSilence()
+        discardUpstream()
+        generation &+= 1
+        // A body that completes after its answer: the answer said whether the connection stays.
+        let kept = keptConnection ?? lastAnswerKeptConnection
+        perform(connection.requestFinished(keptConnection: kept && context?.channel.isActive == true))
+    }
 
-    private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
+    // MARK: Wire format
+
     private static let nothing = ByteBuffer()
     private static let continueResponse = ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -472,32 +479,20 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         let generation = self.generation
         promise.futureResult.assumeIsolated().whenSuccess {
             guard generation == self.generation else { return }
-            self.machine?.requestEndWritten()
+            self.requestEndWritten()
         }
         return promise
     }
 
-    private func writeBodyPart(_ buffer: ByteBuffer, to upstream: UpstreamConnection) {
-        guard machine?.bodyFraming == .chunked else {
-            upstream.write(buffer)
-            return
-        }
-        guard buffer.readableBytes > 0 else { return }
-        var chunk = ByteBuffer()
-        chunk.writeChunk(buffer)
-        upstream.write(chunk)
-    }
-
     private func writeRequestEnd(to upstream: UpstreamConnection) {
-        let ending = machine?.bodyFraming == .chunked ? Self.lastChunk : Self.nothing
-        upstream.write(ending, promise: requestEndPromise(on: upstream))
+        upstream.write(requestWriter.end ?? Self.nothing, promise: requestEndPromise(on: upstream))
     }
 
-    private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool? = nil) {
-        guard let context, let clientKeepAlive = machine?.clientKeepAlive else { return }
+    private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool) {
+        guard let context, let request = connection.currentRequest else { return }
         response.start(
-            head, keepAlive: (keepAlive ?? clientKeepAlive) && !closeAfterResponse,
-            clientAcceptsChunked: machine?.clientAcceptsChunked ?? false, allocator: context.channel.allocator
+            head, keepAlive: keepAlive && connection.mayKeepAlive,
+            clientAcceptsChunked: request.clientAcceptsChunked, allocator: context.channel.allocator
         )
     }
 
@@ -514,12 +509,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func writeResponseEnd(keepAlive: Bool) {
         guard let context else { return }
         needsFlush = false
+        lastAnswerKeptConnection = keepAlive
         response.end { context.write(wrapOutboundOut($0), promise: nil) }
-        if keepAlive, !closeAfterResponse {
+        if keepAlive {
             context.flush()
         } else {
-            // The last answer on this connection: nothing the client sent after it is read.
-            refusing = true
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(Self.nothing)).whenComplete { _ in channel.close(promise: nil) }
         }
@@ -528,27 +522,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func respond(with error: ProxyError, keepAlive: Bool) {
         guard let context else { return }
         var error = error
-        if error.requestID == nil { error.requestID = currentRequestID.description }
-        response.start(complete: error.response(keepAlive: keepAlive && !closeAfterResponse, allocator: context.channel.allocator))
-        writeResponseEnd(keepAlive: keepAlive)
-    }
-
-    /// Clears the request once both its response and its body are done, and goes on with what
-    /// the client sent after it.
-    private func finishIfDone() {
-        guard machine?.isFinished == true else { return }
-        machine = nil
-        // The connection's read timer stays scheduled for the next request; it is only disarmed.
-        readTimeoutActive = false
-        retryTimer?.cancel()
-        retryTimer = nil
-        discardUpstream()
-        generation &+= 1
-        guard !refusing, !tunneling, context?.channel.isActive == true else { return }
-        becameIdle()
-        parser.startNextRequest()
-        parseAvailable()
-        resumeClientReadsIfPossible()
+        if error.requestID == nil { error.requestID = currentRequestID?.description }
+        response.start(complete: error.response(keepAlive: keepAlive && connection.mayKeepAlive, allocator: context.channel.allocator))
+        writeResponseEnd(keepAlive: keepAlive && connection.mayKeepAlive)
     }
 
     // MARK: Upstream side
@@ -565,7 +541,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func upstreamRead(_ part: UpstreamResponseParser.Part) {
-        lastActivity = .now()
+        timers.activity(now: .now())
         switch part {
         case .head(let head):
             apply { $0.responseHead(head, jitter: random.unit()) }
@@ -597,49 +573,20 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Timers
 
-    /// `readTimeout` is the longest silence of the upstream while a request waits or streams
-    /// (nginx's proxy_read_timeout): an SSE stream never times out while events flow. One timer
-    /// per connection, re-armed only when it fires, so that a request costs no timer of its own.
-    private func armReadTimeout() {
-        lastActivity = .now()
-        // In a tunnel, silence both ways for limits.idleTimeout closes it.
-        readTimeoutAmount = TimeAmount(tunneling ? shared.rules.limits.idleTimeout : shared.readTimeout)
-        readTimeoutActive = true
-        guard readTimeout == nil, let context else { return }
-        scheduleReadTimeout(at: lastActivity + readTimeoutAmount, on: context.eventLoop)
-    }
-
-    private func scheduleReadTimeout(at deadline: NIODeadline, on eventLoop: any EventLoop) {
-        readTimeout = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
-            self.readTimeout = nil
-            guard self.readTimeoutActive else { return }
-            let silentUntil = self.lastActivity + self.readTimeoutAmount
-            if silentUntil > .now() {
-                self.scheduleReadTimeout(at: silentUntil, on: eventLoop)
-            } else {
-                self.readTimeoutActive = false
+    private func armSilenceTimer() {
+        guard silenceTimer == nil, let context, case .checkAgain(let deadline) = timers.silenceCheck(now: .now()) else { return }
+        silenceTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.silenceTimer = nil
+            switch self.timers.silenceCheck(now: .now()) {
+            case .stop:
+                break
+            case .checkAgain:
+                self.armSilenceTimer()
+            case .timedOut:
+                self.timers.stopWatchingSilence()
                 self.apply { $0.readTimedOut(after: self.shared.readTimeout) }
             }
         }
-    }
-
-    private func cancelReadTimeout() {
-        readTimeoutActive = false
-    }
-
-    /// No request in progress: the client has `limits.idleTimeout` to start one, and once its
-    /// first bytes arrived, `limits.headerTimeout` to finish the head (else 408 and close).
-    /// One timer per connection, re-armed only when it fires (as the read timeout): a request
-    /// costs no timer of its own.
-    private func becameIdle() {
-        idleSince = .now()
-        firstBytesSinceIdle = nil
-        if idleTimer == nil { scheduleIdleCheck(at: idleSince + idleCheckInterval) }
-    }
-
-    private var idleCheckInterval: TimeAmount {
-        let limits = shared.rules.limits
-        return TimeAmount(min(limits.headerTimeout, limits.idleTimeout))
     }
 
     private func scheduleIdleCheck(at deadline: NIODeadline) {
@@ -651,34 +598,28 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func checkIdle() {
-        guard !refusing, let context, context.channel.isActive else { return }
+        guard connection.readsClient, context?.channel.isActive == true else { return }
         let limits = contextBox.load(ordering: .relaxed).rules.limits
-        let now = NIODeadline.now()
-        // A request in progress has its own timeouts; look again later.
-        guard machine == nil else { return scheduleIdleCheck(at: now + idleCheckInterval) }
-        if let started = firstBytesSinceIdle {
-            let deadline = started + TimeAmount(limits.headerTimeout)
-            guard now >= deadline else { return scheduleIdleCheck(at: deadline) }
-            refusing = true
-            currentRequestID = .generate()
+        timers.headerTimeout = TimeAmount(limits.headerTimeout)
+        timers.idleTimeout = TimeAmount(limits.idleTimeout)
+        switch timers.idleCheck(now: .now()) {
+        case .checkAgain(let deadline), .busy(let deadline):
+            scheduleIdleCheck(at: deadline)
+        case .headTimedOut:
+            startRecord(uri: nil, requestID: .generate())
             let error = ProxyError(.requestTimeout, "the request head did not arrive within limits.headerTimeout (\(limits.headerTimeout.configString))")
-            shared.statistics.answeredByProxy(error.code)
-            shared.logger.warning("request head timed out; connection closed", metadata: ["requestId": "\(currentRequestID)", "client": "\(clientAddress)"])
-            respond(with: error, keepAlive: false)
-            return
+            perform(connection.headTimedOut(error))
+        case .closeIdle:
+            perform(connection.idleTimedOut())
         }
-        let deadline = idleSince + TimeAmount(limits.idleTimeout)
-        // Bytes may start arriving before the idle deadline: look again when a head would be late.
-        guard now >= deadline else { return scheduleIdleCheck(at: min(deadline, now + TimeAmount(limits.headerTimeout))) }
-        context.close(promise: nil)
     }
 
     private func cancelTimers() {
         idleTimer?.cancel()
         idleTimer = nil
-        readTimeoutActive = false
-        readTimeout?.cancel()
-        readTimeout = nil
+        timers.stopWatchingSilence()
+        silenceTimer?.cancel()
+        silenceTimer = nil
         retryTimer?.cancel()
         retryTimer = nil
     }
@@ -687,26 +628,19 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     /// Every ending of a request comes here: answered (by the upstream or the proxy), refused,
     /// or aborted (`aborted` says why; `reason` adds detail).
-    private func recordCompletion(status: UInt?, error: ProxyError? = nil, aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil) {
-        guard let method = machine?.method else { return }
-        let attempts = (machine?.attempts ?? 0) + (machine?.replayedAfter401 == true ? 1 : 0)
-        recordCompletion(
-            method: method, uri: currentURI, status: status, attempts: attempts, refreshed: machine?.refreshed ?? false, error: error,
-            aborted: aborted, reason: reason)
-    }
-
     private func recordCompletion(
-        method: HTTPMethod?, uri: String?, status: UInt?, attempts: Int, refreshed: Bool, error: ProxyError? = nil,
-        aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil
+        method: HTTPMethod? = nil, status: UInt?, error: ProxyError? = nil, aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil
     ) {
         shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
         guard shared.logger.logLevel <= .info || error != nil || (aborted != nil && aborted != .clientClosed) else { return }
+        let request = connection.currentRequest
+        let attempts = (request?.attempts ?? 0) + (request?.replayedAfter401 == true ? 1 : 0)
         var metadata: Logger.Metadata = [
-            "requestId": "\(currentRequestID)", "method": "\(method?.rawValue ?? "-")", "attempts": "\(attempts)",
-            "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(refreshed)",
+            "requestId": "\(currentRequestID?.description ?? "-")", "method": "\((request?.method ?? method)?.rawValue ?? "-")", "attempts": "\(attempts)",
+            "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(request?.refreshed ?? false)",
         ]
         if let status, status > 0 { metadata["status"] = "\(status)" }
-        if let uri { metadata["path"] = "\(Self.pathOnly(uri))" }
+        if !currentURI.isEmpty { metadata["path"] = "\(Self.pathOnly(currentURI))" }
         if let error {
             metadata["error"] = "\(error.code.rawValue)"
             metadata["reason"] = "\(error.message)"

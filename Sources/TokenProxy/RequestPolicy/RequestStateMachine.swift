@@ -216,7 +216,12 @@ struct RequestStateMachine {
 
     mutating func clientClosed() -> Action {
         switch state {
-        case .failed: return .none
+        case .failed:
+            return .none
+        case .responded:
+            // The answer is complete; what was left of the body is not needed.
+            state = .failed
+            return .none
         default:
             state = .failed
             return .abort(.clientClosed)
