@@ -2,6 +2,7 @@ import Atomics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOExtras
 import NIOPosix
 import NIOSSL
 
@@ -14,6 +15,9 @@ public final class ProxyServer: Sendable {
     private let context: ManagedAtomic<ProxyContext>
     private let listener: NIOLockedValueBox<(any Channel)?>
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    /// One per listener bound (a reload may bind a new one): each knows the connections its
+    /// listener accepted, and drains them by quiescing.
+    private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
 
     private init(group: MultiThreadedEventLoopGroup, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>], context: ProxyContext) {
         self.group = group
@@ -57,12 +61,17 @@ public final class ProxyServer: Sendable {
         let contextBox = self.context
         let connections = self.connections
         let budget = FileDescriptorLimit.clientConnectionBudget()
+        let quiescer = ServerQuiescingHelper(group: group)
+        quiescers.withLockedValue { $0.append(quiescer) }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // Out of file descriptors (EMFILE), accepting pauses for a moment instead of spinning.
             .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler())
+                    try channel.pipeline.syncOperations.addHandler(quiescer.makeServerChannelHandler(channel: channel))
+                }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // A client that half-closes after its request still gets the answer.
@@ -141,19 +150,20 @@ public final class ProxyServer: Sendable {
     }
 
     /// Graceful stop: no new connections, idle ones close now, busy ones after their current
-    /// response; whatever is still open after `timeout` is closed.
+    /// response (`ChannelShouldQuiesceEvent`); whatever is still open after `timeout` is closed.
     public func drain(timeout: Duration) async {
-        await stopAccepting()
-        for channel in connections.withLockedValue({ Array($0.values) }) {
-            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        let eventLoop = group.next()
+        let drained = quiescers.withLockedValue { $0 }.map { quiescer in
+            let promise = eventLoop.makePromise(of: Void.self)
+            quiescer.initiateShutdown(promise: promise)
+            return promise.futureResult
         }
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        while openConnections > 0, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+        let connections = self.connections
+        let deadline = eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+            for channel in connections.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
         }
-        for channel in connections.withLockedValue({ Array($0.values) }) {
-            try? await channel.close()
-        }
+        try? await EventLoopFuture.andAllComplete(drained, on: eventLoop).get()
+        deadline.cancel()
         await closeIdleUpstreamConnections()
     }
 
