@@ -45,49 +45,44 @@ struct DemoCommand: AsyncParsableCommand {
               "upstream": { "url": "\(api.baseURL)" },
               "token": { "endpoint": "\(issuer.url)", "clientAuth": "none", "clientId": "demo",
                          "refreshBefore": "5s", "minValidity": "1s", "store": "token.json" },
-              "admin": null,
+              "admin": { "listen": "127.0.0.1:0" },
+              "drainTimeout": "2s",
               "log": { "level": "error", "format": "text" }
             }
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
         let configuration = try Configuration.load(path: configPath)
 
-        let logger = Logger(label: "tokenproxy")
-        let endpoint = TokenEndpointClient(configuration: configuration.token)
-        let broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logger, writesBeforeUse: false)
-        let server: ProxyServer
+        // The demo runs the same application as `tokenproxy run`; its traffic is a companion
+        // service, so Ctrl-C (or --duration) stops both the same way SIGTERM stops a deployment.
+        let tokenLifetime = self.tokenLifetime
+        let duration = self.duration
         do {
-            server = try await ProxyServer.start(
-                configuration: configuration, broker: broker, faults: FaultSettings(enabled: false, upstream401Percent: 0),
-                statistics: ProxyStatistics(), group: .singleton, logger: logger
-            )
+            try await ProxyApplication.run(configuration: configuration) { listening in
+                let proxyURL = "http://127.0.0.1:\(listening.proxyPort ?? 0)"
+                print("""
+                    tokenproxy demo
+                      token issuer  \(issuer.url)   (access tokens live \(tokenLifetime) s, refresh tokens rotate)
+                      API           \(api.baseURL)   (/api/hello, /api/events (SSE), /api/flaky answers 401 30 % of the time)
+                      proxy         \(proxyURL)   ← clients talk here, without any token
+                      admin         http://127.0.0.1:\(listening.adminPort ?? 0)   (/status, /metrics)
+                    Try it yourself:  curl -i \(proxyURL)/api/hello
+                    Ctrl-C stops the demo.
+
+                    """)
+                let traffic = Task { await Self.driveTraffic(proxyURL: proxyURL, issuer: issuer, api: api) }
+                if let duration {
+                    try? await Task.sleep(for: .seconds(duration))
+                } else {
+                    // Until Ctrl-C, which cancels this service.
+                    try? await Task.sleep(for: .seconds(365 * 86400))
+                }
+                traffic.cancel()
+                _ = await traffic.value
+            }
         } catch {
             printError("tokenproxy demo: cannot listen on 127.0.0.1:\(port) (\(error)); try --port 0")
             throw ExitStatus.runtimeFailure
         }
-        let proxyURL = "http://127.0.0.1:\(server.port ?? port)"
-        let maintenance = Task { await broker.keepFresh() }
-        print("""
-            tokenproxy demo
-              token issuer  \(issuer.url)   (access tokens live \(tokenLifetime) s, refresh tokens rotate)
-              API           \(api.baseURL)   (/api/hello, /api/events (SSE), /api/flaky answers 401 30 % of the time)
-              proxy         \(proxyURL)   ← clients talk here, without any token
-            Try it yourself:  curl -i \(proxyURL)/api/hello
-            Ctrl-C stops the demo.
-
-            """)
-
-        let traffic = Task { await Self.driveTraffic(proxyURL: proxyURL, issuer: issuer, api: api) }
-        if let duration {
-            try? await Task.sleep(for: .seconds(duration))
-        } else {
-            _ = await TerminationSignal.wait()
-        }
-        traffic.cancel()
-        _ = await traffic.value
-        maintenance.cancel()
-        await server.stopAccepting()
-        await server.closeIdleUpstreamConnections()
-        await broker.shutdown()
         await api.shutdown()
         await issuer.shutdown()
         let counters = api.counters

@@ -5,14 +5,26 @@ import NIOPosix
 import ServiceLifecycle
 import UnixSignals
 
-/// `tokenproxy run`: the proxy, the admin listener and the token broker as services of one
+/// The one composition root: `tokenproxy run`, `tokenproxy demo` and the lifecycle tests all
+/// build the proxy, the admin listener and the token broker here, as services of one
 /// swift-service-lifecycle group. SIGTERM/SIGINT drain and stop (exit 0), SIGHUP reloads the
 /// configuration, and systemd hears about all of it (SPEC §8).
 public enum ProxyApplication {
+    /// Where a started proxy listens (the ports actually bound, for port 0).
+    public struct Listening: Sendable {
+        public var proxyPort: Int?
+        public var adminPort: Int?
+    }
+
     /// How long startup waits for the first token before telling systemd it is ready anyway.
     static let startupWait = Duration.seconds(10)
 
-    public static func run(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
+    /// Runs until SIGTERM/SIGINT, or until `companion` (a service run beside the proxy, such as
+    /// the demo's traffic) returns.
+    public static func run(
+        configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment,
+        companion: (@Sendable (Listening) async -> Void)? = nil
+    ) async throws {
         let startupSignals = StartupSignals()
         let openFiles = FileDescriptorLimit.raiseToHardLimit()
         let logger = Logger(label: "tokenproxy")
@@ -77,6 +89,12 @@ public enum ProxyApplication {
                     }
                 }
             }, serviceName: "systemd watchdog"))
+        }
+        if let companion {
+            let listening = Listening(proxyPort: server.port, adminPort: admin?.port)
+            services.append(.init(
+                service: FunctionService { await cancelWhenGracefulShutdown { await companion(listening) } },
+                successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "companion"))
         }
         services.append(.init(service: FunctionService {
             try? await gracefulShutdown()
