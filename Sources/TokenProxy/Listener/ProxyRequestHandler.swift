@@ -316,8 +316,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 upstream.flush()
             }
             upstreamNeedsFlush = false
-            timers.watchSilence(limit: TimeAmount(shared.readTimeout), now: .now())
-            armSilenceTimer()
+            let now = NIODeadline.now()
+            timers.watchSilence(limit: TimeAmount(shared.readTimeout), now: now)
+            armSilenceTimer(now: now)
             resumeClientReadsIfPossible()
 
         case .sendBodyPart(let buffer):
@@ -343,10 +344,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             writePendingResponseHead()
             context?.flush()
             // The idle timeout now watches both directions, on a timer of its own length.
-            timers.watchSilence(limit: TimeAmount(shared.rules.limits.idleTimeout), now: .now())
+            let now = NIODeadline.now()
+            timers.watchSilence(limit: TimeAmount(shared.rules.limits.idleTimeout), now: now)
             silenceTimer?.cancel()
             silenceTimer = nil
-            armSilenceTimer()
+            armSilenceTimer(now: now)
             // What the client sent after its upgrade request goes first.
             let early = parser.takeBufferedBytes()
             if early.readableBytes > 0 { apply { $0.clientBodyPart(early) } }
@@ -541,7 +543,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func upstreamRead(_ part: UpstreamResponseParser.Part) {
-        timers.activity(now: .now())
         switch part {
         case .head(let head):
             apply { $0.responseHead(head, jitter: random.unit()) }
@@ -554,6 +555,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     func upstreamReadComplete() {
+        // Once per read, not per part: the clock is read once.
+        timers.activity(now: .now())
         if needsFlush {
             needsFlush = false
             writePendingResponseHead()
@@ -573,15 +576,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Timers
 
-    private func armSilenceTimer() {
-        guard silenceTimer == nil, let context, case .checkAgain(let deadline) = timers.silenceCheck(now: .now()) else { return }
+    private func armSilenceTimer(now: NIODeadline) {
+        guard silenceTimer == nil, let context, case .checkAgain(let deadline) = timers.silenceCheck(now: now) else { return }
         silenceTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
             self.silenceTimer = nil
-            switch self.timers.silenceCheck(now: .now()) {
+            let now = NIODeadline.now()
+            switch self.timers.silenceCheck(now: now) {
             case .stop:
                 break
             case .checkAgain:
-                self.armSilenceTimer()
+                self.armSilenceTimer(now: now)
             case .timedOut:
                 self.timers.stopWatchingSilence()
                 self.apply { $0.readTimedOut(after: self.shared.readTimeout) }
@@ -631,13 +635,14 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func recordCompletion(
         method: HTTPMethod? = nil, status: UInt?, error: ProxyError? = nil, aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil
     ) {
-        shared.statistics.requestFinished(after: NIODeadline.now() - requestStarted)
+        let duration = NIODeadline.now() - requestStarted
+        shared.statistics.requestFinished(after: duration)
         guard shared.logger.logLevel <= .info || error != nil || (aborted != nil && aborted != .clientClosed) else { return }
         let request = connection.currentRequest
         let attempts = (request?.attempts ?? 0) + (request?.replayedAfter401 == true ? 1 : 0)
         var metadata: Logger.Metadata = [
             "requestId": "\(currentRequestID?.description ?? "-")", "method": "\((request?.method ?? method)?.rawValue ?? "-")", "attempts": "\(attempts)",
-            "durationMs": "\((NIODeadline.now() - requestStarted).nanoseconds / 1_000_000)", "refreshed": "\(request?.refreshed ?? false)",
+            "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(request?.refreshed ?? false)",
         ]
         if let status, status > 0 { metadata["status"] = "\(status)" }
         if !currentURI.isEmpty { metadata["path"] = "\(Self.pathOnly(currentURI))" }

@@ -7,16 +7,15 @@ import NIOCore
 /// graceful shutdown leads to — and returned as an ``Action`` for ``ProxyRequestHandler`` to carry
 /// out, in the style of async-http-client's `HTTP1ConnectionStateMachine`.
 struct ProxyConnectionStateMachine {
-    enum State {
+    enum State: Equatable {
         /// No request in progress; the next one is read when its bytes come.
         case idle
-        case inRequest(RequestStateMachine)
+        /// `currentRequest` is in progress.
+        case inRequest
         /// After a WebSocket upgrade's `101`: bytes pass both ways until a side closes.
-        case tunnel(RequestStateMachine)
+        case tunnel
         /// The last answer is written or on its way: nothing the client sends is read any more.
         case closing
-        /// Transient, while the wrapped request machine is mutated in place (no copy of it).
-        case modifying
     }
 
     enum Action {
@@ -32,6 +31,10 @@ struct ProxyConnectionStateMachine {
     }
 
     private(set) var state = State.idle
+    /// The request in progress (in a request or a tunnel). Kept beside the state rather than as
+    /// its payload so that events mutate it in place: taking it out of an enum and putting it
+    /// back copied it (a retain per field) on every event, measurably on the hot path.
+    private(set) var currentRequest: RequestStateMachine?
     /// A graceful shutdown asked the connection to end after the current answer.
     private var quiescing = false
     /// The client sent its FIN: a request it sent whole is answered, nothing more is read.
@@ -45,14 +48,15 @@ struct ProxyConnectionStateMachine {
         case .idle:
             switch prepared {
             case .success(let machine):
-                state = .inRequest(machine)
+                state = .inRequest
+                currentRequest = machine
                 return .request(.obtainToken)
             case .failure(let error):
                 // Nothing of this request, nor anything after it on this connection, goes upstream.
                 state = .closing
                 return .refuse(error)
             }
-        case .inRequest, .tunnel, .closing, .modifying:
+        case .inRequest, .tunnel, .closing:
             preconditionFailure("a request head was read while the connection was \(state.name): the parser reads one request at a time")
         }
     }
@@ -60,43 +64,23 @@ struct ProxyConnectionStateMachine {
     /// Runs one event on the request in progress (in place) and says what to do about it.
     mutating func request(_ event: (inout RequestStateMachine) -> RequestStateMachine.Action) -> Action {
         switch state {
-        case .inRequest(var machine):
-            state = .modifying
-            let action = event(&machine)
-            if case .openTunnel = action {
-                state = .tunnel(machine)
-            } else {
-                state = .inRequest(machine)
-            }
+        case .inRequest:
+            let action = event(&currentRequest!)
+            if case .openTunnel = action { state = .tunnel }
             return .request(action)
-        case .tunnel(var machine):
-            state = .modifying
-            let action = event(&machine)
-            state = .tunnel(machine)
-            return .request(action)
+        case .tunnel:
+            return .request(event(&currentRequest!))
         case .idle, .closing:
             // A late callback of a request that has ended.
             return .none
-        case .modifying:
-            preconditionFailure("a request event arrived while the request machine was being changed")
         }
     }
 
-    /// The request in progress, if any (read-only).
-    var currentRequest: RequestStateMachine? {
-        switch state {
-        case .inRequest(let machine), .tunnel(let machine): machine
-        case .idle, .closing, .modifying: nil
-        }
-    }
-
-    var isTunnel: Bool {
-        if case .tunnel = state { true } else { false }
-    }
+    var isTunnel: Bool { state == .tunnel }
 
     /// Whether the answer now being written leaves the connection open for another request.
     func keepsConnection(responseEndsWithClose: Bool) -> Bool {
-        guard case .inRequest(let machine) = state else { return false }
+        guard state == .inRequest, let machine = currentRequest else { return false }
         return machine.clientKeepAlive && machine.body.isComplete && !responseEndsWithClose && !quiescing && !inputClosed
     }
 
@@ -106,8 +90,9 @@ struct ProxyConnectionStateMachine {
     /// The request's answer and body are both complete; `keptConnection` is what its answer said.
     mutating func requestFinished(keptConnection: Bool) -> Action {
         switch state {
-        case .inRequest(let machine):
-            guard machine.isFinished else { return .none }
+        case .inRequest:
+            guard currentRequest?.isFinished == true else { return .none }
+            currentRequest = nil
             guard keptConnection, !quiescing, !inputClosed else {
                 state = .closing
                 return .none
@@ -115,16 +100,18 @@ struct ProxyConnectionStateMachine {
             state = .idle
             return .readNextRequest
         case .tunnel, .closing:
+            currentRequest = nil
             state = .closing
             return .none
-        case .idle, .modifying:
-            preconditionFailure("a request finished while the connection was \(state.name)")
+        case .idle:
+            preconditionFailure("a request finished while the connection was idle")
         }
     }
 
     /// The request machine gave up the connection (`.abort`), or the handler closed it.
     mutating func closed() {
         state = .closing
+        currentRequest = nil
     }
 
     // MARK: The client's bytes
@@ -136,16 +123,14 @@ struct ProxyConnectionStateMachine {
         case .idle:
             state = .closing
             return .refuse(error)
-        case .inRequest(let machine):
+        case .inRequest:
             state = .closing
-            switch machine.state {
-            case .waitingForToken, .connecting: return .refuse(error)
+            switch currentRequest?.state {
+            case .waitingForToken?, .connecting?: return .refuse(error)
             default: return .close
             }
         case .tunnel, .closing:
             return .none
-        case .modifying:
-            preconditionFailure("a parse error arrived while the request machine was being changed")
         }
     }
 
@@ -154,7 +139,7 @@ struct ProxyConnectionStateMachine {
     var readsClient: Bool {
         switch state {
         case .idle, .inRequest, .tunnel: true
-        case .closing, .modifying: false
+        case .closing: false
         }
     }
 
@@ -162,7 +147,7 @@ struct ProxyConnectionStateMachine {
     mutating func clientInputClosed() -> Action {
         inputClosed = true
         switch state {
-        case .inRequest(let machine) where machine.body.isComplete:
+        case .inRequest where currentRequest?.body.isComplete == true:
             // Answered, then closed.
             return .none
         case .inRequest, .tunnel:
@@ -172,29 +157,27 @@ struct ProxyConnectionStateMachine {
             return .close
         case .closing:
             return .none
-        case .modifying:
-            preconditionFailure("a half-close arrived while the request machine was being changed")
         }
     }
 
     /// A graceful shutdown: idle connections close now, busy ones after their answer.
     mutating func quiesce() -> Action {
         quiescing = true
-        guard case .idle = state else { return .none }
+        guard state == .idle else { return .none }
         state = .closing
         return .close
     }
 
     /// No request started within `limits.idleTimeout`: closed without an answer.
     mutating func idleTimedOut() -> Action {
-        guard case .idle = state else { return .none }
+        guard state == .idle else { return .none }
         state = .closing
         return .close
     }
 
     /// The request head did not arrive within `limits.headerTimeout`.
     mutating func headTimedOut(_ error: ProxyError) -> Action {
-        guard case .idle = state else { return .none }
+        guard state == .idle else { return .none }
         state = .closing
         return .refuse(error)
     }
@@ -207,7 +190,6 @@ extension ProxyConnectionStateMachine.State {
         case .inRequest: "in a request"
         case .tunnel: "a tunnel"
         case .closing: "closing"
-        case .modifying: "being changed"
         }
     }
 }
