@@ -18,6 +18,7 @@ public final class ProxyServer: Sendable {
     /// One per listener bound (a reload may bind a new one): each knows the connections its
     /// listener accepted, and drains them by quiescing.
     private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
+    private let trimmer = MemoryTrimmer()
 
     private init(group: MultiThreadedEventLoopGroup, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>], context: ProxyContext) {
         self.group = group
@@ -60,6 +61,7 @@ public final class ProxyServer: Sendable {
         let pools = self.pools
         let contextBox = self.context
         let connections = self.connections
+        let trimmer = self.trimmer
         let budget = FileDescriptorLimit.clientConnectionBudget()
         let quiescer = ServerQuiescingHelper(group: group)
         quiescers.withLockedValue { $0.append(quiescer) }
@@ -89,7 +91,14 @@ public final class ProxyServer: Sendable {
                     connections.withLockedValue { _ = $0.removeValue(forKey: id) }
                     return channel.close()
                 }
-                channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
+                trimmer.connectionsChanged(open: open)
+                channel.closeFuture.whenComplete { _ in
+                    let open = connections.withLockedValue { connections in
+                        connections.removeValue(forKey: id)
+                        return connections.count
+                    }
+                    trimmer.connectionsChanged(open: open)
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     let pool = pools[ObjectIdentifier(channel.eventLoop)]!.value
                     let operations = channel.pipeline.syncOperations
