@@ -143,42 +143,21 @@ struct ClientRequestParser {
 
     // MARK: Lines
 
-    /// The next line without its line ending (CRLF, or a bare LF), or `nil` until it is complete.
+    /// The next line without its line ending, or `nil` until it is complete.
     private mutating func readLine(limit: Int, what: String) throws(ProxyError) -> ByteBuffer? {
-        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-            if buffer.readableBytes > limit { throw .badRequest("the request's \(what) is longer than \(limit) bytes") }
-            return nil
+        switch buffer.readHTTPLine(limit: limit) {
+        case .line(let line): return line
+        case .incomplete: return nil
+        case .tooLong: throw .badRequest("the request's \(what) is longer than \(limit) bytes")
         }
-        let length = newline - buffer.readerIndex
-        guard length <= limit else { throw .badRequest("the request's \(what) is longer than \(limit) bytes") }
-        var line = buffer.readSlice(length: length)!
-        buffer.moveReaderIndex(forwardBy: 1)
-        if line.readableBytesView.last == UInt8(ascii: "\r") { line.moveWriterIndex(to: line.writerIndex - 1) }
-        return line
     }
 
     static func chunkSize(_ line: ByteBuffer) throws(ProxyError) -> Int {
-        var size = 0
-        var digits = 0
-        for byte in line.readableBytesView {
-            let value: Int
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
-            case UInt8(ascii: ";"):
-                // Chunk extensions are ignored (and not forwarded).
-                guard digits > 0 else { throw .badRequest("a chunk size line of the request body has no size") }
-                return size
-            default:
-                throw .badRequest("a chunk size line of the request body is not hexadecimal")
-            }
-            digits += 1
-            guard digits <= 15 else { throw .badRequest("a chunk of the request body is too large") }
-            size = size << 4 | value
+        do throws(ChunkSizeLine.Problem) {
+            return try ChunkSizeLine.size(of: line)
+        } catch {
+            throw .badRequest("\(error.description) in the request body")
         }
-        guard digits > 0 else { throw .badRequest("a chunk size line of the request body has no size") }
-        return size
     }
 
     // MARK: Head

@@ -1,4 +1,5 @@
 import Glibc
+import NIOCore
 
 /// The lines of a complete message head (request or response), without their line endings:
 /// CRLF, or a bare LF (RFC 9112 §2.2).
@@ -25,5 +26,68 @@ struct HeadLines {
     static func index(of byte: UInt8, in bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
         guard !range.isEmpty, let base = bytes.baseAddress, let found = memchr(base + range.lowerBound, Int32(byte), range.count) else { return nil }
         return base.distance(to: UnsafeRawPointer(found))
+    }
+}
+
+/// A line read off a buffer of message bytes (chunk size lines, chunk endings, trailers).
+enum HTTPLine {
+    /// The line without its ending (CRLF, or a bare LF).
+    case line(ByteBuffer)
+    case incomplete
+    /// More than the limit came without a line ending.
+    case tooLong
+}
+
+extension ByteBuffer {
+    /// Reads the next line if it is complete and at most `limit` bytes long.
+    mutating func readHTTPLine(limit: Int) -> HTTPLine {
+        guard let newline = readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+            return readableBytes > limit ? .tooLong : .incomplete
+        }
+        let length = newline - readerIndex
+        guard length <= limit else { return .tooLong }
+        var line = readSlice(length: length)!
+        moveReaderIndex(forwardBy: 1)
+        if line.readableBytesView.last == UInt8(ascii: "\r") { line.moveWriterIndex(to: line.writerIndex - 1) }
+        return .line(line)
+    }
+}
+
+/// The size line of a chunk (RFC 9112 §7.1): hexadecimal digits, then optional white space and
+/// extensions, which are ignored (and not forwarded).
+enum ChunkSizeLine {
+    enum Problem: Error {
+        case noSize, notHexadecimal, tooLarge
+
+        var description: String {
+            switch self {
+            case .noSize: "a chunk size line has no size"
+            case .notHexadecimal: "a chunk size line is not hexadecimal"
+            case .tooLarge: "a chunk size is too large"
+            }
+        }
+    }
+
+    static func size(of line: ByteBuffer) throws(Problem) -> Int {
+        var size = 0
+        var digits = 0
+        for byte in line.readableBytesView {
+            let value: Int
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
+            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
+                guard digits > 0 else { throw .noSize }
+                return size
+            default:
+                throw .notHexadecimal
+            }
+            digits += 1
+            guard digits <= 15 else { throw .tooLarge }
+            size = size << 4 | value
+        }
+        guard digits > 0 else { throw .noSize }
+        return size
     }
 }

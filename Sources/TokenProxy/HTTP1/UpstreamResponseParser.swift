@@ -133,41 +133,21 @@ struct UpstreamResponseParser {
 
     // MARK: Lines
 
-    /// The next line without its line ending (CRLF, or a bare LF), or `nil` until it is complete.
+    /// The next line without its line ending, or `nil` until it is complete.
     private func readLine(_ buffer: inout ByteBuffer, limit: Int, what: String) throws(UpstreamResponseError) -> ByteBuffer? {
-        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-            if buffer.readableBytes > limit { throw UpstreamResponseError("the upstream's \(what) is longer than \(limit) bytes") }
-            return nil
+        switch buffer.readHTTPLine(limit: limit) {
+        case .line(let line): return line
+        case .incomplete: return nil
+        case .tooLong: throw UpstreamResponseError("the upstream's \(what) is longer than \(limit) bytes")
         }
-        let length = newline - buffer.readerIndex
-        var line = buffer.readSlice(length: length)!
-        buffer.moveReaderIndex(forwardBy: 1)
-        if line.readableBytesView.last == UInt8(ascii: "\r") { line.moveWriterIndex(to: line.writerIndex - 1) }
-        return line
     }
 
     static func chunkSize(_ line: ByteBuffer) throws(UpstreamResponseError) -> Int {
-        var size = 0
-        var digits = 0
-        for byte in line.readableBytesView {
-            let value: Int
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
-            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
-                // Chunk extensions are ignored.
-                guard digits > 0 else { throw UpstreamResponseError("a chunk size line has no size") }
-                return size
-            default:
-                throw UpstreamResponseError("a chunk size line is not hexadecimal")
-            }
-            digits += 1
-            guard digits <= 15 else { throw UpstreamResponseError("a chunk size is too large") }
-            size = size << 4 | value
+        do throws(ChunkSizeLine.Problem) {
+            return try ChunkSizeLine.size(of: line)
+        } catch {
+            throw UpstreamResponseError("the upstream sent a bad chunk: \(error.description)")
         }
-        guard digits > 0 else { throw UpstreamResponseError("a chunk size line has no size") }
-        return size
     }
 
     // MARK: Head
