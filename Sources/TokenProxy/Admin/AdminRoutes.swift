@@ -145,11 +145,12 @@ public struct AdminRoutes: Sendable {
             token["lastRefresh"] = .object(["at": .string(RFC3339.format(last.at)), "succeeded": .bool(last.succeeded), "detail": .string(last.detail)])
         }
         let counters: [String: JSONValue] = [
-            "requests": .number(Double(statistics.requests.load(ordering: .relaxed))),
-            "retries": .number(Double(statistics.retries.load(ordering: .relaxed))),
-            "replaysAfter401": .number(Double(statistics.replaysAfter401.load(ordering: .relaxed))),
-            "faultsInjected": .number(Double(statistics.faultsInjected.load(ordering: .relaxed))),
-            "proxyErrors": .number(Double(statistics.proxyErrors.load(ordering: .relaxed))),
+            "requests": .number(Double(statistics.requests)),
+            "retries": .number(Double(statistics.retries)),
+            "replaysAfter401": .number(Double(statistics.replaysAfter401)),
+            "faultsInjected": .number(Double(statistics.faultsInjected)),
+            "proxyErrors": .number(Double(statistics.proxyErrors)),
+            "aborted": .number(Double(statistics.aborted)),
         ]
         return .json(.ok, [
             "token": .object(token), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream.description),

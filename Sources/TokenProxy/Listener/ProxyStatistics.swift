@@ -1,33 +1,28 @@
 import Atomics
 import CoreMetrics
+import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
 
-/// What the data path counts: relaxed atomics for `/status`, and swift-metrics instruments
-/// backed by a Prometheus registry for `/metrics` (SPEC §7). Instruments are made once; the hot
-/// path only increments.
+/// What the data path counts, in one place: relaxed atomics, which `/status` reads and which
+/// `/metrics` brings its Prometheus counters up to when it renders (SPEC §7). The hot path does
+/// one atomic increment per count; only the request-duration histogram is recorded as it happens.
 public final class ProxyStatistics: Sendable {
     /// The registry `/metrics` renders.
     public let registry: PrometheusCollectorRegistry
-    private let factory: PrometheusMetricsFactory
 
-    public let requests = ManagedAtomic<Int>(0)
-    public let retries = ManagedAtomic<Int>(0)
-    public let replaysAfter401 = ManagedAtomic<Int>(0)
-    public let faultsInjected = ManagedAtomic<Int>(0)
-    public let proxyErrors = ManagedAtomic<Int>(0)
-    public let aborted = ManagedAtomic<Int>(0)
-
-    private let requestsTotal: CoreMetrics.Counter
+    private let requestsTotal: Count
+    private let faultsTotal: Count
+    private let retriesByReason: [RetryReason: Count]
+    private let errorsByCode: [ProxyError.Code: Count]
+    private let abortsByReason: [AbortReason: Count]
+    private let refreshesByResult: [RefreshResult: Count]
+    private let adoptionsTotal: Count
     private let requestDuration: CoreMetrics.Timer
-    private let faultsTotal: CoreMetrics.Counter
-    private let retriesByReason: [RetryReason: CoreMetrics.Counter]
-    private let refreshesByResult: [RefreshResult: CoreMetrics.Counter]
-    private let adoptionsTotal: CoreMetrics.Counter
-    private let errorsByCode: [ProxyError.Code: CoreMetrics.Counter]
-    private let abortsByReason: [AbortReason: CoreMetrics.Counter]
     /// Seconds left on the access token, set when `/metrics` is rendered.
     public let tokenSecondsLeft: CoreMetrics.Gauge
+    /// Serialises renders: each brings the counters up to the atomics once.
+    private let renderLock = NIOLock()
 
     public enum RetryReason: String, Sendable, CaseIterable {
         case notSent = "not_sent", reset, upstream502 = "upstream_502", upstream503 = "upstream_503", upstream504 = "upstream_504"
@@ -53,58 +48,35 @@ public final class ProxyStatistics: Sendable {
             .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10),
         ]
         self.registry = registry
-        self.factory = factory
-        requestsTotal = Counter(label: "tokenproxy_requests_total", factory: factory)
+        func counts<Key: RawRepresentable & CaseIterable & Hashable>(_ label: String, _ dimension: String, _: Key.Type) -> [Key: Count] where Key.RawValue == String {
+            Dictionary(uniqueKeysWithValues: Key.allCases.map { ($0, Count(label, dimensions: [(dimension, $0.rawValue)], factory: factory)) })
+        }
+        requestsTotal = Count("tokenproxy_requests_total", factory: factory)
+        faultsTotal = Count("tokenproxy_faults_injected_total", factory: factory)
+        retriesByReason = counts("tokenproxy_retries_total", "reason", RetryReason.self)
+        errorsByCode = counts("tokenproxy_proxy_errors_total", "code", ProxyError.Code.self)
+        abortsByReason = counts("tokenproxy_requests_aborted_total", "reason", AbortReason.self)
+        refreshesByResult = counts("tokenproxy_token_refreshes_total", "result", RefreshResult.self)
+        adoptionsTotal = Count("tokenproxy_token_adoptions_total", factory: factory)
         requestDuration = Timer(label: "tokenproxy_request_duration_seconds", factory: factory)
-        faultsTotal = Counter(label: "tokenproxy_faults_injected_total", factory: factory)
-        retriesByReason = Dictionary(uniqueKeysWithValues: RetryReason.allCases.map {
-            ($0, Counter(label: "tokenproxy_retries_total", dimensions: [("reason", $0.rawValue)], factory: factory))
-        })
-        refreshesByResult = Dictionary(uniqueKeysWithValues: RefreshResult.allCases.map {
-            ($0, Counter(label: "tokenproxy_token_refreshes_total", dimensions: [("result", $0.rawValue)], factory: factory))
-        })
-        errorsByCode = Dictionary(uniqueKeysWithValues: ProxyError.Code.allCases.map {
-            ($0, Counter(label: "tokenproxy_proxy_errors_total", dimensions: [("code", $0.rawValue)], factory: factory))
-        })
-        abortsByReason = Dictionary(uniqueKeysWithValues: AbortReason.allCases.map {
-            ($0, Counter(label: "tokenproxy_requests_aborted_total", dimensions: [("reason", $0.rawValue)], factory: factory))
-        })
-        adoptionsTotal = Counter(label: "tokenproxy_token_adoptions_total", factory: factory)
         tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
     }
 
-    func requestStarted() {
-        requests.wrappingIncrement(ordering: .relaxed)
-        requestsTotal.increment()
-    }
+    // MARK: Counting (the data path)
+
+    func requestStarted() { requestsTotal.increment() }
 
     func requestFinished(after duration: TimeAmount) {
         requestDuration.recordNanoseconds(duration.nanoseconds)
     }
 
-    func retried(_ reason: RetryReason) {
-        if reason == .upstream401 {
-            replaysAfter401.wrappingIncrement(ordering: .relaxed)
-        } else {
-            retries.wrappingIncrement(ordering: .relaxed)
-        }
-        retriesByReason[reason]?.increment()
-    }
+    func retried(_ reason: RetryReason) { retriesByReason[reason]?.increment() }
 
-    func faultInjected() {
-        faultsInjected.wrappingIncrement(ordering: .relaxed)
-        faultsTotal.increment()
-    }
+    func faultInjected() { faultsTotal.increment() }
 
-    func answeredByProxy(_ code: ProxyError.Code) {
-        proxyErrors.wrappingIncrement(ordering: .relaxed)
-        errorsByCode[code]?.increment()
-    }
+    func answeredByProxy(_ code: ProxyError.Code) { errorsByCode[code]?.increment() }
 
-    func requestAborted(_ reason: AbortReason) {
-        aborted.wrappingIncrement(ordering: .relaxed)
-        abortsByReason[reason]?.increment()
-    }
+    func requestAborted(_ reason: AbortReason) { abortsByReason[reason]?.increment() }
 
     /// Counts the broker's calls to the token endpoint by outcome, and the tokens it adopted from
     /// other processes apart from them; pass it as the broker's observer.
@@ -119,8 +91,51 @@ public final class ProxyStatistics: Sendable {
         }
     }
 
+    // MARK: Reading (`/status`, `/metrics`)
+
+    public var requests: Int { requestsTotal.value }
+    /// Retries other than the 401 replay.
+    public var retries: Int { retriesByReason.filter { $0.key != .upstream401 }.values.reduce(0) { $0 + $1.value } }
+    public var replaysAfter401: Int { retriesByReason[.upstream401]?.value ?? 0 }
+    public var faultsInjected: Int { faultsTotal.value }
+    public var proxyErrors: Int { errorsByCode.values.reduce(0) { $0 + $1.value } }
+    public var aborted: Int { abortsByReason.values.reduce(0) { $0 + $1.value } }
+
     /// The Prometheus text exposition of every metric.
     public func render() -> String {
-        registry.emitToString()
+        renderLock.withLock {
+            for count in allCounts { count.publish() }
+            return registry.emitToString()
+        }
+    }
+
+    private var allCounts: [Count] {
+        [requestsTotal, faultsTotal, adoptionsTotal] + Array(retriesByReason.values) + Array(errorsByCode.values)
+            + Array(abortsByReason.values) + Array(refreshesByResult.values)
+    }
+}
+
+/// One count: an atomic the data path increments, and the Prometheus counter that `/metrics`
+/// brings up to it when it renders.
+private final class Count: Sendable {
+    private let atomic = ManagedAtomic<Int>(0)
+    /// What the Prometheus counter holds (only touched under the render lock).
+    private let published = ManagedAtomic<Int>(0)
+    private let counter: CoreMetrics.Counter
+
+    init(_ label: String, dimensions: [(String, String)] = [], factory: PrometheusMetricsFactory) {
+        counter = Counter(label: label, dimensions: dimensions, factory: factory)
+    }
+
+    func increment() { atomic.wrappingIncrement(ordering: .relaxed) }
+
+    var value: Int { atomic.load(ordering: .relaxed) }
+
+    func publish() {
+        let now = value
+        let delta = now - published.load(ordering: .relaxed)
+        guard delta > 0 else { return }
+        counter.increment(by: Int64(delta))
+        published.store(now, ordering: .relaxed)
     }
 }

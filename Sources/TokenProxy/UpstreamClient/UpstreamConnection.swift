@@ -64,7 +64,9 @@ final class UpstreamHandler: ChannelDuplexHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    weak var receiver: (any UpstreamResponseReceiver)?
+    /// The leasing request's handler. Strong, and cleared when the connection goes back to the
+    /// pool, is closed or fails: a weak reference cost a weak load and a retain per part read.
+    var receiver: (any UpstreamResponseReceiver)?
     private var context: ChannelHandlerContext?
     private var parser = UpstreamResponseParser()
     /// Parts parsed from the last read, delivered once parsing is done.
