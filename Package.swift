@@ -3,7 +3,8 @@ import PackageDescription
 
 let package = Package(
     name: "tokenproxy",
-    platforms: [.macOS(.v14)],
+    // Linux only: the code builds on Glibc (flock, fsync, O_NOFOLLOW, malloc_trim), /proc and
+    // systemd's notify socket; Sources/TokenProxy/Support/Platform.swift stops other builds.
     products: [
         .executable(name: "tokenproxy", targets: ["tokenproxy"]),
         .library(name: "TokenProxy", targets: ["TokenProxy"]),

@@ -341,13 +341,13 @@ struct RequestEndingTests {
     @Test func aClientThatHalfClosesAfterItsRequestGetsTheAnswer() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
-        let harness = try await ProxyHarness(options) { _, _ in .json(200, #"{"half": "closed"}"#) }
-        let answer = try await RawHTTPClient(port: harness.port).exchange(
-            "GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(10), halfClose: true)
-        #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
-        #expect(answer.contains(#"{"half": "closed"}"#))
-        #expect(harness.received.count == 1)
-        await harness.shutdown()
+        try await withProxyHarness(options, respond: { _, _ in .json(200, #"{"half": "closed"}"#) }) { harness in
+            let answer = try await RawHTTPClient(port: harness.port).exchange(
+                "GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(10), halfClose: true)
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+            #expect(answer.contains(#"{"half": "closed"}"#))
+            #expect(harness.received.count == 1)
+        }
     }
 
     @Test func anAnswerCutShortByTheUpstreamIsLoggedAndCounted() async throws {
@@ -355,14 +355,14 @@ struct RequestEndingTests {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
         options.upstreamAddress = upstream.url
-        let harness = try await ProxyHarness(options)
-        let answer = try await RawHTTPClient(port: harness.port).exchange("GET /cut HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(10))
-        #expect(answer.hasPrefix("HTTP/1.1 200"), "the head was already on its way")
-        #expect(answer.hasSuffix("partial"), "and the connection closed after what came")
-        #expect(harness.logs.text.contains("request aborted"), "\(harness.logs.text.suffix(500))")
-        #expect(harness.logs.text.contains("upstream_closed"))
-        #expect(harness.statistics.render().contains(#"tokenproxy_requests_aborted_total{reason="upstream_closed"} 1"#), "\(harness.statistics.render())")
-        await harness.shutdown()
+        try await withProxyHarness(options) { harness in
+            let answer = try await RawHTTPClient(port: harness.port).exchange("GET /cut HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(10))
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "the head was already on its way")
+            #expect(answer.hasSuffix("partial"), "and the connection closed after what came")
+            #expect(harness.logs.text.contains("request aborted"), "\(harness.logs.text.suffix(500))")
+            #expect(harness.logs.text.contains("upstream_closed"))
+            #expect(harness.statistics.render().contains(#"tokenproxy_requests_aborted_total{reason="upstream_closed"} 1"#), "\(harness.statistics.render())")
+        }
         await upstream.shutdown()
     }
 }

@@ -8,12 +8,12 @@ import Testing
 /// `limits.idleTimeout` passes.
 @Suite("WebSocket tunnels")
 struct WebSocketTests {
-    private static func harness(token: String, upstream: WebSocketEchoServer, topLevel: [String: String] = [:]) async throws -> ProxyHarness {
+    private static func options(token: String, upstream: WebSocketEchoServer, topLevel: [String: String] = [:]) -> ProxyHarness.Options {
         var options = ProxyHarness.Options()
         options.initialToken = .valid(token)
         options.upstreamAddress = upstream.url
         options.topLevel = topLevel
-        return try await ProxyHarness(options)
+        return options
     }
 
     private static func head(_ bytes: [UInt8]) -> String? {
@@ -23,60 +23,60 @@ struct WebSocketTests {
 
     @Test func messagesPassBothWaysAndTheUpstreamSeesTheToken() async throws {
         let upstream = try await WebSocketEchoServer { $0 == "at-live" }
-        let harness = try await Self.harness(token: "at-live", upstream: upstream)
-        let connection = try RawConnection(port: harness.port)
-        // A frame sent right behind the upgrade request, before the 101: delivered after it.
-        try await connection.send(Array(WebSocketWire.upgradeRequest().utf8) + WebSocketWire.clientText("early"))
-        let early = try await connection.receive(until: { WebSocketWire.serverTexts(Array($0.split(separator: Array("\r\n\r\n".utf8)).last ?? [])).contains("echo: early") })
-        let head = try #require(Self.head(connection.received))
-        #expect(head.hasPrefix("HTTP/1.1 101"), "\(head)")
-        #expect(head.contains("Sec-WebSocket-Accept: \(WebSocketWire.expectedAccept)"), "\(head)")
-        #expect(head.lowercased().contains("upgrade: websocket"))
-        #expect(early, "the early frame came back")
+        try await withProxyHarness(Self.options(token: "at-live", upstream: upstream)) { harness in
+            let connection = try RawConnection(port: harness.port)
+            // A frame sent right behind the upgrade request, before the 101: delivered after it.
+            try await connection.send(Array(WebSocketWire.upgradeRequest().utf8) + WebSocketWire.clientText("early"))
+            let early = try await connection.receive(until: { WebSocketWire.serverTexts(Array($0.split(separator: Array("\r\n\r\n".utf8)).last ?? [])).contains("echo: early") })
+            let head = try #require(Self.head(connection.received))
+            #expect(head.hasPrefix("HTTP/1.1 101"), "\(head)")
+            #expect(head.contains("Sec-WebSocket-Accept: \(WebSocketWire.expectedAccept)"), "\(head)")
+            #expect(head.lowercased().contains("upgrade: websocket"))
+            #expect(early, "the early frame came back")
 
-        try await connection.send(WebSocketWire.clientText("hello"))
-        let echoed = try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: hello") })
-        #expect(echoed)
-        #expect(upstream.authorizations == ["Bearer at-live"])
-        #expect(upstream.upgrades == 1)
-        await harness.shutdown()
+            try await connection.send(WebSocketWire.clientText("hello"))
+            let echoed = try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: hello") })
+            #expect(echoed)
+            #expect(upstream.authorizations == ["Bearer at-live"])
+            #expect(upstream.upgrades == 1)
+        }
         await upstream.shutdown()
     }
 
     @Test func aRejectedUpgradeIsRefreshedAndReplayed() async throws {
         let upstream = try await WebSocketEchoServer { $0 != "at-stale" }
-        let harness = try await Self.harness(token: "at-stale", upstream: upstream)
-        let connection = try RawConnection(port: harness.port)
-        try await connection.send(WebSocketWire.upgradeRequest())
-        try await connection.receive(until: { Self.head($0) != nil })
-        let head = try #require(Self.head(connection.received))
-        #expect(head.hasPrefix("HTTP/1.1 101"), "the client sees only the second answer: \(head)")
-        try await connection.send(WebSocketWire.clientText("after replay"))
-        #expect(try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: after replay") }))
-        let authorizations = upstream.authorizations
-        #expect(authorizations.count == 2)
-        #expect(authorizations.first == "Bearer at-stale")
-        #expect(authorizations.last != "Bearer at-stale")
-        #expect(harness.issuer.calls.count == 1, "one refresh")
-        await harness.shutdown()
+        try await withProxyHarness(Self.options(token: "at-stale", upstream: upstream)) { harness in
+            let connection = try RawConnection(port: harness.port)
+            try await connection.send(WebSocketWire.upgradeRequest())
+            try await connection.receive(until: { Self.head($0) != nil })
+            let head = try #require(Self.head(connection.received))
+            #expect(head.hasPrefix("HTTP/1.1 101"), "the client sees only the second answer: \(head)")
+            try await connection.send(WebSocketWire.clientText("after replay"))
+            #expect(try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: after replay") }))
+            let authorizations = upstream.authorizations
+            #expect(authorizations.count == 2)
+            #expect(authorizations.first == "Bearer at-stale")
+            #expect(authorizations.last != "Bearer at-stale")
+            #expect(harness.issuer.calls.count == 1, "one refresh")
+        }
         await upstream.shutdown()
     }
 
     @Test func anIdleTunnelIsClosedBothWays() async throws {
         let upstream = try await WebSocketEchoServer { _ in true }
-        let harness = try await Self.harness(token: "at-live", upstream: upstream, topLevel: ["limits": #"{"idleTimeout": "1s"}"#])
-        let connection = try RawConnection(port: harness.port)
-        try await connection.send(WebSocketWire.upgradeRequest())
-        try await connection.send(WebSocketWire.clientText("one"))
-        #expect(try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: one") }))
-        let started = ContinuousClock.now
-        // Loose bound: the full suite can starve the event loops; without the timer the
-        // tunnel would stay open until the test's own timeout.
-        #expect(try await connection.waitForClose(timeout: .seconds(15)), "the proxy closed the idle tunnel")
-        #expect(started.duration(to: .now) >= .milliseconds(900), "not before the idle timeout")
-        for _ in 0..<50 where upstream.closedTunnels == 0 { try await Task.sleep(for: .milliseconds(100)) }
-        #expect(upstream.closedTunnels == 1, "and the upstream side of it")
-        await harness.shutdown()
+        try await withProxyHarness(Self.options(token: "at-live", upstream: upstream, topLevel: ["limits": #"{"idleTimeout": "1s"}"#])) { harness in
+            let connection = try RawConnection(port: harness.port)
+            try await connection.send(WebSocketWire.upgradeRequest())
+            try await connection.send(WebSocketWire.clientText("one"))
+            #expect(try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: one") }))
+            let started = ContinuousClock.now
+            // Loose bound: the full suite can starve the event loops; without the timer the
+            // tunnel would stay open until the test's own timeout.
+            #expect(try await connection.waitForClose(timeout: .seconds(15)), "the proxy closed the idle tunnel")
+            #expect(started.duration(to: .now) >= .milliseconds(900), "not before the idle timeout")
+            for _ in 0..<50 where upstream.closedTunnels == 0 { try await Task.sleep(for: .milliseconds(100)) }
+            #expect(upstream.closedTunnels == 1, "and the upstream side of it")
+        }
         await upstream.shutdown()
     }
 

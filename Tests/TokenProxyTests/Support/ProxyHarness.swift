@@ -26,6 +26,7 @@ final class ProxyHarness: @unchecked Sendable {
     static let sharedClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: .init(redirectConfiguration: .disallow))
     var client: HTTPClient { Self.sharedClient }
     private let maintenance: Task<Void, Never>
+    private let isShutDown = NIOLockedValueBox(false)
     private let recorded = NIOLockedValueBox<[MockHTTPRequest]>([])
     private let responder: NIOLockedValueBox<@Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse>
 
@@ -84,6 +85,10 @@ final class ProxyHarness: @unchecked Sendable {
         maintenance = Task { await broker.keepFresh() }
     }
 
+    deinit {
+        Self.shutDownLeftovers(of: self)
+    }
+
     var port: Int { server.port ?? 0 }
 
     /// Starts an admin listener on a free loopback port for this proxy.
@@ -140,6 +145,7 @@ final class ProxyHarness: @unchecked Sendable {
     }
 
     func shutdown() async {
+        isShutDown.withLockedValue { $0 = true }
         maintenance.cancel()
         await broker.finishWrites()
         await server.stopAccepting()
@@ -147,6 +153,42 @@ final class ProxyHarness: @unchecked Sendable {
         await endpoint.shutdown()
         await upstream.shutdown()
         await issuer.shutdown()
+    }
+}
+
+extension ProxyHarness {
+    /// A test that fails before its `shutdown()` (a thrown `#require`, an error) must not leave
+    /// servers behind, nor an HTTP client whose deinit traps: the parts are shut down from here.
+    static func shutDownLeftovers(of harness: ProxyHarness) {
+        guard !harness.isShutDown.withLockedValue({ $0 }) else { return }
+        let (maintenance, broker, server, endpoint, upstream, issuer) = (harness.maintenance, harness.broker, harness.server, harness.endpoint, harness.upstream, harness.issuer)
+        Task {
+            maintenance.cancel()
+            await broker.finishWrites()
+            await server.stopAccepting()
+            await server.closeIdleUpstreamConnections()
+            await endpoint.shutdown()
+            await upstream.shutdown()
+            await issuer.shutdown()
+        }
+    }
+}
+
+/// Runs `body` with a proxy harness, which is shut down afterwards whether `body` returned or
+/// threw: the scoped form of `ProxyHarness(…)` + `shutdown()`.
+func withProxyHarness<Result>(
+    _ options: ProxyHarness.Options = .init(),
+    respond: @escaping @Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse = { _, _ in .json(200, #"{"ok": true}"#) },
+    _ body: (ProxyHarness) async throws -> Result
+) async throws -> Result {
+    let harness = try await ProxyHarness(options, respond: respond)
+    do {
+        let result = try await body(harness)
+        await harness.shutdown()
+        return result
+    } catch {
+        await harness.shutdown()
+        throw error
     }
 }
 
