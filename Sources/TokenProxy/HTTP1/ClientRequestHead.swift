@@ -59,6 +59,4 @@ struct ClientRequestHead {
     func withBytes<Result>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
         bytes.withUnsafeReadableBytes { body(UnsafeRawBufferPointer(rebasing: $0[range])) }
     }
-
-    var headerCount: Int { fields.count }
 }

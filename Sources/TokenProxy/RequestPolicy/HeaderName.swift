@@ -83,12 +83,6 @@ extension HeaderName {
             false
         }
     }
-
-    /// Whether a `Connection` value is just `keep-alive` or `close` (names no other header).
-    static func isPlainConnectionOption(_ value: String) -> Bool {
-        var value = value
-        return value.withUTF8 { equalsIgnoringCase($0, "keep-alive") || equalsIgnoringCase($0, "close") }
-    }
 }
 
 /// A fast pseudo-random source for retry jitter and fault draws, seeded once per connection:
