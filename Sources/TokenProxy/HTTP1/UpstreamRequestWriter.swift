@@ -1,21 +1,14 @@
 import NIOCore
 
-/// The request's way to the upstream: the head with the attempt's `Authorization`, and the
-/// body framed for the upstream's hop (each part one chunk when chunked). The mirror of
-/// ``ClientResponseWriter``.
+/// The request's body on its way to the upstream, framed for the upstream's hop (each part one
+/// chunk when chunked); the head and the attempt's `Authorization` line go as they are, two
+/// buffers of one writev. The mirror of ``ClientResponseWriter``.
 ///
 /// Pure: bytes leave through the `write` closure each method takes.
 struct UpstreamRequestWriter {
     let framing: ForwardingRules.BodyFraming
 
     private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
-
-    /// The head in one buffer: a copy of ~200 bytes costs less than a second write.
-    func head(_ head: ByteBuffer, ending: ByteBuffer) -> ByteBuffer {
-        var bytes = head
-        bytes.writeImmutableBuffer(ending)
-        return bytes
-    }
 
     /// A body part (after a `101`, tunnel bytes, which are never chunked).
     func body(_ buffer: ByteBuffer, write: (ByteBuffer) -> Void) {

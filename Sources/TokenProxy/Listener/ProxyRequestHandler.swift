@@ -297,20 +297,22 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             apply { $0.injectedFaultReady(jitter: random.unit()) }
 
         case .sendRequest(let head, let headEnding, let body, let end):
-            guard let upstream, let request = connection.currentRequest else { return }
-            upstream.startRequest(isHEAD: request.method == .HEAD, upgrade: request.upgrade == .websocket)
-            let bytes = requestWriter.head(head, ending: headEnding)
+            // Fields are read one by one: binding the request machine to a local would copy it.
+            guard let upstream, let method = connection.currentRequest?.method else { return }
+            upstream.startRequest(isHEAD: method == .HEAD, upgrade: connection.currentRequest?.upgrade == .websocket)
             if body.isEmpty, end, requestWriter.end == nil {
-                // The whole request is this one buffer. Whether its write completed matters only
-                // for requests that may not be sent twice; the others (the common GET) skip the
-                // promise: a head this small is taken by the socket during the flush, and a failed
-                // write closes the connection right there.
-                let confirmed = !request.isRetryableAfterSending
-                upstream.write(bytes, promise: confirmed ? requestEndPromise(on: upstream) : nil)
+                // The whole request is the head and the token line, two buffers of one writev.
+                // Whether the write completed matters only for requests that may not be sent
+                // twice; the others (the common GET) skip the promise: a head this small is taken
+                // by the socket during the flush, and a failed write closes the connection there.
+                let confirmed = connection.currentRequest?.isRetryableAfterSending == false
+                upstream.write(head)
+                upstream.write(headEnding, promise: confirmed ? requestEndPromise(on: upstream) : nil)
                 upstream.flush()
                 if !confirmed, upstream.isActive { requestEndWritten() }
             } else {
-                upstream.write(bytes)
+                upstream.write(head)
+                upstream.write(headEnding)
                 for part in body { requestWriter.body(part) { upstream.write($0) } }
                 if end { writeRequestEnd(to: upstream) }
                 upstream.flush()
@@ -491,10 +493,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool) {
-        guard let context, let request = connection.currentRequest else { return }
+        guard let context, let clientAcceptsChunked = connection.currentRequest?.clientAcceptsChunked else { return }
         response.start(
             head, keepAlive: keepAlive && connection.mayKeepAlive,
-            clientAcceptsChunked: request.clientAcceptsChunked, allocator: context.channel.allocator
+            clientAcceptsChunked: clientAcceptsChunked, allocator: context.channel.allocator
         )
     }
 
@@ -638,11 +640,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         let duration = NIODeadline.now() - requestStarted
         shared.statistics.requestFinished(after: duration)
         guard shared.logger.logLevel <= .info || error != nil || (aborted != nil && aborted != .clientClosed) else { return }
-        let request = connection.currentRequest
-        let attempts = (request?.attempts ?? 0) + (request?.replayedAfter401 == true ? 1 : 0)
+        let attempts = (connection.currentRequest?.attempts ?? 0) + (connection.currentRequest?.replayedAfter401 == true ? 1 : 0)
         var metadata: Logger.Metadata = [
-            "requestId": "\(currentRequestID?.description ?? "-")", "method": "\((request?.method ?? method)?.rawValue ?? "-")", "attempts": "\(attempts)",
-            "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(request?.refreshed ?? false)",
+            "requestId": "\(currentRequestID?.description ?? "-")", "method": "\((connection.currentRequest?.method ?? method)?.rawValue ?? "-")",
+            "attempts": "\(attempts)", "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(connection.currentRequest?.refreshed ?? false)",
         ]
         if let status, status > 0 { metadata["status"] = "\(status)" }
         if !currentURI.isEmpty { metadata["path"] = "\(Self.pathOnly(currentURI))" }

@@ -80,8 +80,8 @@ struct ProxyConnectionStateMachine {
 
     /// Whether the answer now being written leaves the connection open for another request.
     func keepsConnection(responseEndsWithClose: Bool) -> Bool {
-        guard state == .inRequest, let machine = currentRequest else { return false }
-        return machine.clientKeepAlive && machine.body.isComplete && !responseEndsWithClose && !quiescing && !inputClosed
+        guard state == .inRequest, currentRequest?.clientKeepAlive == true, currentRequest?.body.isComplete == true else { return false }
+        return !responseEndsWithClose && !quiescing && !inputClosed
     }
 
     /// Whether a response head about to be written may promise keep-alive.
