@@ -216,6 +216,22 @@ struct ClientProtectionTests {
         await harness.shutdown()
     }
 
+    @Test func aPartialHeadPipelinedBehindARequestGetsItsHeaderTimeout() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.topLevel = ["limits": #"{"headerTimeout": "300ms", "idleTimeout": "60s"}"#]
+        try await withProxyHarness(options, respond: { _, _ in .json(200, "{}") }) { harness in
+            let started = ContinuousClock.now
+            let answer = try await RawHTTPClient(port: harness.port).exchange(
+                "GET /a HTTP/1.1\r\nHost: localhost\r\n\r\nGET /b HTTP/1.1\r\nHost: loc", timeout: .seconds(30))
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+            #expect(answer.contains("HTTP/1.1 408"), "the partial head behind it timed out: \(answer)")
+            // Loose: the idle timeout (60 s) would end it much later.
+            #expect(started.duration(to: .now) < .seconds(20))
+            #expect(harness.received.count == 1)
+        }
+    }
+
     @Test func aSlowHeadGets408AndAnIdleConnectionIsClosed() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")

@@ -233,9 +233,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             respond(with: error, keepAlive: false)
             recordCompletion(method: method, status: error.code.status.code, error: error)
         case .readNextRequest:
-            timers.becameIdle(now: .now())
+            let now = NIODeadline.now()
+            timers.becameIdle(now: now)
             parser.startNextRequest()
             parseAvailable()
+            // Part of a pipelined head may be here already: its header timeout starts now.
+            if parser.isReadingHead { timers.headBytesArrived(now: now) }
             resumeClientReadsIfPossible()
         case .close:
             if let parseError {
