@@ -235,7 +235,7 @@ struct ClientRequestParser {
             guard colon < line.upperBound, base[colon] == UInt8(ascii: ":"), colon > line.lowerBound else {
                 throw .badRequest("malformed HTTP request: a header name holds a character a name may not hold, or the line has no colon")
             }
-            let value = trimmed(base, (colon + 1)..<line.upperBound)
+            let value = HeadLines.trimmed(bytes, (colon + 1)..<line.upperBound)
             for position in value where base[position] < 0x20 && base[position] != 0x09 || base[position] == 0x7F {
                 throw .badRequest("malformed HTTP request: a header value holds a control character (CR, LF, NUL, …)")
             }
@@ -244,7 +244,7 @@ struct ClientRequestParser {
             fields.append(.init(kind: kind, name: name, value: value))
             switch kind {
             case .contentLength:
-                guard let length = parseDecimal(base, value) else {
+                guard let length = HeadLines.decimal(bytes, value) else {
                     throw .badRequest("malformed HTTP request: Content-Length is not a decimal number")
                 }
                 if let contentLength, contentLength != length { throw .badRequest("conflicting Content-Length values") }
@@ -361,24 +361,5 @@ struct ClientRequestParser {
             break
         }
         return HTTPMethod(rawValue: String(decoding: bytes, as: UTF8.self))
-    }
-
-    private static func trimmed(_ base: UnsafePointer<UInt8>, _ range: Range<Int>) -> Range<Int> {
-        var lower = range.lowerBound
-        var upper = range.upperBound
-        while lower < upper, base[lower] == UInt8(ascii: " ") || base[lower] == UInt8(ascii: "\t") { lower += 1 }
-        while upper > lower, base[upper - 1] == UInt8(ascii: " ") || base[upper - 1] == UInt8(ascii: "\t") { upper -= 1 }
-        return lower..<upper
-    }
-
-    private static func parseDecimal(_ base: UnsafePointer<UInt8>, _ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 18 else { return nil }
-        var value = 0
-        for index in range {
-            let byte = base[index]
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            value = value * 10 + Int(byte - UInt8(ascii: "0"))
-        }
-        return value
     }
 }

@@ -227,7 +227,7 @@ struct UpstreamResponseParser {
             guard position == colon else {
                 throw UpstreamResponseError("the upstream sent a folded or malformed header line")
             }
-            let value = trimmed(bytes, (colon + 1)..<line.upperBound)
+            let value = HeadLines.trimmed(bytes, (colon + 1)..<line.upperBound)
             for position in value where base[position] < 0x20 && base[position] != 0x09 || base[position] == 0x7F {
                 // A bare CR or a NUL reads differently to different parsers downstream.
                 throw UpstreamResponseError("the upstream sent a control character (CR, NUL, …) in a header value")
@@ -235,7 +235,7 @@ struct UpstreamResponseParser {
             var forward = false
             switch HeaderName(bytes: UnsafeRawBufferPointer(rebasing: bytes[nameRange])) {
             case .contentLength:
-                guard let length = parseDecimal(bytes, value) else { throw UpstreamResponseError("the upstream sent an invalid Content-Length") }
+                guard let length = HeadLines.decimal(bytes, value) else { throw UpstreamResponseError("the upstream sent an invalid Content-Length") }
                 if let contentLength, contentLength != length { throw UpstreamResponseError("the upstream sent conflicting Content-Length values") }
                 contentLength = length
             case .transferEncoding:
@@ -324,7 +324,7 @@ struct UpstreamResponseParser {
             bytes[line.lowerBound + 8] == UInt8(ascii: " "),
             line.count == 12 || bytes[line.lowerBound + 12] == UInt8(ascii: " "),
             (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[line.lowerBound + 7]),
-            let status = parseDecimal(bytes, (line.lowerBound + 9)..<(line.lowerBound + 12)), status >= 100
+            let status = HeadLines.decimal(bytes, (line.lowerBound + 9)..<(line.lowerBound + 12)), status >= 100
         else {
             throw UpstreamResponseError("the upstream did not answer with an HTTP/1.x status line")
         }
@@ -334,25 +334,6 @@ struct UpstreamResponseParser {
             throw UpstreamResponseError("the upstream sent a control character (CR, NUL, …) in its status line")
         }
         return (status, bytes[line.lowerBound + 7] == UInt8(ascii: "1"))
-    }
-
-    private static func trimmed(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Range<Int> {
-        var lower = range.lowerBound
-        var upper = range.upperBound
-        while lower < upper, bytes[lower] == UInt8(ascii: " ") || bytes[lower] == UInt8(ascii: "\t") { lower += 1 }
-        while upper > lower, bytes[upper - 1] == UInt8(ascii: " ") || bytes[upper - 1] == UInt8(ascii: "\t") { upper -= 1 }
-        return lower..<upper
-    }
-
-    private static func parseDecimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 18 else { return nil }
-        var value = 0
-        for index in range {
-            let byte = bytes[index]
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            value = value * 10 + Int(byte - UInt8(ascii: "0"))
-        }
-        return value
     }
 }
 

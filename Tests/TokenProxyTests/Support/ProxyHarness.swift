@@ -146,6 +146,13 @@ final class ProxyHarness: @unchecked Sendable {
 
     func shutdown() async {
         isShutDown.withLockedValue { $0 = true }
+        await Self.shutDown(maintenance: maintenance, broker: broker, server: server, endpoint: endpoint, upstream: upstream, issuer: issuer)
+    }
+
+    private static func shutDown(
+        maintenance: Task<Void, Never>, broker: TokenBroker, server: ProxyServer, endpoint: TokenEndpointClient, upstream: MockHTTPServer,
+        issuer: MockTokenIssuer
+    ) async {
         maintenance.cancel()
         await broker.finishWrites()
         await server.stopAccepting()
@@ -163,13 +170,7 @@ extension ProxyHarness {
         guard !harness.isShutDown.withLockedValue({ $0 }) else { return }
         let (maintenance, broker, server, endpoint, upstream, issuer) = (harness.maintenance, harness.broker, harness.server, harness.endpoint, harness.upstream, harness.issuer)
         Task {
-            maintenance.cancel()
-            await broker.finishWrites()
-            await server.stopAccepting()
-            await server.closeIdleUpstreamConnections()
-            await endpoint.shutdown()
-            await upstream.shutdown()
-            await issuer.shutdown()
+            await shutDown(maintenance: maintenance, broker: broker, server: server, endpoint: endpoint, upstream: upstream, issuer: issuer)
         }
     }
 }
