@@ -168,7 +168,7 @@ struct ConnectionMachineTests {
         case .none: "none"
         case .refuse(let error): "refuse \(error.code.status.code)"
         case .readNextRequest: "readNextRequest"
-        case .close: "close"
+        case .close, .closeForMalformedBody: "close"
         case .request(let action):
             switch action {
             case .none: "none"

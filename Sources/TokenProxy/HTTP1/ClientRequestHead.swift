@@ -49,10 +49,14 @@ struct ClientRequestHead {
         fields.first { $0.kind == kind }.map(value(of:))
     }
 
-    /// Whether a field named `name` (any case) is present.
+    /// Whether a field named `name` (any case) is present; compared in place, without a string per field.
     func contains(name: String) -> Bool {
-        let wanted = name.lowercased()
-        return fields.contains { self.name(of: $0).lowercased() == wanted }
+        let wanted = Array(name.lowercased().utf8)
+        return fields.contains { field in
+            field.name.count == wanted.count && withBytes(field.name) { bytes in
+                zip(bytes, wanted).allSatisfy { byte, lowered in (byte >= 0x41 && byte <= 0x5A ? byte + 32 : byte) == lowered }
+            }
+        }
     }
 
     /// Calls `body` with the bytes of `range` (offsets into the head).

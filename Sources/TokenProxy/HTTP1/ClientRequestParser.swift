@@ -112,18 +112,16 @@ struct ClientRequestParser {
                 }
                 return .head(head)
             case .fixed(let remaining):
-                guard buffer.readableBytes > 0 else { return nil }
-                let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
-                state = remaining == slice.readableBytes ? .ending : .fixed(remaining: remaining - slice.readableBytes)
+                guard let (slice, left) = readBody(upTo: remaining) else { return nil }
+                state = left == 0 ? .ending : .fixed(remaining: left)
                 return .body(slice)
             case .chunkSize:
                 guard let line = try readLine(limit: Self.maximumChunkLineBytes, what: "chunk size line") else { return nil }
                 let size = try Self.chunkSize(line)
                 state = size == 0 ? .trailers(bytesRead: 0) : .chunkData(remaining: size)
             case .chunkData(let remaining):
-                guard buffer.readableBytes > 0 else { return nil }
-                let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
-                state = remaining == slice.readableBytes ? .chunkDataEnd : .chunkData(remaining: remaining - slice.readableBytes)
+                guard let (slice, left) = readBody(upTo: remaining) else { return nil }
+                state = left == 0 ? .chunkDataEnd : .chunkData(remaining: left)
                 return .body(slice)
             case .chunkDataEnd:
                 guard let line = try readLine(limit: 2, what: "chunk ending") else { return nil }
@@ -139,6 +137,13 @@ struct ClientRequestParser {
                 state = line.readableBytes == 0 ? .ending : .trailers(bytesRead: bytesRead + line.readableBytes + 2)
             }
         }
+    }
+
+    /// As many of the `remaining` body bytes as were read, and how many are left; `nil` if none were.
+    private mutating func readBody(upTo remaining: Int) -> (ByteBuffer, left: Int)? {
+        guard buffer.readableBytes > 0 else { return nil }
+        let slice = buffer.readSlice(length: min(remaining, buffer.readableBytes))!
+        return (slice, remaining - slice.readableBytes)
     }
 
     // MARK: Lines
@@ -186,9 +191,8 @@ struct ClientRequestParser {
     static func headEnd(_ bytes: UnsafeRawBufferPointer, limits: Limits) throws(ProxyError) -> Int? {
         var lineStart = 0
         while let newline = HeadLines.index(of: UInt8(ascii: "\n"), in: bytes, lineStart..<bytes.count) {
-            if lineStart == 0, newline > limits.maxURIBytes + 32 {
-                throw ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxURIBytes) bytes)")
-            }
+            // A request line this long cannot hold a target within the limit.
+            if lineStart == 0, newline > limits.maxURIBytes + 32 { throw uriTooLong(limits) }
             let lineLength = newline - lineStart - (newline > lineStart && bytes[newline - 1] == UInt8(ascii: "\r") ? 1 : 0)
             if lineLength == 0, lineStart > 0 {
                 guard newline + 1 <= limits.maxHeaderBytes else { throw headTooLarge(limits) }
@@ -197,11 +201,13 @@ struct ClientRequestParser {
             lineStart = newline + 1
             if lineStart > limits.maxHeaderBytes { throw headTooLarge(limits) }
         }
-        if lineStart == 0, bytes.count > limits.maxURIBytes + 32 {
-            throw ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxURIBytes) bytes)")
-        }
+        if lineStart == 0, bytes.count > limits.maxURIBytes + 32 { throw uriTooLong(limits) }
         if bytes.count > limits.maxHeaderBytes { throw headTooLarge(limits) }
         return nil
+    }
+
+    private static func uriTooLong(_ limits: Limits) -> ProxyError {
+        ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxURIBytes) bytes)")
     }
 
     private static func headTooLarge(_ limits: Limits) -> ProxyError {
@@ -225,6 +231,7 @@ struct ClientRequestParser {
         var upgradeHeader = false
         var connectionOptions: [String] = []
         let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let all = UnsafeBufferPointer(start: base, count: bytes.count)
 
         while let line = lines.next(), !line.isEmpty {
             guard base[line.lowerBound] != UInt8(ascii: " "), base[line.lowerBound] != UInt8(ascii: "\t") else {
@@ -252,7 +259,7 @@ struct ClientRequestParser {
             case .transferEncoding:
                 // Only `chunked`, once: any other coding (identity, xchunked, "chunked, gzip") would
                 // be framed one way here and another way upstream.
-                let valueBytes = UnsafeBufferPointer(rebasing: UnsafeBufferPointer(start: base, count: bytes.count)[value])
+                let valueBytes = UnsafeBufferPointer(rebasing: all[value])
                 guard !chunked, HeaderName.equalsIgnoringCase(valueBytes, "chunked") else {
                     let text = String(decoding: valueBytes.prefix(50), as: UTF8.self)
                     throw .badRequest("Transfer-Encoding \"\(text)\" is refused: only a single chunked is accepted")
@@ -262,7 +269,7 @@ struct ClientRequestParser {
                 hosts += 1
                 if hosts > 1 { throw .badRequest("two Host headers") }
             case .connection:
-                let valueBytes = UnsafeBufferPointer(rebasing: UnsafeBufferPointer(start: base, count: bytes.count)[value])
+                let valueBytes = UnsafeBufferPointer(rebasing: all[value])
                 if HeaderName.equalsIgnoringCase(valueBytes, "keep-alive") {
                     keepAliveOption = true
                     break
@@ -319,9 +326,7 @@ struct ClientRequestParser {
         guard targetEnd > targetStart, position < line.upperBound, base[position] == UInt8(ascii: " ") else {
             throw .badRequest("malformed HTTP request: the request target is missing or holds a space, a control or a non-ASCII byte")
         }
-        if targetEnd - targetStart > limits.maxURIBytes {
-            throw ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxURIBytes) bytes)")
-        }
+        if targetEnd - targetStart > limits.maxURIBytes { throw uriTooLong(limits) }
         position += 1
         let version = UnsafeBufferPointer(start: base + position, count: line.upperBound - position)
         let parsedVersion: HTTPVersion

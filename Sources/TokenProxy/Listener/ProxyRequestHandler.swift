@@ -115,9 +115,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             do throws(ProxyError) {
                 part = try parser.next()
             } catch {
-                let method = connection.currentRequest?.method
-                if method == nil { startRecord(uri: nil, requestID: .generate()) }
-                perform(connection.parseFailed(error), parseError: error, refusedMethod: method)
+                if connection.currentRequest == nil { startRecord(uri: nil, requestID: .generate()) }
+                perform(connection.parseFailed(error))
                 return
             }
             guard let part else { return }
@@ -218,9 +217,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Connection actions
 
-    /// Carries out what the connection machine decided. `parseError` and `refusedMethod` only
-    /// add detail to the log line of a request that never started.
-    private func perform(_ action: ProxyConnectionStateMachine.Action, parseError: ProxyError? = nil, refusedMethod: HTTPMethod? = nil) {
+    /// Carries out what the connection machine decided. `refusedMethod` names, in the log line,
+    /// the method of a request the rules refused (it never became the current request).
+    private func perform(_ action: ProxyConnectionStateMachine.Action, refusedMethod: HTTPMethod? = nil) {
         switch action {
         case .none:
             break
@@ -241,14 +240,13 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             if parser.isReadingHead { timers.headBytesArrived(now: now) }
             resumeClientReadsIfPossible()
         case .close:
-            if let parseError {
-                // A body that broke off mid-way: the request cannot be answered.
-                shared.statistics.requestAborted(.malformedBody)
-                recordCompletion(status: nil, aborted: .malformedBody, reason: parseError.message)
-            }
             discardUpstream()
             cancelTimers()
             context?.close(promise: nil)
+        case .closeForMalformedBody(let error):
+            shared.statistics.requestAborted(.malformedBody)
+            recordCompletion(status: nil, aborted: .malformedBody, reason: error.message)
+            perform(.close)
         }
     }
 

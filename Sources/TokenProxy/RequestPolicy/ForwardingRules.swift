@@ -92,9 +92,6 @@ final class ForwardingRules: Sendable {
             // A TRACE echoes the request, the token included, back to whoever sent it.
             return .failure(ProxyError(.methodNotAllowed, "TRACE is refused: it would echo the credentials tokenproxy attaches"))
         }
-        if head.target.utf8.count > limits.maxUriBytes {
-            return .failure(ProxyError(.uriTooLong, "the request target is longer than limits.maxUriBytes (\(limits.maxUriBytes) bytes)"))
-        }
         var path: Substring
         if head.target.hasPrefix("/") {
             path = Substring(head.target)

@@ -28,6 +28,9 @@ struct ProxyConnectionStateMachine {
         case readNextRequest
         /// Close the connection (nothing is owed to the client, or what is owed is on its way).
         case close
+        /// The request's body broke off malformed while it was being sent: it cannot be
+        /// answered; close, and count it as aborted.
+        case closeForMalformedBody(ProxyError)
     }
 
     private(set) var state = State.idle
@@ -81,7 +84,7 @@ struct ProxyConnectionStateMachine {
     /// Whether the answer now being written leaves the connection open for another request.
     func keepsConnection(responseEndsWithClose: Bool) -> Bool {
         guard state == .inRequest, currentRequest?.clientKeepAlive == true, currentRequest?.body.isComplete == true else { return false }
-        return !responseEndsWithClose && !quiescing && !inputClosed
+        return !responseEndsWithClose && mayKeepAlive
     }
 
     /// Whether a response head about to be written may promise keep-alive.
@@ -127,7 +130,7 @@ struct ProxyConnectionStateMachine {
             state = .closing
             switch currentRequest?.state {
             case .waitingForToken?, .connecting?: return .refuse(error)
-            default: return .close
+            default: return .closeForMalformedBody(error)
             }
         case .tunnel, .closing:
             return .none
