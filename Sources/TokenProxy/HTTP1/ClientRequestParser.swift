@@ -330,9 +330,10 @@ struct ClientRequestParser {
         position += 1
         let version = UnsafeBufferPointer(start: base + position, count: line.upperBound - position)
         let parsedVersion: HTTPVersion
-        if HeaderName.equalsIgnoringCase(version, "http/1.1"), version.first == UInt8(ascii: "H") {
+        // HTTP-name is case-sensitive (RFC 9112 §2.3).
+        if spells(version, "HTTP/1.1") {
             parsedVersion = .http1_1
-        } else if HeaderName.equalsIgnoringCase(version, "http/1.0"), version.first == UInt8(ascii: "H") {
+        } else if spells(version, "HTTP/1.0") {
             parsedVersion = .http1_0
         } else {
             throw .badRequest("malformed HTTP request: the request line does not end with HTTP/1.1 or HTTP/1.0")
@@ -342,11 +343,14 @@ struct ClientRequestParser {
         return (method(methodBytes), target, parsedVersion)
     }
 
+    /// Whether `bytes` are exactly `text`.
+    private static func spells(_ bytes: UnsafeBufferPointer<UInt8>, _ text: StaticString) -> Bool {
+        text.utf8CodeUnitCount == bytes.count && memcmp(bytes.baseAddress!, text.utf8Start, bytes.count) == 0
+    }
+
     /// The method, without making a string for the common ones (methods are case-sensitive).
     private static func method(_ bytes: UnsafeBufferPointer<UInt8>) -> HTTPMethod {
-        func spells(_ name: StaticString) -> Bool {
-            name.utf8CodeUnitCount == bytes.count && memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0
-        }
+        func spells(_ name: StaticString) -> Bool { Self.spells(bytes, name) }
         switch bytes.count {
         case 3:
             if spells("GET") { return .GET }
