@@ -199,7 +199,7 @@ struct RefreshGateTests {
         let watch = RefreshGate.Watch(store: nil, client: "secret-1", storeMatters: storeMatters)
         _ = gate.finished(.refused(Self.reauth, watch: watch, remaining: nil), now: Self.t0, random: 0.5)
         var now = watch
-        if change == "store" { now.store = TokenStore.Fingerprint(device: 1, inode: 2, size: 3, modifiedNanoseconds: 4) }
+        if change == "store" { now.store = .row(2) }
         if change == "client" { now.client = "secret-2" }
         let ended = gate.recheck(now)
         #expect(ended == ends)
@@ -208,8 +208,8 @@ struct RefreshGateTests {
 
     @Test func aCorruptStoreIsMovedAsideOnlyAfterFiveUnchangedSeconds() {
         var gate = RefreshGate(windows: Self.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
-        let half = TokenStore.Fingerprint(device: 1, inode: 2, size: 10, modifiedNanoseconds: 1)
-        let more = TokenStore.Fingerprint(device: 1, inode: 2, size: 20, modifiedNanoseconds: 2)
+        let half = StorageVersion.file(TokenStore.Fingerprint(device: 1, inode: 2, size: 10, modifiedNanoseconds: 1))
+        let more = StorageVersion.file(TokenStore.Fingerprint(device: 1, inode: 2, size: 20, modifiedNanoseconds: 2))
         let sightings = [
             gate.sawCorruptStore(half, now: Self.t0), gate.sawCorruptStore(half, now: Self.t0 + 4.9),
             gate.sawCorruptStore(more, now: Self.t0 + 5), gate.sawCorruptStore(more, now: Self.t0 + 9.9), gate.sawCorruptStore(more, now: Self.t0 + 10),

@@ -44,7 +44,7 @@ struct TokenStoreTests {
         let directory = try TemporaryDirectory()
         try directory.write("token.json", text)
         let store = TokenStore(path: directory.file("token.json"))
-        guard case .corrupt(_, let fingerprint) = try store.read() else {
+        guard case .corrupt(_, .file(let fingerprint)) = try store.read() else {
             Issue.record("not reported as corrupt")
             return
         }
@@ -54,7 +54,7 @@ struct TokenStoreTests {
         #expect(try store.quarantine(ifStill: fingerprint, now: Date()) == nil)
         #expect(directory.names() == ["token.json"])
 
-        guard case .corrupt(_, let unchanged) = try store.read() else {
+        guard case .corrupt(_, .file(let unchanged)) = try store.read() else {
             Issue.record("not reported as corrupt")
             return
         }

@@ -30,7 +30,7 @@ struct RefreshGate: Sendable {
     /// Tokens obtained before this instant were obtained under settings that a reload replaced.
     private(set) var notObtainedBefore: Date?
     /// An unparseable store, and since when it has looked exactly like this.
-    private(set) var corruptStore: (fingerprint: TokenStore.Fingerprint, since: Date)?
+    private(set) var corruptStore: (fingerprint: StorageVersion, since: Date)?
 
     /// How long a store must stay unparseable and unchanged before it is moved aside: a file
     /// being written in place (`echo … > token.json`) is never taken for a corrupt one.
@@ -54,7 +54,7 @@ struct RefreshGate: Sendable {
     /// and the client credentials (a fixed secret). A configuration error (`invalid_scope`)
     /// ignores the store: only a new configuration can fix it.
     struct Watch: Sendable, Equatable {
-        var store: TokenStore.Fingerprint?
+        var store: StorageVersion?
         var client: String?
         var storeMatters: Bool
 
@@ -256,7 +256,7 @@ struct RefreshGate: Sendable {
 
     /// The store could not be parsed and looks like `fingerprint`. Returns whether it has stayed
     /// so long enough to be moved aside.
-    mutating func sawCorruptStore(_ fingerprint: TokenStore.Fingerprint, now: Date) -> Bool {
+    mutating func sawCorruptStore(_ fingerprint: StorageVersion, now: Date) -> Bool {
         if let corruptStore, corruptStore.fingerprint == fingerprint {
             return now.timeIntervalSince(corruptStore.since) >= Self.quarantineDelay
         }

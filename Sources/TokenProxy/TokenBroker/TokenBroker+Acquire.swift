@@ -16,7 +16,8 @@ extension TokenBroker {
             let lock = try await takeLock()
             var lockPassedOn = false
             defer { if !lockPassedOn { lock.release() } }
-            var (stored, version) = try await readStoreUnderLock()
+            let read = try await readStoreUnderLock()
+            var (stored, version) = (read.contents, read.version)
             if let tokens = stored.tokens, gate.satisfies(tokens, need, now: Date()) {
                 return .adopted(tokens)
             }
@@ -30,7 +31,7 @@ extension TokenBroker {
                     return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
                 }
                 if configuration.grant == .refreshToken, credentials.refreshToken == nil {
-                    let reason = "the token store \(store.path) holds no refresh token; \(configuration.reauthenticationRemedy)"
+                    let reason = "the token store \(storage.name) holds no refresh token; \(configuration.reauthenticationRemedy)"
                     return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
                 }
                 gate.callingEndpoint(for: need, now: Date())
@@ -39,17 +40,19 @@ extension TokenBroker {
                 case .granted(var granted):
                     // Rotation replaces the refresh token; an answer without one keeps the old one.
                     granted.refreshToken = granted.refreshToken ?? tokens?.refreshToken
-                    if case .corrupt(let reason, let fingerprint) = stored {
+                    if case .corrupt(let reason, let corrupt) = stored {
                         // The new token replaces an unparseable file: keep that one for inspection.
-                        await moveAside(fingerprint, reason: reason)
+                        if await moveAside(corrupt, reason: reason) { version = nil }
                     }
-                    if writesBeforeUse {
-                        try await write(granted)
+                    if writesBeforeUse || storage.fencesWrites {
+                        guard case .written = try await write(granted, replacing: version) else {
+                            return try await superseded(need, discarding: "the token this process obtained")
+                        }
                     } else {
                         // Requests get the token now; the store is written while this process still
                         // holds the lock, so other processes wait for the file, not the other way round.
                         lockPassedOn = true
-                        pendingWrite = Task { await self.persist(granted, thenRelease: lock) }
+                        pendingWrite = Task { await self.persist(granted, replacing: version, thenRelease: lock) }
                     }
                     return .refreshed(granted)
                 case .transient(let reason, let retryAfter):
@@ -59,7 +62,8 @@ extension TokenBroker {
                     if refusal.kind == .configuration {
                         return await refused(.misconfigured(reason: message), storeMatters: false, remaining: nil)
                     }
-                    let (again, againVersion) = try await readStoreVersion()
+                    let reread = try await readStoreVersion(authoritative: true)
+                    let (again, againVersion) = (reread.contents, reread.version)
                     if again != stored {
                         // Someone wrote the store meanwhile (a person handing over a new refresh
                         // token, or a process that does not honour the lock).
@@ -82,7 +86,9 @@ extension TokenBroker {
                         marked.expiresAt = nil
                         marked.obtainedAt = nil
                     }
-                    let written = try await write(marked)
+                    guard case .written(let written) = try await write(marked, replacing: version) else {
+                        return try await superseded(need, discarding: "the refusal")
+                    }
                     return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: marked, storeVersion: written)
                 }
             }
@@ -94,37 +100,46 @@ extension TokenBroker {
 
     /// A permanent refusal, watching the store from `storeVersion` (the version the decision
     /// was made on): a hand-over written a moment after that read still counts as a change.
-    private func refused(_ error: TokenBrokerError, storeMatters: Bool, remaining: TokenSet?, storeVersion: TokenStore.Fingerprint?? = nil) async -> RefreshGate.Outcome {
+    private func refused(_ error: TokenBrokerError, storeMatters: Bool, remaining: TokenSet?, storeVersion: StorageVersion?? = nil) async -> RefreshGate.Outcome {
         .refused(error, watch: await watch(storeMatters: storeMatters, storeVersion: storeVersion), remaining: remaining)
+    }
+
+    /// A fenced write was refused: while this process called the endpoint, its lock was lost and
+    /// another host stored a newer token (SPEC §3.1). The newer token wins; what this process got
+    /// is discarded, never written over it.
+    private func superseded(_ need: Need, discarding what: String) async throws(TokenBrokerError) -> RefreshGate.Outcome {
+        let newer = try await readStore(authoritative: true).tokens
+        logger.warning("the token store moved on while this process refreshed (its lock was lost); \(what) is discarded and the stored token used", metadata: ["store": "\(storage.name)"])
+        if let newer, gate.satisfies(newer, need, now: Date()) { return .adopted(newer) }
+        return .failed(.unavailable(reason: "the token store \(storage.name) moved on during the refresh; trying again", retryAfter: nil), retryAfter: nil)
     }
 
     /// Reads the store while holding the lock. An unparseable store is treated as empty for the
     /// need at hand and moved aside only once it has stayed the same for a while (SPEC §3).
-    private func readStoreUnderLock() async throws(TokenBrokerError) -> (contents: TokenStore.Contents, version: TokenStore.Fingerprint?) {
-        let read = try await readStoreVersion()
-        guard case .corrupt(let reason, let fingerprint) = read.contents else { return read }
-        guard gate.sawCorruptStore(fingerprint, now: Date()) else {
-            logger.warning("the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s)", metadata: ["store": "\(store.path)", "reason": "\(reason)"])
+    private func readStoreUnderLock() async throws(TokenBrokerError) -> StoredTokens {
+        let read = try await readStoreVersion(authoritative: true)
+        guard case .corrupt(let reason, let corrupt) = read.contents else { return read }
+        guard gate.sawCorruptStore(corrupt, now: Date()) else {
+            logger.warning("the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s)", metadata: ["store": "\(storage.name)", "reason": "\(reason)"])
             return read
         }
-        return await moveAside(fingerprint, reason: reason) ? (.empty, nil) : read
+        return await moveAside(corrupt, reason: reason) ? StoredTokens(contents: .empty, version: nil) : read
     }
 
     /// Moves an unparseable store aside, unless it changed meanwhile; returns whether it did.
-    private func moveAside(_ fingerprint: TokenStore.Fingerprint, reason: String) async -> Bool {
-        let store = self.store
+    private func moveAside(_ version: StorageVersion, reason: String) async -> Bool {
         do {
-            guard let movedTo = try await BlockingIO.run({ () throws(TokenStoreError) in try store.quarantine(ifStill: fingerprint, now: Date()) }) else { return false }
-            logger.error("the token store was corrupt and has been moved aside; starting from an empty store", metadata: ["store": "\(store.path)", "movedTo": "\(movedTo)", "reason": "\(reason)"])
+            guard let movedTo = try await storage.quarantine(ifStill: version, now: Date()) else { return false }
+            logger.error("the token store was corrupt and has been moved aside; starting from an empty store", metadata: ["store": "\(storage.name)", "movedTo": "\(movedTo)", "reason": "\(reason)"])
             return true
         } catch {
-            logger.error("the token store is corrupt and could not be moved aside", metadata: ["store": "\(store.path)", "reason": "\(reason)", "error": "\(error)"])
+            logger.error("the token store is corrupt and could not be moved aside", metadata: ["store": "\(storage.name)", "reason": "\(reason)", "error": "\(error)"])
             return false
         }
     }
 
-    private func persist(_ tokens: TokenSet, thenRelease lock: FileLock) async {
-        try? await write(tokens)
+    private func persist(_ tokens: TokenSet, replacing version: StorageVersion?, thenRelease lock: any TokenStorageLock) async {
+        _ = try? await write(tokens, replacing: version)
         lock.release()
         pendingWrite = nil
     }
@@ -134,27 +149,30 @@ extension TokenBroker {
         if let pendingWrite { await pendingWrite.value }
     }
 
-    func takeLock() async throws(TokenBrokerError) -> FileLock {
-        let path = configuration.lockFile
-        let timeout = configuration.lockTimeout
+    func takeLock() async throws(TokenBrokerError) -> any TokenStorageLock {
         do {
-            return try await BlockingIO.run { () throws(FileLockError) in try FileLock.acquire(path: path, timeout: timeout) }
+            return try await storage.lock(timeout: configuration.lockTimeout)
         } catch {
-            if case .refused(_, let reason) = error { throw .misconfigured(reason: reason) }
-            throw .unavailable(reason: error.description, retryAfter: nil)
+            throw Self.brokerError(error)
         }
     }
 
+    /// How a write under the lock ended.
+    enum WriteOutcome {
+        case written(StorageVersion?)
+        /// The storage fences its writes and had moved on (the lock was lost meanwhile).
+        case superseded
+    }
+
+    /// Writes under the lock; `version` is what was read under it.
     @discardableResult
-    func write(_ tokens: TokenSet) async throws(TokenBrokerError) -> TokenStore.Fingerprint? {
-        let store = self.store
+    func write(_ tokens: TokenSet, replacing version: StorageVersion?) async throws(TokenBrokerError) -> WriteOutcome {
         do {
-            return try await BlockingIO.run { () throws(TokenStoreError) in
-                store.removeAbandonedTemporaryFiles()
-                return try store.write(tokens)
-            }
+            return .written(try await storage.write(tokens, replacing: version))
+        } catch .superseded {
+            return .superseded
         } catch {
-            logger.critical("the new token could not be saved; a rotated refresh token may be lost", metadata: ["error": "\(error)"])
+            logger.critical("the new token could not be saved; a rotated refresh token may be lost", metadata: ["store": "\(storage.name)", "error": "\(error)"])
             throw Self.brokerError(error)
         }
     }

@@ -36,15 +36,14 @@ extension TokenBroker {
         await finishWrites()
         let lock = try await takeLock()
         defer { lock.release() }
-        var tokens = try await readStore().tokens ?? gate.current ?? TokenSet()
+        let stored = try await readStoreVersion(authoritative: true)
+        var tokens = stored.contents.tokens ?? gate.current ?? TokenSet()
         guard tokens.accessToken != nil else { return }
         let now = Date()
         tokens.expiresAt = now
         if tokens.obtainedAt.map({ $0 > now }) ?? false { tokens.obtainedAt = now }
-        try await write(tokens)
-        gate.replaced(by: tokens)
-        publishCurrent()
-        logger.info("access token marked expired on request", metadata: ["store": "\(store.path)"])
+        try await writeReplacingByHand(tokens, replacing: stored.version)
+        logger.info("access token marked expired on request", metadata: ["store": "\(storage.name)"])
     }
 
     /// Puts a refresh token obtained elsewhere into the store, through the lock, in place of
@@ -54,11 +53,29 @@ extension TokenBroker {
         await finishWrites()
         let lock = try await takeLock()
         defer { lock.release() }
-        let tokens = TokenSet(refreshToken: refreshToken)
-        try await write(tokens)
+        let stored = try await readStoreVersion(authoritative: true)
+        try await writeReplacingByHand(TokenSet(refreshToken: refreshToken), replacing: stored.version)
+        logger.info("refresh token imported into the store", metadata: ["store": "\(storage.name)"])
+    }
+
+    /// Empties the store through the lock (`tokenproxy logout`); a running proxy sharing it
+    /// needs a login from its next refresh on.
+    public func removeTokens() async throws(TokenBrokerError) {
+        await finishWrites()
+        let lock = try await takeLock()
+        defer { lock.release() }
+        let stored = try await readStoreVersion(authoritative: true)
+        try await writeReplacingByHand(TokenSet(), replacing: stored.version)
+        logger.info("tokens removed from the store", metadata: ["store": "\(storage.name)"])
+    }
+
+    /// A write by hand (expire, import, logout) under the lock, which then stands for every need.
+    private func writeReplacingByHand(_ tokens: TokenSet, replacing version: StorageVersion?) async throws(TokenBrokerError) {
+        guard case .written = try await write(tokens, replacing: version) else {
+            throw .unavailable(reason: "the token store \(storage.name) changed while it was being written; try again", retryAfter: nil)
+        }
         gate.replaced(by: tokens)
         publishCurrent()
-        logger.info("refresh token imported into the store", metadata: ["store": "\(store.path)"])
     }
 
     /// Applies a reloaded `token.*` (SPEC §8): new windows, endpoint, client or store take effect
@@ -69,7 +86,9 @@ extension TokenBroker {
         let previousEndpoint = endpoint
         let running = refreshTask
         configuration = next
-        store = TokenStore(path: next.store)
+        if let file = storage as? FileTokenStorage, file.store.path != next.store || file.lockFile != next.lockFile {
+            storage = FileTokenStorage(store: next.store, lockFile: next.lockFile)
+        }
         endpoint = nextEndpoint
         let dropTokens = !next.issuesSameTokens(as: previous)
         gate.reconfigure(

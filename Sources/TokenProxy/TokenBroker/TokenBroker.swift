@@ -43,7 +43,7 @@ public actor TokenBroker {
     }
 
     var configuration: Configuration.Token
-    var store: TokenStore
+    var storage: any TokenStorage
     var endpoint: TokenEndpointClient
     let logger: Logger
     /// Where the data path reads the current token without asking the actor.
@@ -66,6 +66,7 @@ public actor TokenBroker {
         configuration: Configuration.Token,
         endpoint: TokenEndpointClient,
         logger: Logger,
+        storage: (any TokenStorage)? = nil,
         backoff: RefreshBackoff = RefreshBackoff(),
         writesBeforeUse: Bool = true,
         observer: (@Sendable (RefreshEvent) -> Void)? = nil
@@ -77,7 +78,7 @@ public actor TokenBroker {
             windows: RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity),
             minRefreshInterval: configuration.minRefreshInterval, backoff: backoff
         )
-        self.store = TokenStore(path: configuration.store)
+        self.storage = storage ?? FileTokenStorage(store: configuration.store, lockFile: configuration.lockFile)
         self.endpoint = endpoint
         self.logger = logger
     }
@@ -103,7 +104,7 @@ public actor TokenBroker {
                 attempt.joined = await task.value
             case .checkForChanges:
                 if gate.recheck(await watch(storeMatters: true)) {
-                    logger.info("the token store or the client secret changed since the refusal; trying again", metadata: ["store": "\(store.path)"])
+                    logger.info("the token store or the client secret changed since the refusal; trying again", metadata: ["store": "\(storage.name)"])
                 }
                 attempt.checkedForChanges = true
             case .lookInStore:
@@ -121,8 +122,21 @@ public actor TokenBroker {
     /// must not wait for a refresh that the token on disk makes unnecessary.
     public func loadStore() async {
         loaded = true
-        guard gate.current == nil, let stored = try? await readStore().tokens, gate.load(stored, now: Date()) else { return }
+        guard gate.current == nil, let stored = try? await readStore(authoritative: true).tokens, gate.load(stored, now: Date()) else { return }
         publishCurrent()
+    }
+
+    /// Another process announced a new token (fleet `NOTIFY`, SPEC §3.1): adopted without a call
+    /// when it is usable, and a permanent failure looks again at what changed.
+    public func storageChanged() async {
+        guard let stored = try? await readStore().tokens else { return }
+        if stored != gate.current, gate.offer(stored, now: Date()) {
+            publishCurrent()
+            logger.info("token adopted from the store (refreshed by another process)", metadata: ["store": "\(storage.name)", "expiresAt": "\(stored.expiresAt.map(RFC3339.format) ?? "unknown")"])
+            observer?(.adopted(expiresAt: stored.expiresAt))
+        } else {
+            maintenancePause?.cancel()
+        }
     }
 
     var isRefreshing: Bool { gate.running != nil }
@@ -148,23 +162,22 @@ public actor TokenBroker {
         maintenancePause?.cancel()
     }
 
-    func readStore() async throws(TokenBrokerError) -> TokenStore.Contents {
-        try await readStoreVersion().contents
+    func readStore(authoritative: Bool = false) async throws(TokenBrokerError) -> TokenStore.Contents {
+        try await readStoreVersion(authoritative: authoritative).contents
     }
 
-    /// The store's contents and the version of the file they came from.
-    func readStoreVersion() async throws(TokenBrokerError) -> (contents: TokenStore.Contents, version: TokenStore.Fingerprint?) {
-        let store = self.store
-        let read: (contents: TokenStore.Contents, version: TokenStore.Fingerprint?)
+    /// The store's contents and the version they came from; `authoritative` reads past a
+    /// copy kept by change notifications (under the lock, always).
+    func readStoreVersion(authoritative: Bool = false) async throws(TokenBrokerError) -> StoredTokens {
+        let read: StoredTokens
         do {
-            read = try await BlockingIO.run { () throws(TokenStoreError) in try store.readVersion(now: Date()) }
+            read = try await storage.read(now: Date(), authoritative: authoritative)
         } catch {
             throw Self.brokerError(error)
         }
-        let contents = read.contents
-        if case .tokens(_, let discarded?) = contents, discarded != lastDiscardNote {
+        if case .tokens(_, let discarded?) = read.contents, discarded != lastDiscardNote {
             lastDiscardNote = discarded
-            logger.warning("the token store's access token was refused and will be replaced by a refresh", metadata: ["store": "\(store.path)", "reason": "\(discarded)"])
+            logger.warning("the token store's access token was refused and will be replaced by a refresh", metadata: ["store": "\(storage.name)", "reason": "\(discarded)"])
         }
         return read
     }
@@ -172,15 +185,16 @@ public actor TokenBroker {
     static func brokerError(_ error: TokenStoreError) -> TokenBrokerError {
         switch error {
         case .refused(_, let reason): .misconfigured(reason: reason)
-        case .system: .unavailable(reason: error.description, retryAfter: nil)
+        case .system, .unavailable, .superseded: .unavailable(reason: error.description, retryAfter: nil)
         }
     }
 
     /// What a permanent failure watches, as it is now; `storeVersion`, when given, is the
     /// version of the store a decision was made on (a change after it must count).
-    func watch(storeMatters: Bool, storeVersion: TokenStore.Fingerprint?? = nil) async -> RefreshGate.Watch {
-        let (store, endpoint) = (self.store, self.endpoint)
-        let (version, client) = await BlockingIO.run { (store.fingerprint(), try? endpoint.credentials(refreshToken: nil).fingerprint) }
+    func watch(storeMatters: Bool, storeVersion: StorageVersion?? = nil) async -> RefreshGate.Watch {
+        let endpoint = self.endpoint
+        let version = await storage.currentVersion()
+        let client = await BlockingIO.run { try? endpoint.credentials(refreshToken: nil).fingerprint }
         return RefreshGate.Watch(store: storeVersion ?? version, client: client, storeMatters: storeMatters)
     }
 
@@ -222,9 +236,11 @@ public actor TokenBroker {
         }
     }
 
-    /// Closes the token endpoint client's connections; call once before the process exits.
+    /// Closes the token endpoint client's and the storage's connections; call once before the
+    /// process exits.
     public func shutdown() async {
         await finishWrites()
         await endpoint.shutdown()
+        await storage.shutdown()
     }
 }

@@ -18,8 +18,9 @@ public struct TokenStore: Sendable {
         /// `discarded` says what was dropped as unusable (the access token of a store whose
         /// times are out of range, say); what remains is still used.
         case tokens(TokenSet, discarded: String?)
-        /// A file that cannot be parsed; it is left where it is (``quarantine(ifStill:now:)``).
-        case corrupt(reason: String, fingerprint: Fingerprint)
+        /// A store that cannot be parsed; it is left where it is until it has stayed so a while
+        /// (``TokenStorage/quarantine(ifStill:now:)``).
+        case corrupt(reason: String, version: StorageVersion)
 
         public var tokens: TokenSet? {
             if case .tokens(let tokens, _) = self { tokens } else { nil }
@@ -78,7 +79,7 @@ public struct TokenStore: Sendable {
                 reason = error.description
             }
         }
-        return (.corrupt(reason: reason, fingerprint: version), version)
+        return (.corrupt(reason: reason, version: .file(version)), version)
     }
 
     /// Moves an unparseable store aside to `<path>.corrupt-<unix time>`, unless it changed since
@@ -168,8 +169,15 @@ extension TokenStore.Fingerprint {
 public enum TokenStoreError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A system call failed.
     case system(path: String, operation: String, code: Int32)
-    /// The file or its folder is not safe to use (SPEC §3): a configuration problem.
+    /// The file or its folder is not safe to use (SPEC §3), or the fleet's key cannot open its
+    /// row (SPEC §2.3): a configuration problem; `path` is the file to fix.
     case refused(path: String, reason: String)
+    /// The lock could not be had in time, or the fleet database cannot be reached: worth
+    /// trying again.
+    case unavailable(reason: String)
+    /// A fenced write was refused: the storage holds a newer version than the one read under
+    /// the lock (the lock was lost meanwhile, SPEC §3.1).
+    case superseded
 
     public var description: String {
         switch self {
@@ -178,6 +186,10 @@ public enum TokenStoreError: Error, Sendable, Equatable, CustomStringConvertible
             return "cannot \(operation) token store file \(path): \(String(cString: strerror(code)))\(hint)"
         case .refused(_, let reason):
             return "refusing the token store: \(reason)"
+        case .unavailable(let reason):
+            return reason
+        case .superseded:
+            return "the token store moved on while this process held what it took for the lock"
         }
     }
 }
