@@ -8,6 +8,8 @@ public struct MockHTTPRequest: Sendable {
     public var uri: String
     public var headers: [(name: String, value: String)]
     public var body: [UInt8]
+    /// Whether the client's connection is still open (a client killed mid-call is not).
+    public var isClientConnected: @Sendable () -> Bool = { true }
 
     public func header(_ name: String) -> String? {
         headers.first { $0.name.lowercased() == name.lowercased() }?.value
@@ -121,13 +123,14 @@ public final class MockHTTPServer: Sendable {
                 body += buffer.readBytes(length: buffer.readableBytes) ?? []
             case .end:
                 guard let head else { return }
+                let channel = context.channel
                 let request = MockHTTPRequest(
                     method: head.method.rawValue, uri: head.uri,
-                    headers: head.headers.map { ($0.name, $0.value) }, body: body
+                    headers: head.headers.map { ($0.name, $0.value) }, body: body,
+                    isClientConnected: { channel.isActive }
                 )
                 let keepAlive = head.isKeepAlive
                 let handler = self.handler
-                let channel = context.channel
                 Task {
                     let response = await handler(request)
                     if response.dropConnection {

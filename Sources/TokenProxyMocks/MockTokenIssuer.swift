@@ -22,6 +22,12 @@ public final class MockTokenIssuer: Sendable {
         /// Invalidate every access token issued before the moment a new one is issued, as real
         /// servers do at rotation.
         public var revokePreviousAccessTokens = false
+        /// A refresh token presented a second time revokes its whole family, every refresh and
+        /// access token issued from it (as Auth0, Okta and Entra ID do with rotation on).
+        public var revokeFamilyOnReuse = false
+        /// Whether a call whose client went away during `delay` is still carried out. `false`
+        /// models a server that rolls back a request whose client disconnected.
+        public var processesAbandonedCalls = true
         /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
         public var allowedScopes: Set<String>?
 
@@ -44,6 +50,8 @@ public final class MockTokenIssuer: Sendable {
         var counter = 0
         var received = 0
         var issued: [String: Date] = [:]
+        var usedRefreshTokens: Set<String> = []
+        var familyRevocations = 0
     }
 
     private let state: NIOLockedValueBox<State>
@@ -99,6 +107,8 @@ public final class MockTokenIssuer: Sendable {
         state.withLockedValue { $0.issued[accessToken].map { $0 > Date() } ?? false }
     }
     public var callCount: Int { state.withLockedValue { $0.calls.count } }
+    /// How many times a reused refresh token revoked its family (``Behavior/revokeFamilyOnReuse``).
+    public var familyRevocations: Int { state.withLockedValue { $0.familyRevocations } }
     /// Calls received, including those still being answered.
     public var receivedCount: Int { state.withLockedValue { $0.received } }
     /// How many calls were refused because the refresh token had already been used or was unknown.
@@ -112,6 +122,7 @@ public final class MockTokenIssuer: Sendable {
             return $0.behavior.delay
         }
         if delay > .zero { try? await Task.sleep(for: delay) }
+        if !request.isClientConnected(), !state.withLockedValue({ $0.behavior.processesAbandonedCalls }) { return .drop }
         let form = parseForm(request.bodyText)
         return state.withLockedValue { state in
             let response = respond(to: request, form: form, state: &state)
@@ -143,9 +154,15 @@ public final class MockTokenIssuer: Sendable {
         switch form["grant_type"] {
         case "refresh_token":
             guard let presented = form["refresh_token"], state.validRefreshTokens.contains(presented) else {
+                if behavior.revokeFamilyOnReuse, let presented = form["refresh_token"], state.usedRefreshTokens.contains(presented) {
+                    state.validRefreshTokens.removeAll()
+                    state.issued.removeAll()
+                    state.familyRevocations += 1
+                }
                 return .json(400, #"{"error":"invalid_grant","error_description":"refresh token unknown or already used"}"#)
             }
             if behavior.rotateRefreshTokens {
+                state.usedRefreshTokens.insert(presented)
                 state.validRefreshTokens.remove(presented)
                 refreshToken = "rt-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
                 state.validRefreshTokens.insert(refreshToken!)

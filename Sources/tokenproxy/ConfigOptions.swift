@@ -45,7 +45,15 @@ func withTokenBroker<T: Sendable>(
     _ configuration: Configuration, _ body: (TokenBroker) async throws -> T
 ) async throws -> T {
     StderrLogHandler.bootstrap(level: configuration.log.level, format: configuration.log.format)
-    let broker = TokenBroker(configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token), logger: Logger(label: "tokenproxy"))
+    let logger = Logger(label: "tokenproxy")
+    let storage: any TokenStorage
+    do {
+        storage = try configuration.makeTokenStorage(logger: logger)
+    } catch {
+        printError("tokenproxy: \(error)")
+        throw ExitStatus.configurationError
+    }
+    let broker = TokenBroker(configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token), logger: logger, storage: storage)
     do {
         let result = try await body(broker)
         await broker.shutdown()

@@ -29,7 +29,7 @@ struct LoginCommand: AsyncParsableCommand {
         try await withTokenBroker(configuration) { broker in
             do throws(TokenBrokerError) {
                 try await broker.importRefreshToken(refreshToken)
-                print("refresh token stored in \(configuration.token.store)")
+                print("refresh token stored in \(configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store)")
             } catch {
                 printError("tokenproxy login: \(error)")
                 throw ExitStatus.forBrokerError(error)

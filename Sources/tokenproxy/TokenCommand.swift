@@ -20,7 +20,7 @@ struct TokenCommand: AsyncParsableCommand {
         if print {
             try await printFreshToken(configuration)
         } else {
-            try showStatus(configuration)
+            try await showStatus(configuration)
         }
     }
 
@@ -31,7 +31,7 @@ struct TokenCommand: AsyncParsableCommand {
                 Swift.print(tokens.accessToken ?? "")
             } catch .unavailable(let reason, _) {
                 // A token that is still usable beats no token while the endpoint is down.
-                let stored = try? TokenStore(path: configuration.token.store).read().tokens
+                let stored = try? await broker.storedContents().tokens
                 let windows = RefreshWindows(refreshBefore: configuration.token.refreshBefore, minValidity: configuration.token.minValidity)
                 guard let stored, windows.freshness(of: stored, at: Date()) >= .refreshAdvised, let accessToken = stored.accessToken else {
                     printError("tokenproxy token: no token available: \(reason)")
@@ -46,17 +46,17 @@ struct TokenCommand: AsyncParsableCommand {
         }
     }
 
-    private func showStatus(_ configuration: Configuration) throws {
+    private func showStatus(_ configuration: Configuration) async throws {
         let token = configuration.token
-        let contents: TokenStore.Contents
-        do {
-            contents = try TokenStore(path: token.store).read()
-        } catch {
-            printError("tokenproxy token: \(error)")
-            if case .refused = error { throw ExitStatus.configurationError }
-            throw ExitStatus.runtimeFailure
+        let (contents, store) = try await withTokenBroker(configuration) { broker in
+            do throws(TokenBrokerError) {
+                return (try await broker.storedContents(), await broker.storeName)
+            } catch {
+                printError("tokenproxy token: \(error)")
+                throw ExitStatus.forBrokerError(error)
+            }
         }
-        let report = TokenStatusReport(contents: contents, configuration: token, now: Date())
+        let report = TokenStatusReport(contents: contents, store: store, configuration: token, now: Date())
         Swift.print(report.lines.joined(separator: "\n"))
         if report.reauthenticationRequired {
             printError("tokenproxy token: re-authentication required: \(report.remedy)")

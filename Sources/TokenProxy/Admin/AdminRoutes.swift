@@ -124,7 +124,9 @@ public struct AdminRoutes: Sendable {
         if broker.publisher.usableToken() != nil { return .json(.ok, ["ready": .bool(true)]) }
         do {
             _ = try await broker.token(for: .usable)
-            return .json(.ok, ["ready": .bool(true)])
+            // Ready while a valid token is held; a store that cannot be reached is said, not fatal.
+            guard let problem = await broker.status().storeProblem else { return .json(.ok, ["ready": .bool(true)]) }
+            return .json(.ok, ["ready": .bool(true), "storeProblem": .string(problem)])
         } catch {
             return .json(.serviceUnavailable, ["ready": .bool(false), "reason": .string(error.description)])
         }
@@ -141,6 +143,8 @@ public struct AdminRoutes: Sendable {
             token["failure"] = .string(failure)
             token["reauthenticationRequired"] = .bool(status.reauthenticationRequired)
         }
+        var store: [String: JSONValue] = ["name": .string(status.store)]
+        if let problem = status.storeProblem { store["problem"] = .string(problem) }
         if let last = status.lastRefresh {
             token["lastRefresh"] = .object(["at": .string(RFC3339.format(last.at)), "succeeded": .bool(last.succeeded), "detail": .string(last.detail)])
         }
@@ -153,7 +157,7 @@ public struct AdminRoutes: Sendable {
             "aborted": .number(Double(statistics.aborted)),
         ]
         return .json(.ok, [
-            "token": .object(token), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream.description),
+            "token": .object(token), "store": .object(store), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream.description),
             "version": .string(TokenProxyVersion.current),
         ])
     }

@@ -121,7 +121,7 @@ extension Configuration {
         return Configuration(
             listen: listen, allowNonLoopback: allowNonLoopback, upstream: upstream, token: token, retry: retry,
             admin: admin, faults: faults, log: log, clients: readClients(root), limits: readLimits(root),
-            drainTimeout: drainTimeout, sourcePath: sourcePath
+            fleet: readFleet(root, resolve: resolve), drainTimeout: drainTimeout, sourcePath: sourcePath
         )
     }
 
@@ -218,6 +218,52 @@ extension Configuration {
         limits.maxUriBytes = reader.integer("maxUriBytes", default: limits.maxUriBytes, range: 64...(1 << 20))
         reader.finish()
         return limits
+    }
+
+    /// `fleet` (SPEC §2.3). The password and key files are read and their form checked (a key
+    /// that is not 32 bytes is a configuration error), but nothing connects.
+    private static func readFleet(_ root: ConfigurationReader, resolve: (String) -> String) -> Fleet? {
+        guard let reader = root.object("fleet") else { return nil }
+        var fleet = Fleet(
+            postgres: PostgresURL(endpoint: .tcp(host: "127.0.0.1", port: 5432), username: "tokenproxy", database: "tokenproxy"),
+            passwordFile: nil, name: "", encryptionKeyFile: "", previousEncryptionKeyFiles: [], tls: nil
+        )
+        if let text = reader.string("postgres", required: true) {
+            switch PostgresURL.parse(text) {
+            case .success(let url): fleet.postgres = url
+            case .failure(let error): reader.report("postgres", "\"\(PostgresURL.redacted(text))\" \(error.reason)")
+            }
+        }
+        if let name = reader.string("name", required: true) {
+            if name.isEmpty || name.utf8.count > 200 || !name.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) {
+                reader.report("name", "must be 1 to 200 visible ASCII characters (the fleet's row; every host sharing the token names the same)")
+            }
+            fleet.name = name
+        }
+        if let path = reader.string("passwordFile").map(resolve) {
+            fleet.passwordFile = path
+            if case .failure(let problem) = PostgresConnector.readPassword(path: path) { reader.report("passwordFile", problem.message) }
+        }
+        func checkKey(_ key: String, _ path: String) {
+            if case .failure(let problem) = TokenSealing.readKey(path: path) { reader.report(key, problem.message) }
+        }
+        if let path = reader.string("encryptionKeyFile", required: true).map(resolve) {
+            fleet.encryptionKeyFile = path
+            checkKey("encryptionKeyFile", path)
+        }
+        fleet.previousEncryptionKeyFiles = (reader.stringList("previousEncryptionKeyFiles") ?? []).map(resolve)
+        for (index, path) in fleet.previousEncryptionKeyFiles.enumerated() {
+            checkKey("previousEncryptionKeyFiles[\(index)]", path)
+        }
+        if let tls = reader.object("tls") {
+            fleet.tls = Fleet.TLS(caFile: tls.string("caFile").map(resolve))
+            if let caFile = fleet.tls?.caFile, access(caFile, R_OK) != 0 {
+                tls.report("caFile", "cannot read \(caFile): \(String(cString: strerror(errno)))")
+            }
+            tls.finish()
+        }
+        reader.finish()
+        return fleet
     }
 
     private static func readRetry(_ root: ConfigurationReader) -> Retry {

@@ -14,6 +14,8 @@ public struct Configuration: Sendable, Equatable {
     /// Which clients may use the proxy (SPEC §2.2).
     public var clients: Clients
     public var limits: Limits
+    /// `nil` unless the store and lock live in PostgreSQL, shared by a fleet (SPEC §2.3).
+    public var fleet: Fleet?
     /// How long a graceful stop (SIGTERM) waits for in-flight requests before closing them.
     public var drainTimeout: Duration
     /// The file this configuration was read from.
@@ -84,6 +86,26 @@ public struct Configuration: Sendable, Equatable {
         public var maxConnections: Int
         public var maxHeaderBytes: Int
         public var maxUriBytes: Int
+    }
+
+    /// SPEC §2.3: the store and lock of every host naming the same database and `name`.
+    public struct Fleet: Sendable, Equatable {
+        public var postgres: PostgresURL
+        /// The database password, read at each connection; `nil`: none (trust or peer auth).
+        public var passwordFile: String?
+        /// The row that hosts sharing one token set share.
+        public var name: String
+        /// The AES-256 key that seals the row (base64 of 32 bytes).
+        public var encryptionKeyFile: String
+        /// Keys rotated out: they still open rows sealed before the rotation, never seal.
+        public var previousEncryptionKeyFiles: [String]
+        /// TLS to the database: present means required and verified (against `caFile`, else
+        /// the system's trust store).
+        public var tls: TLS?
+
+        public struct TLS: Sendable, Equatable {
+            public var caFile: String?
+        }
     }
 
     public struct Faults: Sendable, Equatable {

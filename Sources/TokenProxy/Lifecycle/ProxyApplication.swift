@@ -32,8 +32,15 @@ public enum ProxyApplication {
         let statistics = ProxyStatistics()
         let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
         let endpoint = TokenEndpointClient(configuration: configuration.token, environment: environment)
+        let storage: any TokenStorage
+        do {
+            storage = try configuration.makeTokenStorage(logger: logger)
+        } catch {
+            logger.critical("cannot use the token store", metadata: ["error": "\(error)"])
+            throw error
+        }
         let broker = TokenBroker(
-            configuration: configuration.token, endpoint: endpoint, logger: logger, writesBeforeUse: false,
+            configuration: configuration.token, endpoint: endpoint, logger: logger, storage: storage, writesBeforeUse: false,
             observer: { event in
                 statistics.observe(event)
                 notifier.status(TokenStatusText.describe(event))

@@ -7,6 +7,10 @@ extension TokenBroker {
     /// the client secret after a permanent one. A new token reschedules it at once.
     public func keepFresh() async {
         await loadStore()
+        // A fleet announces each new token: adopt it at once rather than at the next need.
+        let storage = self.storage
+        let watcher = Task { await storage.watchChanges { [weak self] in await self?.storageChanged() } }
+        defer { watcher.cancel() }
         while !Task.isCancelled {
             let now = Date()
             let due = gate.nextCheck(now: now)

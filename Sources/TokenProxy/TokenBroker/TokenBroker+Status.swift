@@ -12,13 +12,18 @@ extension TokenBroker {
         public var failure: String?
         public var reauthenticationRequired: Bool
         public var refreshing: Bool
+        /// The store file, or the fleet row and its database.
+        public var store: String
+        /// Why the store cannot be reached now (the fleet database is down), if that is so.
+        public var storeProblem: String?
     }
 
-    public func status() -> Status {
+    public func status() async -> Status {
         let current = gate.current
         var status = Status(
             expiresAt: current?.accessToken == nil ? nil : current?.expiresAt, hasRefreshToken: current?.refreshToken != nil,
-            lastRefresh: gate.lastRefresh, failure: nil, reauthenticationRequired: false, refreshing: isRefreshing
+            lastRefresh: gate.lastRefresh, failure: nil, reauthenticationRequired: false, refreshing: isRefreshing,
+            store: storage.name, storeProblem: await storage.problem()
         )
         switch gate.failure {
         case .none: break
@@ -28,6 +33,14 @@ extension TokenBroker {
             if case .reauthenticationRequired = error { status.reauthenticationRequired = true }
         }
         return status
+    }
+
+    /// The store file, or the fleet's row and database, for messages.
+    public var storeName: String { storage.name }
+
+    /// What the store holds now, read past any cached copy (`tokenproxy token`).
+    public func storedContents() async throws(TokenBrokerError) -> TokenStore.Contents {
+        try await readStore(authoritative: true)
     }
 
     /// Marks the current access token expired, in the store too, so that the next request of

@@ -7,10 +7,11 @@ public struct TokenStatusReport: Sendable {
     public var reauthenticationRequired: Bool
     public var remedy: String
 
-    public init(contents: TokenStore.Contents, configuration: Configuration.Token, now: Date) {
+    /// `store` names where `contents` came from (the store file, or the fleet's row).
+    public init(contents: TokenStore.Contents, store: String, configuration: Configuration.Token, now: Date) {
         let windows = RefreshWindows(refreshBefore: configuration.refreshBefore, minValidity: configuration.minValidity)
         remedy = configuration.reauthenticationRemedy
-        lines = ["store: \(configuration.store)"]
+        lines = ["store: \(store)"]
         let tokens: TokenSet
         switch contents {
         case .empty:

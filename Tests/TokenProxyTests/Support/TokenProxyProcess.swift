@@ -28,11 +28,14 @@ final class TokenProxyProcess: @unchecked Sendable {
     private let stdinFile: String
     /// A program that runs the binary (`prlimit --nofile=64:64`), exec'ing it in its place.
     private let launcher: [String]
+    /// The program run: the `tokenproxy` binary unless another was named.
+    private let program: String
     private(set) var pid: pid_t = 0
 
     /// `stdin` is a file whose content the process reads as standard input (default: nothing).
-    init(_ arguments: [String], environment: [String: String] = [:], stdin: String = "/dev/null", launcher: [String] = []) {
+    init(_ arguments: [String], environment: [String: String] = [:], stdin: String = "/dev/null", launcher: [String] = [], program: String = TokenProxyProcess.binary) {
         self.arguments = arguments
+        self.program = program
         self.launcher = launcher
         self.stdinFile = stdin
         var merged = ProcessInfo.processInfo.environment
@@ -52,13 +55,13 @@ final class TokenProxyProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, stdinFile, O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdoutFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, stderrFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        let argv = (launcher + [Self.binary] + arguments).map { strdup($0) } + [nil]
+        let argv = (launcher + [program] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        let result = posix_spawn(&pid, launcher.first ?? Self.binary, &actions, nil, argv, envp)
+        let result = posix_spawn(&pid, launcher.first ?? program, &actions, nil, argv, envp)
         guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EIO) }
     }
 
