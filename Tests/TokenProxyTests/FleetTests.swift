@@ -128,4 +128,267 @@ struct FleetTests {
         await issuer.shutdown()
         await server.destroy()
     }
+
+    // MARK: Losing the lock
+
+    @Test func aKilledLockHolderDoesNotBlockTheFleetNorBurnTheFamily() async throws {
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.delay = .seconds(5)
+        behavior.revokeFamilyOnReuse = true
+        behavior.processesAbandonedCalls = false
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let hosts = try Self.hosts(2, server: server, issuer: issuer) { $0.lockTimeout = "3s" }
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+
+        let holder = TokenProxyProcess(["refresh", "--config", hosts[0].config])
+        try holder.start()
+        let waitStart = ContinuousClock.now
+        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(issuer.receivedCount == 1, "host A is inside its endpoint call, holding the fleet lock")
+        holder.signal(SIGKILL)
+        #expect(await holder.wait().signaled)
+
+        issuer.update { $0.delay = .zero }
+        let started = ContinuousClock.now
+        let outcome = try await hosts[1].run(["token", "--print"])
+        let elapsed = started.duration(to: .now)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(elapsed < .seconds(3), "host B got the lock and a token within lockTimeout: \(elapsed)")
+        #expect(issuer.familyRevocations == 0)
+        #expect(issuer.invalidGrantCount == 0)
+        #expect(issuer.isValid(accessToken: Self.printed(outcome)))
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
+    /// The lock holder's session is ended by the server mid-call; another host refreshes
+    /// meanwhile. The first host's write names the version it read under the lock, so the
+    /// database refuses it, and that host adopts the newer token (SPEC §3.1).
+    @Test func aHostThatLostItsLockCannotOverwriteANewerToken() async throws {
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.delay = .seconds(3)
+        // Both hosts' calls must succeed for the fence to be what decides, so the issuer does not
+        // rotate here (with rotation the slower call would be refused by the issuer instead).
+        behavior.rotateRefreshTokens = false
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let hosts = try Self.hosts(2, server: server, issuer: issuer)
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+        let versionBefore = try await server.superuser("SELECT version FROM tokenproxy_tokens")
+
+        let first = TokenProxyProcess(["token", "--print", "--config", hosts[0].config])
+        try first.start()
+        let waitStart = ContinuousClock.now
+        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(try await server.terminateLockHolders() == 1, "host A's lock session ended by the server")
+        issuer.update { $0.delay = .zero }
+        let second = try await hosts[1].run(["token", "--print"])
+        #expect(second.status == 0, "\(second.stderr)")
+        let versionAfterB = try await server.superuser("SELECT version FROM tokenproxy_tokens")
+        #expect(Int(versionAfterB) == Int(versionBefore)! + 1)
+
+        let firstOutcome = await first.wait()
+        #expect(firstOutcome.status == 0, "\(firstOutcome.stderr)")
+        #expect(firstOutcome.stderr.contains("moved on while this process refreshed"), "\(firstOutcome.stderr)")
+        #expect(Self.printed(firstOutcome) == Self.printed(second), "host A adopted host B's token instead of its own")
+        #expect(issuer.callCount == 2, "both hosts called the endpoint")
+        #expect(try await server.superuser("SELECT version FROM tokenproxy_tokens") == versionAfterB, "host A's write was refused")
+        let third = try await hosts[0].run(["token", "--print"])
+        #expect(Self.printed(third) == Self.printed(second))
+        #expect(issuer.callCount == 2)
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
+    // MARK: Running proxies
+
+    /// Starts `tokenproxy run` for each host; returns the processes and their proxy and admin ports.
+    static func startProxies(_ hosts: [Host]) async throws -> [(process: TokenProxyProcess, port: Int, admin: Int)] {
+        var started: [(TokenProxyProcess, Int, Int)] = []
+        for host in hosts {
+            let process = TokenProxyProcess(["run", "--config", host.config])
+            try process.start()
+            let port = try #require(await process.listeningPort(), "not listening: \(process.stderrSoFar)")
+            let admin = try #require(await process.listeningPort("adminPort"), "no admin port: \(process.stderrSoFar)")
+            started.append((process, port, admin))
+        }
+        return started
+    }
+
+    static func get(_ path: String, port: Int) async throws -> String {
+        try await RawHTTPClient(port: port).exchange("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", timeout: .seconds(10))
+    }
+
+    static func post(_ path: String, port: Int) async throws -> String {
+        try await RawHTTPClient(port: port).exchange("POST \(path) HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", timeout: .seconds(10))
+    }
+
+    /// Sends requests through every proxy until `duration` has passed; returns the answers that
+    /// were not 200, and how many requests were made.
+    static func traffic(to ports: [Int], clientsPerPort: Int, for duration: Duration) async throws -> (failures: [String], requests: Int) {
+        let started = ContinuousClock.now
+        return try await withThrowingTaskGroup(of: ([String], Int).self) { group in
+            for port in ports {
+                for _ in 0..<clientsPerPort {
+                    group.addTask {
+                        var failures: [String] = []
+                        var count = 0
+                        while started.duration(to: .now) < duration {
+                            let answer = try await get("/api/data", port: port)
+                            count += 1
+                            if !answer.hasPrefix("HTTP/1.1 200") { failures.append(String(answer.prefix(300))) }
+                            try await Task.sleep(for: .milliseconds(15))
+                        }
+                        return (failures, count)
+                    }
+                }
+            }
+            return try await group.reduce(into: ([String](), 0)) { $0.0 += $1.0; $0.1 += $1.1 }
+        }
+    }
+
+    @Test func aRefreshOnOneHostReachesAnotherThroughNotifyWithoutACall() async throws {
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.lifetime = .seconds(600)
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let hosts = try Self.hosts(2, server: server, issuer: issuer) { $0.admin = #"{ "listen": "127.0.0.1:0" }"# }
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+        let proxies = try await Self.startProxies(hosts)
+        defer { for proxy in proxies { proxy.process.signal(SIGTERM) } }
+        // Both hosts hold the first token: one refreshed, the other adopted it.
+        for proxy in proxies { #expect(try await Self.get("/readyz", port: proxy.admin).hasPrefix("HTTP/1.1 200")) }
+        #expect(issuer.callCount == 1)
+
+        var latencies: [Duration] = []
+        for round in 1...5 {
+            let adoptedBefore = proxies[1].process.stderrSoFar.components(separatedBy: "token adopted from the store").count
+            let refresh = try await Self.post("/token/refresh", port: proxies[0].admin)
+            let refreshed = ContinuousClock.now
+            #expect(refresh.hasPrefix("HTTP/1.1 200"), "\(refresh)")
+            while proxies[1].process.stderrSoFar.components(separatedBy: "token adopted from the store").count == adoptedBefore,
+                refreshed.duration(to: .now) < .seconds(2)
+            {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            latencies.append(refreshed.duration(to: .now))
+            #expect(issuer.callCount == 1 + round, "host B did not call the endpoint")
+            try await Task.sleep(for: .milliseconds(1100))  // token.minRefreshInterval between forced refreshes
+        }
+        print("NOTIFY adoption after a refresh on another host: \(latencies.map { "\($0.milliseconds) ms" })")
+        #expect(latencies.allSatisfy { $0 < .milliseconds(100) }, "\(latencies)")
+        let status = try await Self.get("/status", port: proxies[1].admin)
+        #expect(status.contains("\"name\":\"fleet \\\"billing-api\\\""), "\(status)")
+        for proxy in proxies {
+            proxy.process.signal(SIGTERM)
+            #expect(await proxy.process.wait().status == 0)
+        }
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
+    // MARK: Under load
+
+    /// The acceptance run of SPEC §3.1: six hosts, one database, a token endpoint that rotates
+    /// refresh tokens and revokes the family on reuse, 2 s access tokens (and the old access
+    /// token deleted at each rotation), clients on every host. `TOKENPROXY_FLEET_SECONDS`
+    /// shortens it for a quick local run; CI runs the full 60 s.
+    @Test func sixHostsRefreshOncePerExpiryUnderLoad() async throws {
+        let seconds = Int(ProcessInfo.processInfo.environment["TOKENPROXY_FLEET_SECONDS"] ?? "") ?? 60
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.lifetime = .seconds(2)
+        behavior.revokeFamilyOnReuse = true
+        behavior.revokePreviousAccessTokens = true
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let api = try await MockAPI.start(issuer: issuer, flaky401Percent: 0)
+        let hosts = try Self.hosts(6, server: server, issuer: issuer) {
+            $0.upstream = api.baseURL
+            $0.admin = #"{ "listen": "127.0.0.1:0" }"#
+        }
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+        let proxies = try await Self.startProxies(hosts)
+        defer { for proxy in proxies { proxy.process.signal(SIGKILL) } }
+
+        let started = Date()
+        let (failures, requests) = try await Self.traffic(to: proxies.map(\.port), clientsPerPort: 2, for: .seconds(seconds))
+        let ended = Date()
+        let calls = issuer.calls
+        // A token is due when half its 2 s lifetime is left; each due token is one expiry.
+        let expiries = calls.filter { $0.at.addingTimeInterval(1) <= ended }.count
+        print("fleet: \(hosts.count) hosts, \(requests) requests in \(seconds) s, \(failures.count) failed; \(calls.count) endpoint calls, \(expiries) expiries, \(issuer.invalidGrantCount) invalid_grant, \(issuer.familyRevocations) family revocations")
+        #expect(failures.isEmpty, "\(failures.count) of \(requests) requests failed: \(failures.prefix(3))")
+        #expect(issuer.invalidGrantCount == 0)
+        #expect(issuer.familyRevocations == 0)
+        #expect(abs(calls.count - expiries) <= 1, "\(calls.count) calls for \(expiries) expiries")
+        #expect(calls.count >= seconds / 2, "tokens were refreshed throughout: \(calls.count) calls")
+        #expect(calls.filter { $0.at >= started }.count <= seconds + 2, "about one call per second of 1 s refresh windows")
+        for proxy in proxies {
+            proxy.process.signal(SIGTERM)
+            let outcome = await proxy.process.wait()
+            #expect(outcome.status == 0)
+            #expect(!outcome.stderr.contains("invalid_grant"))
+        }
+        await api.shutdown()
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
+    /// SPEC §3.1: while the database is unreachable a valid token keeps being used, refreshes
+    /// fail as transient and `/status` says why; they resume when it is back.
+    @Test func theDatabaseDownForTwentySecondsCostsNoRequest() async throws {
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.lifetime = .seconds(40)
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let api = try await MockAPI.start(issuer: issuer, flaky401Percent: 0)
+        let hosts = try Self.hosts(2, server: server, issuer: issuer) {
+            $0.upstream = api.baseURL
+            $0.admin = #"{ "listen": "127.0.0.1:0" }"#
+        }
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+        let proxies = try await Self.startProxies(hosts)
+        defer { for proxy in proxies { proxy.process.signal(SIGKILL) } }
+        for proxy in proxies { #expect(try await Self.get("/readyz", port: proxy.admin).hasPrefix("HTTP/1.1 200")) }
+        #expect(issuer.callCount == 1)
+
+        // The token is due for refresh 20 s after it was issued, while the database is down.
+        async let load = Self.traffic(to: proxies.map(\.port), clientsPerPort: 2, for: .seconds(34))
+        try await Task.sleep(for: .seconds(2))
+        try await server.stop()
+        let stopped = ContinuousClock.now
+        try await Task.sleep(for: .seconds(8))
+        let status = try await Self.get("/status", port: proxies[1].admin)
+        #expect(status.contains("\"problem\":"), "/status says the database is unreachable: \(status)")
+        let ready = try await Self.get("/readyz", port: proxies[1].admin)
+        #expect(ready.hasPrefix("HTTP/1.1 200") && ready.contains("storeProblem"), "\(ready)")
+        try await Task.sleep(until: stopped.advanced(by: .seconds(20)))
+        #expect(issuer.callCount == 1, "no refresh without the fleet lock")
+        try await server.startServer()
+        let restarted = ContinuousClock.now
+        while issuer.callCount == 1, restarted.duration(to: .now) < .seconds(15) {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let resumedAfter = restarted.duration(to: .now)
+        print("fleet outage: refreshes resumed \(resumedAfter.milliseconds) ms after the database came back")
+        #expect(issuer.callCount == 2, "one refresh once the database is back")
+        let (failures, requests) = try await load
+        #expect(failures.isEmpty, "\(failures.count) of \(requests) requests failed: \(failures.prefix(3))")
+        // Both hosts use the new token: the other one adopted it.
+        try await Task.sleep(for: .seconds(1))
+        for proxy in proxies {
+            let status = try await Self.get("/status", port: proxy.admin)
+            #expect(!status.contains("\"problem\":"), "\(status)")
+        }
+        #expect(proxies[1].process.stderrSoFar.contains("token adopted") || proxies[0].process.stderrSoFar.contains("token adopted"))
+        #expect(issuer.callCount == 2)
+        await api.shutdown()
+        await issuer.shutdown()
+        await server.destroy()
+    }
 }
