@@ -83,6 +83,13 @@ final class PostgresServer: @unchecked Sendable {
         try await run(binaries + "/psql", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql], password: Self.superuserPassword)
     }
 
+    /// Runs the psql script at `path` as the superuser in tokenproxy's database, with `variables`.
+    func superuserScript(_ path: String, variables: [String: String]) async throws {
+        let arguments = ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", Self.database, "-v", "ON_ERROR_STOP=1", "-f", path]
+            + variables.sorted { $0.key < $1.key }.flatMap { ["-v", "\($0.key)=\($0.value)"] }
+        try await run(binaries + "/psql", arguments, password: Self.superuserPassword)
+    }
+
     /// `pg_dump` of tokenproxy's database, as text.
     func dump() async throws -> String {
         try await run(binaries + "/pg_dump", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", Self.database], password: Self.superuserPassword)
@@ -100,6 +107,7 @@ final class PostgresServer: @unchecked Sendable {
         _ = try await run(command[0], Array(command.dropFirst()), password: nil)
     }
 
+    @discardableResult
     private func run(_ program: String, _ arguments: [String], password: String?) async throws -> String {
         var environment = ["LC_ALL": "C"]
         if let password { environment["PGPASSWORD"] = password }

@@ -24,7 +24,9 @@ struct PostgresConnector: Sendable {
         self.logger = quiet
     }
 
-    /// A new connection, for `purpose` (`data`, `lock`, `listen`), within `timeout`.
+    /// A new connection, for `purpose` (`data`, `lock`, `listen`); `timeout` bounds the TCP
+    /// connect. (Not a deadline around the whole call: a connection that arrived just after
+    /// the deadline would be dropped unclosed.)
     func connect(purpose: String, timeout: Duration) async throws(TokenStoreError) -> PostgresConnection {
         var password: String?
         if let path = fleet.passwordFile {
@@ -46,9 +48,7 @@ struct PostgresConnector: Sendable {
         let (logger, settings) = (self.logger, configuration)
         let id = Self.connectionIDs.loadThenWrappingIncrement(ordering: .relaxed)
         do {
-            return try await withDeadline(timeout) {
-                try await PostgresConnection.connect(configuration: settings, id: id, logger: logger)
-            }
+            return try await PostgresConnection.connect(configuration: settings, id: id, logger: logger)
         } catch {
             throw .unavailable(reason: describe(error))
         }

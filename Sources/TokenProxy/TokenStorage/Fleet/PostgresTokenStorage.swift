@@ -26,6 +26,9 @@ public actor PostgresTokenStorage: TokenStorage {
     static let channel = "tokenproxy_tokens"
 
     private var data: PostgresConnection?
+    /// The data connection being opened: callers that need it meanwhile wait for this one
+    /// rather than open their own (a connection dropped unclosed would leak).
+    private var connecting: Task<PostgresConnection, any Error>?
     private var schemaReady = false
     /// The row as the listener last saw it; trusted only while `listening`.
     private var snapshot: StoredTokens?
@@ -218,11 +221,19 @@ public actor PostgresTokenStorage: TokenStorage {
         if let data, !data.isClosed {
             connection = data
         } else {
+            let connector = self.connector
+            let opening = connecting ?? Task { () async throws -> PostgresConnection in
+                try await connector.connect(purpose: "data", timeout: Self.operationTimeout)
+            }
+            connecting = opening
             do {
-                connection = try await connector.connect(purpose: "data", timeout: Self.operationTimeout)
+                connection = try await opening.value
+                connecting = nil
             } catch {
-                lastProblem = error.description
-                throw error
+                connecting = nil
+                let failure = (error as? TokenStoreError) ?? .unavailable(reason: connector.describe(error))
+                lastProblem = failure.description
+                throw failure
             }
             data = connection
         }
