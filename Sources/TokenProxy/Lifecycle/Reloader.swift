@@ -70,8 +70,13 @@ actor Reloader {
         if next.log != current.log {
             logger.warning("reload: log.* changes take effect after a restart")
         }
+        if next.fleet != current.fleet {
+            // The storage (and its connections and listener) is chosen once, at start.
+            logger.warning("reload: fleet.* changes take effect after a restart; the running store stays in use")
+        }
         var applied = next
         applied.log = current.log
+        applied.fleet = current.fleet
         current = applied
         logger.info("configuration reloaded", metadata: ["config": "\(current.sourcePath)", "upstream": "\(current.upstream.url)", "listen": "\(current.listen)"])
     }
