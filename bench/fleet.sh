@@ -102,8 +102,14 @@ write_config file "$file_port" "$file_admin" ""
 write_config fleet "$fleet_port" "$fleet_admin" ",
   \"fleet\": { \"postgres\": \"postgres://tokenproxy@127.0.0.1:$pg_port/tokenproxy\", \"passwordFile\": \"db-password\",
              \"name\": \"bench\", \"encryptionKeyFile\": \"fleet.key\" }"
-"$binary" run --config "$work/file/config.json" 2>"$work/file.log" & pids+=($!)
-"$binary" run --config "$work/fleet/config.json" 2>"$work/fleet.log" & pids+=($!)
+# Started in the order that FLEET_FIRST=1 reverses, to tell a real difference from a place in line.
+if [ "${FLEET_FIRST:-0}" = 1 ]; then
+  "$binary" run --config "$work/fleet/config.json" 2>"$work/fleet.log" & pids+=($!)
+  "$binary" run --config "$work/file/config.json" 2>"$work/file.log" & pids+=($!)
+else
+  "$binary" run --config "$work/file/config.json" 2>"$work/file.log" & pids+=($!)
+  "$binary" run --config "$work/fleet/config.json" 2>"$work/fleet.log" & pids+=($!)
+fi
 wait_port "$backend"; wait_port "$nginx_proxy"; wait_port "$file_port"; wait_port "$fleet_port"
 
 run_wrk() { # port -> "requests/s non2xx"

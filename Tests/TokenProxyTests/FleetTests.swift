@@ -156,6 +156,45 @@ struct FleetTests {
         await server.destroy()
     }
 
+    /// `fleet.tls`: the database's certificate is verified against `caFile`; a certificate from
+    /// another authority is refused with a message that says so.
+    @Test func tlsToTheDatabaseIsVerified() async throws {
+        let server = try await PostgresServer.start()
+        let issuer = try await MockTokenIssuer.start()
+        let pki = try TemporaryDirectory()
+        let trusted = try await TestCertificates.make(in: pki, name: "db")
+        let stranger = try await TestCertificates.make(in: pki, name: "other")
+        try await server.enableTLS(trusted)
+        func host(caFile: String) throws -> Host {
+            try Self.hosts(1, server: server, issuer: issuer) {
+                $0.topLevel["fleet"] = $0.topLevel["fleet"]!.replacingOccurrences(of: " }", with: ", \"tls\": { \"caFile\": \"\(caFile)\" } }")
+                $0.admin = #"{ "listen": "127.0.0.1:0" }"#
+            }[0]
+        }
+        let good = try host(caFile: trusted.caFile)
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: good)
+        let printed = try await good.run(["token", "--print"])
+        #expect(printed.status == 0, "\(printed.stderr)")
+
+        // The connections really are TLS: a running proxy's listener shows in pg_stat_ssl.
+        let proxy = try await Self.startProxies([good])[0]
+        var encrypted = ""
+        for _ in 0..<50 where encrypted.isEmpty {
+            encrypted = try await server.superuser("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'tokenproxy listen billing-api'")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(encrypted == "t")
+        proxy.process.signal(SIGTERM)
+        _ = await proxy.process.wait()
+
+        let bad = try host(caFile: stranger.caFile)
+        let refused = try await bad.run(["token", "--print"])
+        #expect(refused.status == 1, "\(refused.stderr)")
+        #expect(refused.stderr.lowercased().contains("certificate"), "the message names the certificate problem: \(refused.stderr)")
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
     // MARK: Losing the lock
 
     @Test func aKilledLockHolderDoesNotBlockTheFleetNorBurnTheFamily() async throws {
@@ -187,6 +226,31 @@ struct FleetTests {
         #expect(issuer.familyRevocations == 0)
         #expect(issuer.invalidGrantCount == 0)
         #expect(issuer.isValid(accessToken: Self.printed(outcome)))
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
+    @Test func theFleetLockIsWaitedForAtMostLockTimeout() async throws {
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.delay = .seconds(4)
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let hosts = try Self.hosts(2, server: server, issuer: issuer) { $0.lockTimeout = "1s" }
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+        let holder = TokenProxyProcess(["refresh", "--config", hosts[0].config])
+        try holder.start()
+        let waitStart = ContinuousClock.now
+        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let started = ContinuousClock.now
+        let waiter = try await hosts[1].run(["refresh"])
+        let waited = started.duration(to: .now)
+        #expect(waiter.status == 1, "\(waiter.stderr)")
+        #expect(waiter.stderr.contains("held the fleet lock"), "\(waiter.stderr)")
+        #expect(waited >= .milliseconds(900) && waited < .seconds(3), "gave up after token.lockTimeout: \(waited)")
+        #expect(await holder.wait().status == 0)
+        #expect(issuer.callCount == 1)
         await issuer.shutdown()
         await server.destroy()
     }

@@ -339,25 +339,9 @@ struct TokenFailureTests {
         return (process, port)
     }
 
-    /// A loopback port where nothing listens.
-    static func closedPort() throws -> Int {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                guard bind(socket, $0, length) == 0, getsockname(socket, $0, &length) == 0 else { throw POSIXError(.EADDRINUSE) }
-            }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     @Test func aRefusedConnectionFailsAtOnceAndAWaiterGetsTheEndpointsError() async throws {
         let directory = try TemporaryDirectory()
-        let endpoint = "http://127.0.0.1:\(try Self.closedPort())/oauth/token"
+        let endpoint = "http://127.0.0.1:\(try LoopbackPort.unused())/oauth/token"
         let config = try ConfigFixture(endpoint: endpoint).write(to: directory)
         try TokenStore(path: directory.file("token.json")).write(TokenSet(refreshToken: "rt"))
         // Both processes wait on the lock, then take their turns at the dead endpoint.

@@ -47,7 +47,7 @@ final class PostgresServer: @unchecked Sendable {
         var template = Array("/tmp/tokenproxy-pg-XXXXXX".utf8CString)
         guard let created = mkdtemp(&template) else { throw Failure("mkdtemp failed") }
         let folder = String(cString: created)
-        let server = PostgresServer(port: try freePort(), folder: folder, binaries: binaries)
+        let server = PostgresServer(port: try LoopbackPort.unused(), folder: folder, binaries: binaries)
         try "\(superuserPassword)\n".write(toFile: folder + "/superuser-password", atomically: false, encoding: .utf8)
         if getuid() == 0, let owner = getpwnam("postgres") {
             chown(folder, owner.pointee.pw_uid, owner.pointee.pw_gid)
@@ -64,6 +64,23 @@ final class PostgresServer: @unchecked Sendable {
     func startServer() async throws {
         let options = "-p \(port) -k \(folder) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         try await runAsServerUser(["pg_ctl", "start", "-w", "-t", "30", "-D", dataFolder, "-l", folder + "/server.log", "-o", options])
+    }
+
+    /// Turns TLS on with `certificates` (the server then accepts TLS and plain connections).
+    func enableTLS(_ certificates: TestCertificates) async throws {
+        let certificate = folder + "/server.pem", key = folder + "/server.key"
+        try FileManager.default.copyItem(atPath: certificates.certificateFile, toPath: certificate)
+        try FileManager.default.copyItem(atPath: certificates.keyFile, toPath: key)
+        chmod(key, 0o600)
+        if getuid() == 0, let owner = getpwnam("postgres") {
+            chown(certificate, owner.pointee.pw_uid, owner.pointee.pw_gid)
+            chown(key, owner.pointee.pw_uid, owner.pointee.pw_gid)
+        }
+        try await superuser("ALTER SYSTEM SET ssl_cert_file = '\(certificate)'", database: "postgres")
+        try await superuser("ALTER SYSTEM SET ssl_key_file = '\(key)'", database: "postgres")
+        try await superuser("ALTER SYSTEM SET ssl = on", database: "postgres")
+        try await superuser("SELECT pg_reload_conf()", database: "postgres")
+        try await Task.sleep(for: .milliseconds(300))
     }
 
     /// Stops the server at once (`fast`: every session is closed, as in a failover).
@@ -118,21 +135,5 @@ final class PostgresServer: @unchecked Sendable {
             throw Failure("\(([program] + arguments).joined(separator: " ")) failed (\(outcome.status)): \(outcome.stderr)\(outcome.stdout)")
         }
         return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    /// A loopback port nobody listens on now.
-    static func freePort() throws -> Int {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(socket) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                guard bind(socket, $0, length) == 0, getsockname(socket, $0, &length) == 0 else { throw POSIXError(.EADDRINUSE) }
-            }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
