@@ -120,7 +120,8 @@ final class PostgresServer: @unchecked Sendable {
 
     private func runAsServerUser(_ arguments: [String]) async throws {
         var command = [binaries + "/" + arguments[0]] + arguments.dropFirst()
-        if getuid() == 0 { command = ["/usr/sbin/runuser", "-u", "postgres", "--"] + command }
+        // From the cluster's own folder: the server user may not enter the test's working folder.
+        if getuid() == 0 { command = ["/usr/sbin/runuser", "-u", "postgres", "--", "/usr/bin/env", "-C", folder] + command }
         _ = try await run(command[0], Array(command.dropFirst()), password: nil)
     }
 
