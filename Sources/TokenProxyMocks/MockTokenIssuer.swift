@@ -28,6 +28,11 @@ public final class MockTokenIssuer: Sendable {
         /// Whether a call whose client went away during `delay` is still carried out. `false`
         /// models a server that rolls back a request whose client disconnected.
         public var processesAbandonedCalls = true
+        /// When set, clients must authenticate with `private_key_jwt` (RFC 7523) signed by the
+        /// private key of this PEM public key (EC P-256 or RSA): signature, `iss` = `sub` =
+        /// `client_id`, `aud` = the token endpoint URL, `exp` at most 5 minutes ahead, a `jti`
+        /// never seen before. Anything else is answered `invalid_client`.
+        public var expectedAssertionKey: String?
         /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
         public var allowedScopes: Set<String>?
 
@@ -51,6 +56,8 @@ public final class MockTokenIssuer: Sendable {
         var received = 0
         var issued: [String: Date] = [:]
         var usedRefreshTokens: Set<String> = []
+        var seenAssertionIDs: Set<String> = []
+        var assertionHeaders: [[String: String]] = []
         var familyRevocations = 0
     }
 
@@ -107,6 +114,8 @@ public final class MockTokenIssuer: Sendable {
         state.withLockedValue { $0.issued[accessToken].map { $0 > Date() } ?? false }
     }
     public var callCount: Int { state.withLockedValue { $0.calls.count } }
+    /// The JOSE headers of the client assertions accepted so far (`alg`, `kid`, `typ`).
+    public var assertionHeaders: [[String: String]] { state.withLockedValue { $0.assertionHeaders } }
     /// How many times a reused refresh token revoked its family (``Behavior/revokeFamilyOnReuse``).
     public var familyRevocations: Int { state.withLockedValue { $0.familyRevocations } }
     /// Calls received, including those still being answered.
@@ -147,6 +156,11 @@ public final class MockTokenIssuer: Sendable {
             let viaBody = form["client_id"] == expected.id && form["client_secret"] == expected.secret
             guard viaBasic || viaBody else { return .json(401, #"{"error":"invalid_client"}"#) }
         }
+        if let publicKey = behavior.expectedAssertionKey {
+            if let problem = AssertionVerifier.problem(form: form, publicKeyPEM: publicKey, audience: endpointURL(request), seen: &state.seenAssertionIDs, headers: &state.assertionHeaders) {
+                return .json(401, "{\"error\":\"invalid_client\",\"error_description\":\"\(problem)\"}")
+            }
+        }
         if let allowed = behavior.allowedScopes, let scope = form["scope"], !allowed.contains(scope) {
             return .json(400, #"{"error":"invalid_scope","error_description":"the requested scope is not allowed for this client"}"#)
         }
@@ -186,6 +200,11 @@ public final class MockTokenIssuer: Sendable {
         if let refreshToken { fields.append("\"refresh_token\":\"\(refreshToken)\"") }
         if let scope = form["scope"] { fields.append("\"scope\":\"\(scope)\"") }
         return .json(200, "{" + fields.joined(separator: ",") + "}")
+    }
+
+    /// The URL the request was sent to, as a client names the token endpoint (`aud`).
+    private static func endpointURL(_ request: MockHTTPRequest) -> String {
+        "http://" + (request.header("Host") ?? "") + String(request.uri.prefix { $0 != "?" })
     }
 
     private static func base64URL(_ data: Data) -> String {

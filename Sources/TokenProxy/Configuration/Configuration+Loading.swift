@@ -127,7 +127,8 @@ extension Configuration {
 
     private static func readToken(_ root: ConfigurationReader, resolve: (String) -> String) -> Token {
         var token = Token(
-            endpoint: "", grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic, scope: nil,
+            endpoint: "", grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
+            clientKeyFile: nil, clientKeyID: nil, clientAssertionFile: nil, scope: nil,
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
             lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), requestTimeout: .seconds(10)
@@ -159,15 +160,33 @@ extension Configuration {
             reader.report("clientSecretEnv", "set either token.clientSecretFile or token.clientSecretEnv, not both")
         case (nil, nil): break
         }
+        token.clientKeyFile = reader.string("clientKeyFile").map(resolve)
+        token.clientKeyID = reader.string("clientKeyId")
+        token.clientAssertionFile = reader.string("clientAssertionFile").map(resolve)
         token.clientAuth = reader.choice("clientAuth", default: token.clientSecret == nil ? .none : .basic)
-        if token.clientAuth != .none {
-            if token.clientID == nil { reader.report("clientId", "is required when token.clientAuth is \"\(token.clientAuth.rawValue)\"") }
-            if token.clientSecret == nil {
-                reader.report("clientSecretFile", "token.clientAuth \"\(token.clientAuth.rawValue)\" needs a secret: set token.clientSecretFile or token.clientSecretEnv")
+        let auth = "token.clientAuth \"\(token.clientAuth.rawValue)\""
+        if token.clientAuth != .none, token.clientID == nil { reader.report("clientId", "is required when \(auth)") }
+        switch token.clientAuth {
+        case .basic, .body:
+            if token.clientSecret == nil { reader.report("clientSecretFile", "\(auth) needs a secret: set token.clientSecretFile or token.clientSecretEnv") }
+        case .privateKeyJWT:
+            if let path = token.clientKeyFile {
+                // The key's form is checked now; a key that cannot be read yet may be mounted later.
+                if let pem = try? String(contentsOfFile: path, encoding: .utf8), let problem = ClientAssertion.problem(with: pem, path: path) {
+                    reader.report("clientKeyFile", problem)
+                }
+            } else {
+                reader.report("clientKeyFile", "\(auth) needs the PEM private key that signs the assertions")
             }
+        case .clientAssertion:
+            if token.clientAssertionFile == nil { reader.report("clientAssertionFile", "\(auth) needs the file that holds the assertion") }
+        case .none:
+            break
         }
+        if token.clientAuth != .privateKeyJWT, token.clientKeyFile != nil { reader.report("clientKeyFile", "is used only with token.clientAuth \"private_key_jwt\"") }
+        if token.clientAuth != .clientAssertion, token.clientAssertionFile != nil { reader.report("clientAssertionFile", "is used only with token.clientAuth \"client_assertion\"") }
         if token.grant == .clientCredentials, token.clientAuth == .none {
-            reader.report("clientAuth", "the client_credentials grant needs client authentication: \"basic\" or \"body\"")
+            reader.report("clientAuth", "the client_credentials grant needs client authentication: \"basic\", \"body\", \"private_key_jwt\" or \"client_assertion\"")
         }
         token.scope = reader.string("scope")
         token.extraParams = reader.stringMap("extraParams")

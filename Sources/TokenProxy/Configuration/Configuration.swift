@@ -30,13 +30,25 @@ public struct Configuration: Sendable, Equatable {
 
     public struct Token: Sendable, Equatable {
         public enum Grant: String, Sendable, CaseIterable { case refreshToken = "refresh_token", clientCredentials = "client_credentials" }
-        public enum ClientAuth: String, Sendable, CaseIterable { case basic, body, none }
+        public enum ClientAuth: String, Sendable, CaseIterable {
+            case basic, body, none
+            /// RFC 7523 §2.2: a JWT signed with `clientKeyFile` for every call.
+            case privateKeyJWT = "private_key_jwt"
+            /// A ready-made assertion read from `clientAssertionFile` at every call (a projected
+            /// Kubernetes service-account token, for workload identity federation).
+            case clientAssertion = "client_assertion"
+        }
 
         public var endpoint: String
         public var grant: Grant
         public var clientID: String?
         public var clientSecret: ClientSecretSource?
         public var clientAuth: ClientAuth
+        /// `private_key_jwt`: the PEM private key, read at every call, and the `kid` to name.
+        public var clientKeyFile: String?
+        public var clientKeyID: String?
+        /// `client_assertion`: the file holding the assertion, read at every call.
+        public var clientAssertionFile: String?
         public var scope: String?
         public var extraParams: [String: String]
         public var refreshBefore: Duration

@@ -14,6 +14,7 @@ extension Configuration.Token {
     /// them (SPEC §8).
     func issuesSameTokens(as other: Configuration.Token) -> Bool {
         endpoint == other.endpoint && grant == other.grant && clientID == other.clientID && clientSecret == other.clientSecret
-            && clientAuth == other.clientAuth && scope == other.scope && extraParams == other.extraParams
+            && clientAuth == other.clientAuth && clientKeyFile == other.clientKeyFile && clientKeyID == other.clientKeyID
+            && clientAssertionFile == other.clientAssertionFile && scope == other.scope && extraParams == other.extraParams
     }
 }

@@ -5,6 +5,8 @@ import FoundationEssentials
 struct TokenCredentials: Sendable {
     var grant: Configuration.Token.Grant
     var clientID: String?
+    /// What the client authenticates with, as `token.clientAuth` says: the secret, the PEM
+    /// private key that signs assertions, or the ready-made assertion.
     var clientSecret: String?
     var refreshToken: String?
 
@@ -20,6 +22,19 @@ struct TokenCredentials: Sendable {
             }
         }
         return String(hash, radix: 16)
+    }
+
+    /// Reads `key`'s file (a client key or assertion), trailing white space removed.
+    static func readFile(_ path: String, key: String) throws(TokenBrokerError) -> String {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw .unavailable(reason: "\(key): cannot read \(path): \(Configuration.reason(error))", retryAfter: nil)
+        }
+        let trimmed = String(text.reversed().drop { $0 == "\n" || $0 == "\r" || $0 == " " || $0 == "\t" }.reversed())
+        guard !trimmed.isEmpty else { throw .unavailable(reason: "\(key): \(path) is empty", retryAfter: nil) }
+        return trimmed
     }
 
     /// Reads the client secret from its source (SPEC §2: a trailing newline is stripped).

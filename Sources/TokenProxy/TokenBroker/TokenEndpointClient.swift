@@ -36,10 +36,21 @@ public final class TokenEndpointClient: Sendable {
 
     /// The credentials a request would use now, the client secret read afresh.
     func credentials(refreshToken: String?) throws(TokenBrokerError) -> TokenCredentials {
-        TokenCredentials(
+        let secret: String?
+        switch configuration.clientAuth {
+        case .basic, .body: secret = try TokenCredentials.readSecret(configuration.clientSecret, environment: environment)
+        case .privateKeyJWT:
+            let path = configuration.clientKeyFile ?? ""
+            let pem = try TokenCredentials.readFile(path, key: "token.clientKeyFile")
+            if let problem = ClientAssertion.problem(with: pem, path: path) { throw .misconfigured(reason: "token.clientKeyFile: \(problem)") }
+            secret = pem
+        case .clientAssertion: secret = try TokenCredentials.readFile(configuration.clientAssertionFile ?? "", key: "token.clientAssertionFile")
+        case .none: secret = nil
+        }
+        return TokenCredentials(
             grant: configuration.grant,
             clientID: configuration.clientID,
-            clientSecret: try TokenCredentials.readSecret(configuration.clientAuth == .none ? nil : configuration.clientSecret, environment: environment),
+            clientSecret: secret,
             refreshToken: configuration.grant == .refreshToken ? refreshToken : nil
         )
     }
@@ -64,6 +75,19 @@ public final class TokenEndpointClient: Sendable {
             form.append(("client_secret", credentials.clientSecret ?? ""))
         case .none:
             if let clientID = credentials.clientID { form.append(("client_id", clientID)) }
+        case .privateKeyJWT, .clientAssertion:
+            form.append(("client_id", credentials.clientID ?? ""))
+            form.append(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"))
+            var assertion = credentials.clientSecret ?? ""
+            if configuration.clientAuth == .privateKeyJWT {
+                guard let key = ClientAssertion.parseKey(pem: assertion),
+                    let signed = try? ClientAssertion.make(key: key, clientID: credentials.clientID ?? "", audience: configuration.endpoint, keyID: configuration.clientKeyID, now: Date())
+                else {
+                    return .transient(reason: "the client assertion could not be signed with token.clientKeyFile", retryAfter: nil)
+                }
+                assertion = signed
+            }
+            form.append(("client_assertion", assertion))
         }
         for name in configuration.extraParams.keys.sorted() { form.append((name, configuration.extraParams[name]!)) }
         request.body = .bytes(ByteBuffer(string: form.map { "\(Self.formEncode($0.0))=\(Self.formEncode($0.1))" }.joined(separator: "&")))
