@@ -33,6 +33,13 @@ public final class MockTokenIssuer: Sendable {
         /// `client_id`, `aud` = the token endpoint URL, `exp` at most 5 minutes ahead, a `jti`
         /// never seen before. Anything else is answered `invalid_client`.
         public var expectedAssertionKey: String?
+        /// Device authorization grant (RFC 8628): the `interval` handed out, in seconds (the RFC
+        /// says whole seconds; tests use less), and how long a device code lives.
+        public var deviceInterval: Double = 5
+        public var deviceCodeLifetime: Double = 600
+        /// Errors the token endpoint answers to the first polls of each device code, in order
+        /// (`authorization_pending`, `slow_down`), before the user's decision counts.
+        public var devicePollScript: [String] = []
         /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
         public var allowedScopes: Set<String>?
 
@@ -47,7 +54,7 @@ public final class MockTokenIssuer: Sendable {
         public var status: Int
     }
 
-    private struct State {
+    struct State {
         var behavior: Behavior
         var calls: [Call] = []
         var validRefreshTokens: Set<String> = []
@@ -59,9 +66,20 @@ public final class MockTokenIssuer: Sendable {
         var seenAssertionIDs: Set<String> = []
         var assertionHeaders: [[String: String]] = []
         var familyRevocations = 0
+        var devices: [String: DeviceGrant] = [:]
     }
 
-    private let state: NIOLockedValueBox<State>
+    /// One device authorization (RFC 8628 §3.2) and what the user decided.
+    struct DeviceGrant {
+        enum Decision { case pending, approved, denied }
+        var userCode: String
+        var expiresAt: Date
+        var script: [String]
+        var decision = Decision.pending
+        var polls: [Date] = []
+    }
+
+    let state: NIOLockedValueBox<State>
     private let server: MockHTTPServer
 
     public var url: String { server.baseURL + "/oauth/token" }
@@ -133,6 +151,9 @@ public final class MockTokenIssuer: Sendable {
         if delay > .zero { try? await Task.sleep(for: delay) }
         if !request.isClientConnected(), !state.withLockedValue({ $0.behavior.processesAbandonedCalls }) { return .drop }
         let form = parseForm(request.bodyText)
+        if request.uri.hasPrefix("/oauth/device") {
+            return state.withLockedValue { authorizeDevice(request, form: form, baseURL: "http://" + (request.header("Host") ?? ""), state: &$0) }
+        }
         return state.withLockedValue { state in
             let response = respond(to: request, form: form, state: &state)
             state.calls.append(Call(at: Date(), form: form, authorization: request.header("Authorization"), status: response.status))
@@ -183,6 +204,10 @@ public final class MockTokenIssuer: Sendable {
             }
         case "client_credentials":
             break
+        case "urn:ietf:params:oauth:grant-type:device_code":
+            if let refusal = pollDevice(form["device_code"], state: &state) { return refusal }
+            refreshToken = "rt-device-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
+            state.validRefreshTokens.insert(refreshToken!)
         default:
             return .json(400, #"{"error":"unsupported_grant_type"}"#)
         }

@@ -8,9 +8,11 @@ struct LoginCommand: AsyncParsableCommand {
         commandName: "login",
         abstract: "Put a first refresh token into the store, through the lock.",
         discussion: """
-            --refresh-token-file FILE (or - for standard input) imports a refresh token obtained elsewhere; \
-            no call is made to the token endpoint. A running proxy sharing the store picks it up without a restart.
-            Exit 0 stored, 1 runtime failure, 2 usage or configuration error.
+            --device signs in with the device authorization grant (RFC 8628): open the printed address on any \
+            device and enter the code. --refresh-token-file FILE (or - for standard input) imports a refresh \
+            token obtained elsewhere; no call is made to the token endpoint. A running proxy sharing the store \
+            picks the new token up without a restart.
+            Exit 0 stored, 1 runtime failure, 2 usage or configuration error, 3 refused or expired.
             """
     )
 
@@ -19,10 +21,20 @@ struct LoginCommand: AsyncParsableCommand {
     @Option(name: .customLong("refresh-token-file"), help: ArgumentHelp("Import the refresh token in this file (- reads standard input).", valueName: "file"))
     var refreshTokenFile: String?
 
+    @Flag(help: "Sign in with the device authorization grant (RFC 8628): a code to enter on any device.")
+    var device = false
+
+    @Flag(help: "Sign in in a browser (authorization code with PKCE); not in this version.")
+    var browser = false
+
     func run() async throws {
         let configuration = try options.load()
+        if device {
+            try await deviceLogin(configuration)
+            return
+        }
         guard let refreshTokenFile else {
-            printError("tokenproxy login: interactive login (--device, --browser) is not available yet; import a refresh token with --refresh-token-file FILE (or - for standard input)")
+            printError("tokenproxy login: the browser login (--browser) is not available yet; use --device, or import a refresh token with --refresh-token-file FILE (or - for standard input)")
             throw ExitStatus.configurationError
         }
         let refreshToken = try Self.readRefreshToken(from: refreshTokenFile)
@@ -33,6 +45,29 @@ struct LoginCommand: AsyncParsableCommand {
             } catch {
                 printError("tokenproxy login: \(error)")
                 throw ExitStatus.forBrokerError(error)
+            }
+        }
+    }
+
+    private func deviceLogin(_ configuration: Configuration) async throws {
+        let store = configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store
+        try await withTokenBroker(configuration) { broker in
+            do throws(LoginError) {
+                let tokens = try await broker.loginWithDevice { authorization in
+                    var lines = ["To sign in, open \(authorization.verificationURI) and enter the code \(authorization.userCode)"]
+                    if let complete = authorization.verificationURIComplete { lines.append("(or open \(complete))") }
+                    lines.append("Waiting for the sign-in; the code expires in \(authorization.expiresIn.configString).")
+                    print(lines.joined(separator: "\n"))
+                    fflush(nil)  // all streams: the code must show before the wait
+                }
+                print("signed in; refresh token stored in \(store)\(tokens.refreshToken == nil ? " (the issuer sent no refresh token: only the access token was stored)" : "")")
+            } catch {
+                printError("tokenproxy login: \(error)")
+                switch error {
+                case .misconfigured: throw ExitStatus.configurationError
+                case .refused: throw ExitStatus.reauthenticationRequired
+                case .unavailable: throw ExitStatus.runtimeFailure
+                }
             }
         }
     }

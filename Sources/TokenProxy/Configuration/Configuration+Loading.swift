@@ -127,7 +127,7 @@ extension Configuration {
 
     private static func readToken(_ root: ConfigurationReader, resolve: (String) -> String) -> Token {
         var token = Token(
-            endpoint: "", grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
+            endpoint: "", deviceEndpoint: nil, grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
             clientKeyFile: nil, clientKeyID: nil, clientAssertionFile: nil, scope: nil,
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
@@ -137,17 +137,21 @@ extension Configuration {
             if !root.isPresent("token") { root.report("token", "is required: an object with at least \"endpoint\"") }
             return token
         }
-        if let endpoint = reader.string("endpoint", required: true) {
-            switch UpstreamURL.parse(endpoint) {
-            case .failure(let error): reader.report("endpoint", "\"\(endpoint)\" \(error.reason)")
+        /// An endpoint of the issuer: https, or http to a loopback host.
+        func endpointURL(_ key: String, required: Bool) -> String? {
+            guard let text = reader.string(key, required: required) else { return nil }
+            switch UpstreamURL.parse(text) {
+            case .failure(let error): reader.report(key, "\"\(text)\" \(error.reason)")
             case .success(let url):
                 let loopback = ListenAddress.tcp(host: url.host, port: url.port).isLoopback
                 if url.scheme == .http, !loopback {
-                    reader.report("endpoint", "plain http would send credentials in clear text; use https (http is accepted for loopback hosts only)")
+                    reader.report(key, "plain http would send credentials in clear text; use https (http is accepted for loopback hosts only)")
                 }
             }
-            token.endpoint = endpoint
+            return text
         }
+        if let endpoint = endpointURL("endpoint", required: true) { token.endpoint = endpoint }
+        token.deviceEndpoint = endpointURL("deviceEndpoint", required: false)
         token.grant = reader.choice("grant", default: .refreshToken)
         token.clientID = reader.string("clientId")
         let secretFile = reader.string("clientSecretFile")

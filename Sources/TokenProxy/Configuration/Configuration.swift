@@ -40,6 +40,8 @@ public struct Configuration: Sendable, Equatable {
         }
 
         public var endpoint: String
+        /// RFC 8628's device authorization endpoint, for `tokenproxy login --device`.
+        public var deviceEndpoint: String?
         public var grant: Grant
         public var clientID: String?
         public var clientSecret: ClientSecretSource?

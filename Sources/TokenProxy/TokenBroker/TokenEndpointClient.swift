@@ -56,15 +56,57 @@ public final class TokenEndpointClient: Sendable {
     }
 
     /// Sends one token request and interprets the answer. Never throws: failures are transient.
-    func requestToken(_ credentials: TokenCredentials) async -> TokenResponse {
-        var request = HTTPClientRequest(url: configuration.endpoint)
+    /// `grant` replaces the fields of the configured grant (the device code grant of a login).
+    func requestToken(_ credentials: TokenCredentials, grant: [(String, String)]? = nil) async -> TokenResponse {
+        var form: [(String, String)]
+        if let grant {
+            form = grant
+        } else {
+            form = [("grant_type", credentials.grant.rawValue)]
+            if let refreshToken = credentials.refreshToken { form.append(("refresh_token", refreshToken)) }
+            if let scope = configuration.scope { form.append(("scope", scope)) }
+        }
+        for name in configuration.extraParams.keys.sorted() { form.append((name, configuration.extraParams[name]!)) }
+        switch await post(form, to: configuration.endpoint, credentials: credentials) {
+        case .failure(let failure):
+            return .transient(reason: "the token endpoint \(configuration.endpoint) \(failure.reason)", retryAfter: nil)
+        case .success(let answer):
+            let response = TokenResponse.interpret(
+                status: answer.status, retryAfter: answer.retryAfter, body: answer.body, receivedAt: Date(), defaultLifetime: configuration.defaultLifetime
+            )
+            if case .transient(let reason, let retryAfter) = response {
+                return .transient(reason: "the token endpoint \(configuration.endpoint) \(reason)", retryAfter: retryAfter)
+            }
+            return response
+        }
+    }
+
+    /// An endpoint's HTTP answer, read whole (at most 1 MiB).
+    struct FormAnswer: Sendable {
+        var status: Int
+        var retryAfter: String?
+        var body: Data
+
+        /// The answer's JSON object, if it is one.
+        var object: [String: JSONValue]? {
+            if case .object(let fields)? = try? JSONValue.parse(body) { fields } else { nil }
+        }
+    }
+
+    /// Why a call got no answer, in words that follow the endpoint's name.
+    struct CallFailure: Error, Sendable {
+        var reason: String
+    }
+
+    /// POSTs `form` to `url` (the token, device authorization or revocation endpoint) with the
+    /// client authentication of `token.clientAuth`, within `token.requestTimeout`.
+    func post(_ fields: [(String, String)], to url: String, credentials: TokenCredentials) async -> Result<FormAnswer, CallFailure> {
+        var request = HTTPClientRequest(url: url)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "User-Agent", value: "tokenproxy/\(TokenProxyVersion.current)")
-        var form: [(String, String)] = [("grant_type", credentials.grant.rawValue)]
-        if let refreshToken = credentials.refreshToken { form.append(("refresh_token", refreshToken)) }
-        if let scope = configuration.scope { form.append(("scope", scope)) }
+        var form = fields
         switch configuration.clientAuth {
         case .basic:
             // RFC 6749 §2.3.1: the id and secret are form-encoded before they are Base64-encoded.
@@ -80,41 +122,30 @@ public final class TokenEndpointClient: Sendable {
             form.append(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"))
             var assertion = credentials.clientSecret ?? ""
             if configuration.clientAuth == .privateKeyJWT {
+                // `aud` is the token endpoint, whichever endpoint of the issuer is called.
                 guard let key = ClientAssertion.parseKey(pem: assertion),
                     let signed = try? ClientAssertion.make(key: key, clientID: credentials.clientID ?? "", audience: configuration.endpoint, keyID: configuration.clientKeyID, now: Date())
                 else {
-                    return .transient(reason: "the client assertion could not be signed with token.clientKeyFile", retryAfter: nil)
+                    return .failure(CallFailure(reason: "was not called: the client assertion could not be signed with token.clientKeyFile"))
                 }
                 assertion = signed
             }
             form.append(("client_assertion", assertion))
         }
-        for name in configuration.extraParams.keys.sorted() { form.append((name, configuration.extraParams[name]!)) }
         request.body = .bytes(ByteBuffer(string: form.map { "\(Self.formEncode($0.0))=\(Self.formEncode($0.1))" }.joined(separator: "&")))
 
         let timeout = TimeAmount.milliseconds(configuration.requestTimeout.milliseconds)
-        let response: TokenResponse
         do {
             let answer = try await client.execute(request, deadline: .now() + timeout)
             let body = try await answer.body.collect(upTo: 1 << 20)
-            response = TokenResponse.interpret(
-                status: Int(answer.status.code),
-                retryAfter: answer.headers.first(name: "Retry-After"),
-                body: Data(body.readableBytesView),
-                receivedAt: Date(),
-                defaultLifetime: configuration.defaultLifetime
-            )
+            return .success(FormAnswer(status: Int(answer.status.code), retryAfter: answer.headers.first(name: "Retry-After"), body: Data(body.readableBytesView)))
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
-            response = .transient(reason: "did not answer within token.requestTimeout (\(configuration.requestTimeout.configString))", retryAfter: nil)
+            return .failure(CallFailure(reason: "did not answer within token.requestTimeout (\(configuration.requestTimeout.configString))"))
         } catch is NIOTooManyBytesError {
-            response = .transient(reason: "answered with more than 1 MiB", retryAfter: nil)
+            return .failure(CallFailure(reason: "answered with more than 1 MiB"))
         } catch {
-            response = .transient(reason: "could not be reached (\(Self.describe(error))); check token.endpoint and that the issuer is up", retryAfter: nil)
+            return .failure(CallFailure(reason: "could not be reached (\(Self.describe(error))); check the URL and that the issuer is up"))
         }
-        if case .transient(let reason, let retryAfter) = response {
-            return .transient(reason: "the token endpoint \(configuration.endpoint) \(reason)", retryAfter: retryAfter)
-        }
-        return response
     }
 
     /// A connection error in a few words (`connection refused`), not a type dump.

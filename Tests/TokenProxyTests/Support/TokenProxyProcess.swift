@@ -108,6 +108,9 @@ final class TokenProxyProcess: @unchecked Sendable {
         return nil
     }
 
+    /// What the process has written to stdout so far.
+    var stdoutSoFar: String { (try? String(contentsOfFile: stdoutFile, encoding: .utf8)) ?? "" }
+
     /// What the process has written to stderr so far.
     var stderrSoFar: String { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
 

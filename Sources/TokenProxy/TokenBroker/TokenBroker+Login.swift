@@ -1,0 +1,122 @@
+import FoundationEssentials
+import Logging
+
+extension TokenBroker {
+    /// What the user is shown to sign in on another device (RFC 8628 §3.3).
+    public struct DeviceAuthorization: Sendable {
+        public var userCode: String
+        public var verificationURI: String
+        public var verificationURIComplete: String?
+        public var expiresIn: Duration
+    }
+
+    /// `tokenproxy login --device` (RFC 8628): asks the device authorization endpoint for a code,
+    /// hands it to `show`, polls the token endpoint as ``DevicePolling`` says, and stores the
+    /// tokens through the lock, so that a running proxy sharing the store picks them up.
+    public func loginWithDevice(show: @Sendable (DeviceAuthorization) -> Void) async throws(LoginError) -> TokenSet {
+        guard let deviceEndpoint = configuration.deviceEndpoint else {
+            throw .misconfigured("token.deviceEndpoint is not set: name the issuer's device authorization endpoint")
+        }
+        guard configuration.clientID != nil else { throw .misconfigured("token.clientId is required for a login") }
+        let credentials: TokenCredentials
+        do {
+            credentials = try endpoint.credentials(refreshToken: nil)
+        } catch {
+            throw .misconfigured(error.description)
+        }
+        var fields: [(String, String)] = []
+        if let scope = configuration.scope { fields.append(("scope", scope)) }
+        for name in configuration.extraParams.keys.sorted() { fields.append((name, configuration.extraParams[name]!)) }
+        // RFC 8628 §3.1 asks for client_id in the form; the other client authentications add it.
+        if configuration.clientAuth == .basic, let clientID = configuration.clientID { fields.append(("client_id", clientID)) }
+        let answer: TokenEndpointClient.FormAnswer
+        switch await endpoint.post(fields, to: deviceEndpoint, credentials: credentials) {
+        case .failure(let failure): throw .unavailable("the device authorization endpoint \(deviceEndpoint) \(failure.reason)")
+        case .success(let reply): answer = reply
+        }
+        let object = answer.object ?? [:]
+        func text(_ key: String) -> String? {
+            if case .string(let value)? = object[key], !value.isEmpty { value } else { nil }
+        }
+        func seconds(_ key: String) -> Double? {
+            if case .number(let value)? = object[key], value.isFinite, value > 0 { value } else { nil }
+        }
+        guard answer.status == 200, let deviceCode = text("device_code"), let userCode = text("user_code"),
+            let verificationURI = text("verification_uri") ?? text("verification_url")
+        else {
+            let said = text("error").map { "refused the request with \($0)\(text("error_description").map { " (\($0))" } ?? "")" } ?? "answered HTTP \(answer.status) without a device code"
+            throw answer.status >= 500 ? .unavailable("the device authorization endpoint \(deviceEndpoint) \(said)") : .misconfigured("the device authorization endpoint \(deviceEndpoint) \(said); check token.clientId, token.scope and token.deviceEndpoint")
+        }
+        let lifetime = min(seconds("expires_in") ?? 600, 3600)
+        show(DeviceAuthorization(
+            userCode: userCode, verificationURI: verificationURI, verificationURIComplete: text("verification_uri_complete"),
+            expiresIn: Duration(timeInterval: lifetime)
+        ))
+        var polling = DevicePolling(interval: Duration(timeInterval: min(seconds("interval") ?? 5, 60)), expiresAt: Date() + lifetime)
+        var action = polling.start()
+        let grant = [("grant_type", "urn:ietf:params:oauth:grant-type:device_code"), ("device_code", deviceCode)]
+        while true {
+            switch action {
+            case .finished(let tokens):
+                try await storeLogin(tokens)
+                return tokens
+            case .fail(let error):
+                throw error
+            case .poll(let pause):
+                do {
+                    try await Task.sleep(for: pause)
+                } catch {
+                    throw .unavailable("the login was cancelled")
+                }
+                let answer = await pollDevice(grant, credentials: credentials)
+                if case .unanswered(let reason) = answer { logger.warning("device login: polling failed; trying again", metadata: ["reason": "\(reason)"]) }
+                action = polling.next(after: answer, now: Date())
+            }
+        }
+    }
+
+    private func pollDevice(_ grant: [(String, String)], credentials: TokenCredentials) async -> DevicePolling.Answer {
+        switch await endpoint.post(grant, to: configuration.endpoint, credentials: credentials) {
+        case .failure(let failure):
+            return .unanswered("the token endpoint \(configuration.endpoint) \(failure.reason)")
+        case .success(let answer):
+            if answer.status == 200 {
+                switch TokenResponse.interpret(status: 200, retryAfter: nil, body: answer.body, receivedAt: Date(), defaultLifetime: configuration.defaultLifetime) {
+                case .granted(let tokens): return .granted(tokens)
+                case .transient(let reason, _): return .unanswered("the token endpoint \(configuration.endpoint) \(reason)")
+                case .refused(let refusal): return .refused(refusal.message(configuration))
+                }
+            }
+            let error: String? = if case .string(let code)? = answer.object?["error"] { code } else { nil }
+            switch error {
+            case "authorization_pending": return .authorizationPending
+            case "slow_down": return .slowDown
+            case "access_denied": return .accessDenied
+            case "expired_token": return .expiredToken
+            case let code? where (400...499).contains(answer.status):
+                return .refused("the token endpoint \(configuration.endpoint) refused the device code with \(code)")
+            default:
+                return .unanswered("the token endpoint \(configuration.endpoint) answered HTTP \(answer.status)")
+            }
+        }
+    }
+
+    /// Stores what a login obtained, through the lock, in place of whatever the store held.
+    func storeLogin(_ tokens: TokenSet) async throws(LoginError) {
+        await finishWrites()
+        do throws(TokenBrokerError) {
+            let lock = try await takeLock()
+            defer { lock.release() }
+            let stored = try await readStoreVersion(authoritative: true)
+            guard case .written = try await write(tokens, replacing: stored.version) else {
+                throw TokenBrokerError.unavailable(reason: "the token store \(storage.name) changed while it was being written; log in again", retryAfter: nil)
+            }
+        } catch {
+            if case .misconfigured(let reason) = error { throw .misconfigured(reason) }
+            throw .unavailable(error.description)
+        }
+        gate.replaced(by: tokens)
+        publishCurrent()
+        logger.info("login stored a new refresh token", metadata: ["store": "\(storage.name)"])
+    }
+}

@@ -1,0 +1,62 @@
+import Foundation
+
+/// The device authorization grant (RFC 8628) of the stand-in issuer: `POST /oauth/device` hands
+/// out a device code and a user code; the token endpoint answers polls with the scripted errors,
+/// then `authorization_pending` until the test approves or denies the user code.
+extension MockTokenIssuer {
+    public var deviceAuthorizationURL: String { url.replacingOccurrences(of: "/oauth/token", with: "/oauth/device") }
+
+    /// The user approved `userCode` at the verification page.
+    public func approveDevice(userCode: String) { decide(userCode, .approved) }
+
+    /// The user declined `userCode`.
+    public func denyDevice(userCode: String) { decide(userCode, .denied) }
+
+    /// The user codes handed out so far.
+    public var userCodes: [String] { state.withLockedValue { $0.devices.values.map(\.userCode) } }
+
+    /// When each poll for the device code with `userCode` arrived.
+    public func devicePolls(userCode: String) -> [Date] {
+        state.withLockedValue { $0.devices.values.first { $0.userCode == userCode }?.polls ?? [] }
+    }
+
+    private func decide(_ userCode: String, _ decision: DeviceGrant.Decision) {
+        state.withLockedValue { state in
+            for (code, grant) in state.devices where grant.userCode == userCode { state.devices[code]?.decision = decision }
+        }
+    }
+
+    static func authorizeDevice(_ request: MockHTTPRequest, form: [String: String], baseURL: String, state: inout State) -> MockHTTPResponse {
+        guard request.method == "POST", form["client_id"] != nil else {
+            return .json(400, #"{"error":"invalid_request","error_description":"client_id is required"}"#)
+        }
+        let deviceCode = "dc-\(UInt64.random(in: 0...UInt64.max))"
+        let letters = Array("BCDFGHJKLMNPQRSTVWXZ")
+        let userCode = String((0..<4).map { _ in letters.randomElement()! }) + "-" + String((0..<4).map { _ in letters.randomElement()! })
+        let behavior = state.behavior
+        state.devices[deviceCode] = DeviceGrant(userCode: userCode, expiresAt: Date() + behavior.deviceCodeLifetime, script: behavior.devicePollScript)
+        let body = """
+            {"device_code":"\(deviceCode)","user_code":"\(userCode)","verification_uri":"\(baseURL)/device",\
+            "verification_uri_complete":"\(baseURL)/device?user_code=\(userCode)","expires_in":\(behavior.deviceCodeLifetime),"interval":\(behavior.deviceInterval)}
+            """
+        return .json(200, body)
+    }
+
+    /// The answer to a poll, or `nil` when the user approved (tokens are then issued).
+    static func pollDevice(_ deviceCode: String?, state: inout State) -> MockHTTPResponse? {
+        guard let deviceCode, var grant = state.devices[deviceCode] else {
+            return .json(400, #"{"error":"invalid_grant","error_description":"unknown device code"}"#)
+        }
+        grant.polls.append(Date())
+        defer { state.devices[deviceCode] = grant }
+        if Date() > grant.expiresAt { return .json(400, #"{"error":"expired_token"}"#) }
+        if !grant.script.isEmpty { return .json(400, "{\"error\":\"\(grant.script.removeFirst())\"}") }
+        switch grant.decision {
+        case .pending: return .json(400, #"{"error":"authorization_pending"}"#)
+        case .denied: return .json(400, #"{"error":"access_denied"}"#)
+        case .approved:
+            grant.expiresAt = .distantPast  // a device code is good for one token response
+            return nil
+        }
+    }
+}
