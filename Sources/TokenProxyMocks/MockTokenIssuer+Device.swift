@@ -60,3 +60,20 @@ extension MockTokenIssuer {
         }
     }
 }
+
+/// Token revocation (RFC 7009) at `POST /oauth/revoke`: a revoked refresh token is no longer
+/// accepted; the answer is 200 whether or not the token was known.
+extension MockTokenIssuer {
+    public var revocationURL: String { url.replacingOccurrences(of: "/oauth/token", with: "/oauth/revoke") }
+
+    /// The tokens revoked so far, in order.
+    public var revoked: [String] { state.withLockedValue { $0.revoked } }
+
+    static func revoke(form: [String: String], state: inout State) -> MockHTTPResponse {
+        guard let token = form["token"] else { return .json(400, #"{"error":"invalid_request"}"#) }
+        state.revoked.append(token)
+        state.validRefreshTokens.remove(token)
+        state.issued.removeValue(forKey: token)
+        return MockHTTPResponse(status: 200)
+    }
+}

@@ -67,6 +67,7 @@ public final class MockTokenIssuer: Sendable {
         var assertionHeaders: [[String: String]] = []
         var familyRevocations = 0
         var devices: [String: DeviceGrant] = [:]
+        var revoked: [String] = []
     }
 
     /// One device authorization (RFC 8628 §3.2) and what the user decided.
@@ -151,6 +152,9 @@ public final class MockTokenIssuer: Sendable {
         if delay > .zero { try? await Task.sleep(for: delay) }
         if !request.isClientConnected(), !state.withLockedValue({ $0.behavior.processesAbandonedCalls }) { return .drop }
         let form = parseForm(request.bodyText)
+        if request.uri.hasPrefix("/oauth/revoke") {
+            return state.withLockedValue { revoke(form: form, state: &$0) }
+        }
         if request.uri.hasPrefix("/oauth/device") {
             return state.withLockedValue { authorizeDevice(request, form: form, baseURL: "http://" + (request.header("Host") ?? ""), state: &$0) }
         }

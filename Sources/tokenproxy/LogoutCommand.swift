@@ -4,11 +4,12 @@ import TokenProxy
 struct LogoutCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "logout",
-        abstract: "Remove the tokens from the store (file or fleet), through the lock.",
+        abstract: "Revoke the refresh token at the issuer and remove the tokens from the store, through the lock.",
         discussion: """
-            A running proxy sharing the store needs a new login from its next refresh on. \
-            Revocation at the issuer (RFC 7009) comes with token.revocationEndpoint; until then the refresh \
-            token is only forgotten. Exit 0 removed, 1 runtime failure, 2 configuration error.
+            Revocation (RFC 7009) needs token.revocationEndpoint; without one the tokens are only forgotten. \
+            The store is emptied even when the revocation fails. A running proxy sharing the store needs a new \
+            login from its next refresh on. Exit 0 done, 1 the revocation failed (the store is empty all the \
+            same) or the store could not be written, 2 configuration error.
             """
     )
 
@@ -17,13 +18,20 @@ struct LogoutCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = try options.load()
         try await withTokenBroker(configuration) { broker in
+            let problem: String?
             do throws(TokenBrokerError) {
-                try await broker.removeTokens()
-                print("tokens removed from \(configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store)")
+                problem = try await broker.logout()
             } catch {
                 printError("tokenproxy logout: \(error)")
                 throw ExitStatus.forBrokerError(error)
             }
+            let store = configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store
+            if let problem {
+                printError("tokenproxy logout: \(problem); the tokens were removed from \(store)")
+                throw ExitStatus.runtimeFailure
+            }
+            let revoked = configuration.token.revocationEndpoint == nil ? "" : "revoked at the issuer and "
+            print("tokens \(revoked)removed from \(store)")
         }
     }
 }

@@ -136,4 +136,37 @@ struct DeviceLoginTests {
         #expect(outcome.status == 2)
         #expect(outcome.stderr.contains("token.deviceEndpoint"), "\(outcome.stderr)")
     }
+
+    // MARK: Logout
+
+    @Test func logoutRevokesTheRefreshTokenAndEmptiesTheStore() async throws {
+        let directory = try TemporaryDirectory()
+        let issuer = try await MockTokenIssuer.start()
+        var fixture = ConfigFixture(endpoint: issuer.url)
+        fixture.extra = ["revocationEndpoint": "\"\(issuer.revocationURL)\""]
+        let config = try fixture.write(to: directory)
+        issuer.grantRefreshToken("rt-to-revoke")
+        try TokenStore(path: directory.file("token.json")).write(TokenSet(refreshToken: "rt-to-revoke"))
+        let outcome = try await TokenProxyProcess.run(["logout", "--config", config])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("revoked at the issuer and removed"))
+        #expect(issuer.revoked == ["rt-to-revoke"])
+        #expect(try TokenStore(path: directory.file("token.json")).read().tokens?.refreshToken == nil)
+        #expect(try await TokenProxyProcess.run(["token", "--config", config]).status == 3)
+        await issuer.shutdown()
+    }
+
+    @Test func aFailedRevocationStillEmptiesTheStoreAndSaysSo() async throws {
+        let directory = try TemporaryDirectory()
+        let revocation = "http://127.0.0.1:\(try LoopbackPort.unused())/revoke"
+        var fixture = ConfigFixture(endpoint: "http://127.0.0.1:9/token")
+        fixture.extra = ["revocationEndpoint": "\"\(revocation)\""]
+        let config = try fixture.write(to: directory)
+        try TokenStore(path: directory.file("token.json")).write(TokenSet(refreshToken: "rt-kept-alive"))
+        let outcome = try await TokenProxyProcess.run(["logout", "--config", config])
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains(revocation) && outcome.stderr.contains("not revoked") && outcome.stderr.contains("removed"), "\(outcome.stderr)")
+        #expect(!outcome.stderr.contains("rt-kept-alive"))
+        #expect(try TokenStore(path: directory.file("token.json")).read().tokens?.refreshToken == nil)
+    }
 }

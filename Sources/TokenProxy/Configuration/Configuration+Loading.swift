@@ -127,7 +127,7 @@ extension Configuration {
 
     private static func readToken(_ root: ConfigurationReader, resolve: (String) -> String) -> Token {
         var token = Token(
-            endpoint: "", deviceEndpoint: nil, grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
+            endpoint: "", deviceEndpoint: nil, revocationEndpoint: nil, grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
             clientKeyFile: nil, clientKeyID: nil, clientAssertionFile: nil, scope: nil,
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
@@ -152,6 +152,7 @@ extension Configuration {
         }
         if let endpoint = endpointURL("endpoint", required: true) { token.endpoint = endpoint }
         token.deviceEndpoint = endpointURL("deviceEndpoint", required: false)
+        token.revocationEndpoint = endpointURL("revocationEndpoint", required: false)
         token.grant = reader.choice("grant", default: .refreshToken)
         token.clientID = reader.string("clientId")
         let secretFile = reader.string("clientSecretFile")

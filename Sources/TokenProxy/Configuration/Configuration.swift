@@ -42,6 +42,8 @@ public struct Configuration: Sendable, Equatable {
         public var endpoint: String
         /// RFC 8628's device authorization endpoint, for `tokenproxy login --device`.
         public var deviceEndpoint: String?
+        /// RFC 7009's revocation endpoint, for `tokenproxy logout`.
+        public var revocationEndpoint: String?
         public var grant: Grant
         public var clientID: String?
         public var clientSecret: ClientSecretSource?
