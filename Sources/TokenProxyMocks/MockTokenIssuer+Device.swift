@@ -77,3 +77,24 @@ extension MockTokenIssuer {
         return MockHTTPResponse(status: 200)
     }
 }
+
+/// Issuer metadata: OpenID Connect Discovery and RFC 8414, as ``Behavior/metadataDocuments`` says.
+extension MockTokenIssuer {
+    /// The issuer identifier (the base URL).
+    public var issuerURL: String { url.replacingOccurrences(of: "/oauth/token", with: "") }
+
+    /// How many metadata documents were served.
+    public var metadataRequests: Int { state.withLockedValue { $0.metadataRequests } }
+
+    static func metadata(_ request: MockHTTPRequest, baseURL: String, behavior: Behavior) -> MockHTTPResponse {
+        let kind = request.uri.hasPrefix("/.well-known/openid-configuration") ? "openid" : request.uri.hasPrefix("/.well-known/oauth-authorization-server") ? "oauth" : ""
+        guard behavior.metadataDocuments.contains(kind) else { return .json(404, #"{"error":"not_found"}"#) }
+        var fields = [
+            "token_endpoint": baseURL + "/oauth/token", "device_authorization_endpoint": baseURL + "/oauth/device",
+            "revocation_endpoint": baseURL + "/oauth/revoke", "authorization_endpoint": baseURL + "/oauth/authorize",
+        ]
+        if kind == "openid" { for key in behavior.openIDOmits { fields.removeValue(forKey: key) } }
+        let members = ["\"issuer\":\"\(baseURL)\""] + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }
+        return .json(200, "{" + members.joined(separator: ",") + "}")
+    }
+}

@@ -40,6 +40,10 @@ public final class MockTokenIssuer: Sendable {
         /// Errors the token endpoint answers to the first polls of each device code, in order
         /// (`authorization_pending`, `slow_down`), before the user's decision counts.
         public var devicePollScript: [String] = []
+        /// Which metadata documents the issuer serves (`openid`: OpenID Connect Discovery,
+        /// `oauth`: RFC 8414), and the endpoints the OpenID document leaves out.
+        public var metadataDocuments: Set<String> = ["openid", "oauth"]
+        public var openIDOmits: Set<String> = []
         /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
         public var allowedScopes: Set<String>?
 
@@ -68,6 +72,7 @@ public final class MockTokenIssuer: Sendable {
         var familyRevocations = 0
         var devices: [String: DeviceGrant] = [:]
         var revoked: [String] = []
+        var metadataRequests = 0
     }
 
     /// One device authorization (RFC 8628 §3.2) and what the user decided.
@@ -152,6 +157,12 @@ public final class MockTokenIssuer: Sendable {
         if delay > .zero { try? await Task.sleep(for: delay) }
         if !request.isClientConnected(), !state.withLockedValue({ $0.behavior.processesAbandonedCalls }) { return .drop }
         let form = parseForm(request.bodyText)
+        if request.uri.hasPrefix("/.well-known/") {
+            return state.withLockedValue {
+                $0.metadataRequests += 1
+                return metadata(request, baseURL: "http://" + (request.header("Host") ?? ""), behavior: $0.behavior)
+            }
+        }
         if request.uri.hasPrefix("/oauth/revoke") {
             return state.withLockedValue { revoke(form: form, state: &$0) }
         }

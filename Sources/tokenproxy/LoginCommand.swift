@@ -24,8 +24,11 @@ struct LoginCommand: AsyncParsableCommand {
     @Flag(help: "Sign in with the device authorization grant (RFC 8628): a code to enter on any device.")
     var device = false
 
-    @Flag(help: "Sign in in a browser (authorization code with PKCE); not in this version.")
+    @Flag(help: "Sign in in a browser: authorization code with PKCE and a redirect to 127.0.0.1 (the address is printed, and opened with xdg-open when there is a display).")
     var browser = false
+
+    @Option(help: ArgumentHelp("How long --browser waits for the sign-in, in seconds.", valueName: "seconds"))
+    var timeout: Int = 300
 
     func run() async throws {
         let configuration = try options.load()
@@ -34,8 +37,8 @@ struct LoginCommand: AsyncParsableCommand {
             return
         }
         guard let refreshTokenFile else {
-            printError("tokenproxy login: the browser login (--browser) is not available yet; use --device, or import a refresh token with --refresh-token-file FILE (or - for standard input)")
-            throw ExitStatus.configurationError
+            try await browserLogin(configuration)
+            return
         }
         let refreshToken = try Self.readRefreshToken(from: refreshTokenFile)
         try await withTokenBroker(configuration) { broker in
@@ -46,6 +49,31 @@ struct LoginCommand: AsyncParsableCommand {
                 printError("tokenproxy login: \(error)")
                 throw ExitStatus.forBrokerError(error)
             }
+        }
+    }
+
+    private func browserLogin(_ configuration: Configuration) async throws {
+        let store = configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store
+        try await withTokenBroker(configuration) { broker in
+            do throws(LoginError) {
+                _ = try await broker.loginWithBrowser(timeout: .seconds(max(timeout, 1))) { url in
+                    print("To sign in, open this address in a browser on this machine:\n\(url)")
+                    fflush(nil)
+                    Browser.open(url)
+                }
+                print("signed in; refresh token stored in \(store)")
+            } catch {
+                printError("tokenproxy login: \(error)")
+                throw Self.exitStatus(error)
+            }
+        }
+    }
+
+    static func exitStatus(_ error: LoginError) -> ExitCode {
+        switch error {
+        case .misconfigured: ExitStatus.configurationError
+        case .refused: ExitStatus.reauthenticationRequired
+        case .unavailable: ExitStatus.runtimeFailure
         }
     }
 
@@ -63,12 +91,22 @@ struct LoginCommand: AsyncParsableCommand {
                 print("signed in; refresh token stored in \(store)\(tokens.refreshToken == nil ? " (the issuer sent no refresh token: only the access token was stored)" : "")")
             } catch {
                 printError("tokenproxy login: \(error)")
-                switch error {
-                case .misconfigured: throw ExitStatus.configurationError
-                case .refused: throw ExitStatus.reauthenticationRequired
-                case .unavailable: throw ExitStatus.runtimeFailure
-                }
+                throw Self.exitStatus(error)
             }
+        }
+    }
+
+    /// Opens `url` in the user's browser when there is a display and `xdg-open`; the address
+    /// is printed either way, so nothing depends on it.
+    enum Browser {
+        static func open(_ url: String) {
+            let environment = ProcessInfo.processInfo.environment
+            guard environment["DISPLAY"] != nil || environment["WAYLAND_DISPLAY"] != nil else { return }
+            var pid: pid_t = 0
+            let words: [String] = ["xdg-open", url]
+            let argv = words.map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            _ = posix_spawnp(&pid, "xdg-open", nil, nil, argv, environ)
         }
     }
 

@@ -127,7 +127,7 @@ extension Configuration {
 
     private static func readToken(_ root: ConfigurationReader, resolve: (String) -> String) -> Token {
         var token = Token(
-            endpoint: "", deviceEndpoint: nil, revocationEndpoint: nil, grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
+            endpoint: "", issuer: nil, authorizationEndpoint: nil, deviceEndpoint: nil, revocationEndpoint: nil, grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
             clientKeyFile: nil, clientKeyID: nil, clientAssertionFile: nil, scope: nil,
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
@@ -150,7 +150,13 @@ extension Configuration {
             }
             return text
         }
-        if let endpoint = endpointURL("endpoint", required: true) { token.endpoint = endpoint }
+        token.issuer = endpointURL("issuer", required: false).map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        if let endpoint = endpointURL("endpoint", required: false) {
+            token.endpoint = endpoint
+        } else if token.issuer == nil {
+            reader.report("endpoint", "is required (or set token.issuer, and the endpoints are discovered)")
+        }
+        token.authorizationEndpoint = endpointURL("authorizationEndpoint", required: false)
         token.deviceEndpoint = endpointURL("deviceEndpoint", required: false)
         token.revocationEndpoint = endpointURL("revocationEndpoint", required: false)
         token.grant = reader.choice("grant", default: .refreshToken)

@@ -39,7 +39,13 @@ public struct Configuration: Sendable, Equatable {
             case clientAssertion = "client_assertion"
         }
 
+        /// The token endpoint; empty until discovery finds it when only `issuer` is configured.
         public var endpoint: String
+        /// The issuer whose metadata (OpenID Connect discovery, RFC 8414) names the endpoints
+        /// the configuration leaves out.
+        public var issuer: String?
+        /// The authorization endpoint, for `tokenproxy login --browser`.
+        public var authorizationEndpoint: String?
         /// RFC 8628's device authorization endpoint, for `tokenproxy login --device`.
         public var deviceEndpoint: String?
         /// RFC 7009's revocation endpoint, for `tokenproxy logout`.

@@ -3,7 +3,7 @@ extension Configuration.Token {
     public var reauthenticationRemedy: String {
         switch grant {
         case .refreshToken:
-            "log in again: `tokenproxy login --refresh-token-file FILE` (or write {\"version\": 1, \"refresh_token\": \"…\"} to \(store), mode 0600); it is picked up without a restart"
+            "log in again: `tokenproxy login --device` or `tokenproxy login --refresh-token-file FILE` (or write {\"version\": 1, \"refresh_token\": \"…\"} to \(store), mode 0600); it is picked up without a restart"
         case .clientCredentials:
             "check token.clientId and the client secret (\(clientSecret?.description ?? "none configured")); a changed secret or store is picked up without a restart"
         }
@@ -13,7 +13,9 @@ extension Configuration.Token {
     /// obtain them: same endpoint, client, grant, scope and parameters. When not, a reload drops
     /// them (SPEC §8).
     func issuesSameTokens(as other: Configuration.Token) -> Bool {
-        endpoint == other.endpoint && grant == other.grant && clientID == other.clientID && clientSecret == other.clientSecret
+        // A discovered endpoint counts as the issuer's: the same issuer issues the same tokens.
+        let sameEndpoint = endpoint == other.endpoint || (issuer != nil && issuer == other.issuer && (endpoint.isEmpty || other.endpoint.isEmpty))
+        return sameEndpoint && grant == other.grant && clientID == other.clientID && clientSecret == other.clientSecret
             && clientAuth == other.clientAuth && clientKeyFile == other.clientKeyFile && clientKeyID == other.clientKeyID
             && clientAssertionFile == other.clientAssertionFile && scope == other.scope && extraParams == other.extraParams
     }

@@ -12,6 +12,7 @@ extension TokenBroker {
             if let stored = try await readStore().tokens, gate.satisfies(stored, need, now: Date()) {
                 return .adopted(stored)
             }
+            try await discoverEndpoints()
             // 3. Under the lock, look once more: the holder we waited for may have refreshed.
             let lock = try await takeLock()
             var lockPassedOn = false

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Logging
+import NIOConcurrencyHelpers
 
 extension TokenBroker {
     /// What the user is shown to sign in on another device (RFC 8628 §3.3).
@@ -14,8 +15,13 @@ extension TokenBroker {
     /// hands it to `show`, polls the token endpoint as ``DevicePolling`` says, and stores the
     /// tokens through the lock, so that a running proxy sharing the store picks them up.
     public func loginWithDevice(show: @Sendable (DeviceAuthorization) -> Void) async throws(LoginError) -> TokenSet {
+        do {
+            try await discoverEndpoints()
+        } catch {
+            throw .unavailable(error.description)
+        }
         guard let deviceEndpoint = configuration.deviceEndpoint else {
-            throw .misconfigured("token.deviceEndpoint is not set: name the issuer's device authorization endpoint")
+            throw .misconfigured("token.deviceEndpoint is not set\(configuration.issuer.map { " and the metadata of \($0) names none" } ?? ""): name the issuer's device authorization endpoint")
         }
         guard configuration.clientID != nil else { throw .misconfigured("token.clientId is required for a login") }
         let credentials: TokenCredentials
@@ -118,5 +124,85 @@ extension TokenBroker {
         gate.replaced(by: tokens)
         publishCurrent()
         logger.info("login stored a new refresh token", metadata: ["store": "\(storage.name)"])
+    }
+}
+
+extension TokenBroker {
+    /// `tokenproxy login --browser`: the authorization code grant with PKCE S256 and a loopback
+    /// redirect on an ephemeral port (RFC 7636, RFC 8252 §7.3). `show` gets the address to open;
+    /// a redirect whose `state` does not match is answered 400 and the wait goes on, at most
+    /// `timeout`. The tokens are stored through the lock.
+    public func loginWithBrowser(timeout: Duration, show: @Sendable (String) -> Void) async throws(LoginError) -> TokenSet {
+        do {
+            try await discoverEndpoints()
+        } catch {
+            throw .unavailable(error.description)
+        }
+        guard let authorizationEndpoint = configuration.authorizationEndpoint else {
+            throw .misconfigured("token.authorizationEndpoint is not set\(configuration.issuer.map { " and the metadata of \($0) names none" } ?? ""): name the issuer's authorization endpoint")
+        }
+        guard configuration.clientID != nil else { throw .misconfigured("token.clientId is required for a login") }
+        let credentials: TokenCredentials
+        do {
+            credentials = try endpoint.credentials(refreshToken: nil)
+        } catch {
+            throw .misconfigured(error.description)
+        }
+        let (redirects, delivery) = AsyncStream<BrowserLogin.Redirect>.makeStream()
+        let current = NIOLockedValueBox<BrowserLogin?>(nil)
+        let listener: LoopbackRedirectListener
+        do {
+            listener = try await LoopbackRedirectListener.start { target in
+                guard let login = current.withLockedValue({ $0 }) else { return .init(status: .serviceUnavailable, page: "not ready") }
+                let (path, query) = BrowserLogin.query(of: target)
+                let redirect = login.interpret(path: path, query: query)
+                switch redirect {
+                case .code:
+                    delivery.yield(redirect)
+                    return .init(status: .ok, page: "Signed in to tokenproxy. You may close this tab.")
+                case .error(let reason):
+                    delivery.yield(redirect)
+                    return .init(status: .ok, page: "The sign-in did not complete: \(reason)")
+                case .ignored(let reason):
+                    return .init(status: .badRequest, page: reason)
+                }
+            }
+        } catch {
+            throw .unavailable("cannot listen on 127.0.0.1 for the redirect: \(error)")
+        }
+        let login = BrowserLogin(redirectPort: listener.port)
+        current.withLockedValue { $0 = login }
+        show(login.authorizationURL(endpoint: authorizationEndpoint, configuration: configuration))
+        let redirect: BrowserLogin.Redirect? = await withTaskGroup(of: BrowserLogin.Redirect?.self) { group in
+            group.addTask {
+                for await redirect in redirects { return redirect }
+                return nil
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        delivery.finish()
+        await listener.stop()
+        switch redirect {
+        case nil:
+            throw .unavailable("no sign-in reached http://127.0.0.1:\(listener.port)/callback within \(timeout.configString); run `tokenproxy login --browser` again")
+        case .error(let reason)?, .ignored(let reason)?:
+            throw .refused(reason)
+        case .code(let code)?:
+            switch await endpoint.requestToken(credentials, grant: login.exchange(code: code)) {
+            case .granted(let tokens):
+                try await storeLogin(tokens)
+                return tokens
+            case .refused(let refusal):
+                throw .refused(refusal.message(configuration))
+            case .transient(let reason, _):
+                throw .unavailable(reason)
+            }
+        }
     }
 }

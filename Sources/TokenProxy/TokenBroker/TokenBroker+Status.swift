@@ -81,6 +81,11 @@ extension TokenBroker {
         defer { lock.release() }
         let stored = try await readStoreVersion(authoritative: true)
         var problem: String?
+        do {
+            try await discoverEndpoints()
+        } catch {
+            problem = "\(error); the token was not revoked"
+        }
         if let revocationEndpoint = configuration.revocationEndpoint, let tokens = stored.contents.tokens {
             problem = await revoke(tokens, at: revocationEndpoint)
         }
@@ -126,6 +131,7 @@ extension TokenBroker {
         let previousEndpoint = endpoint
         let running = refreshTask
         configuration = next
+        discovered = false
         if let file = storage as? FileTokenStorage, file.store.path != next.store || file.lockFile != next.lockFile {
             storage = FileTokenStorage(store: next.store, lockFile: next.lockFile)
         }

@@ -55,6 +55,8 @@ public actor TokenBroker {
     let writesBeforeUse: Bool
     var pendingWrite: Task<Void, Never>?
     private var loaded = false
+    /// Whether issuer discovery ran for the current configuration (its result is kept).
+    var discovered = false
     /// The maintenance loop's current pause; cancelled when the token changes.
     var maintenancePause: Task<Void, Never>?
     /// The last note about a dropped access token, so that it is logged once per store.

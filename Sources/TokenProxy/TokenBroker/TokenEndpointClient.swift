@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Glibc
+import NIOConcurrencyHelpers
 
 /// Calls the OAuth 2.0 token endpoint (RFC 6749 §4.4, §6) with async-http-client.
 ///
@@ -11,11 +12,13 @@ import Glibc
 /// redirects is misconfigured, and following it could hand the credentials to another host).
 public final class TokenEndpointClient: Sendable {
     private let client: HTTPClient
-    private let configuration: Configuration.Token
+    private let settings: NIOLockedValueBox<Configuration.Token>
+    /// The token settings, with the endpoints that discovery found (``adopt(_:)``).
+    var configuration: Configuration.Token { settings.withLockedValue { $0 } }
     private let environment: [String: String]
 
     public init(configuration: Configuration.Token, environment: [String: String] = ProcessInfo.processInfo.environment) {
-        self.configuration = configuration
+        self.settings = NIOLockedValueBox(configuration)
         self.environment = environment
         var clientConfiguration = HTTPClient.Configuration(
             certificateVerification: .fullVerification,
@@ -27,6 +30,30 @@ public final class TokenEndpointClient: Sendable {
         // deadline would hold the refresh lock for all of token.requestTimeout.
         clientConfiguration.connectionPool.retryConnectionEstablishment = false
         self.client = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: clientConfiguration)
+    }
+
+    /// Takes the endpoints discovery found (SPEC §2.1) in place of the configured settings.
+    func adopt(_ resolved: Configuration.Token) {
+        settings.withLockedValue { $0 = resolved }
+    }
+
+    /// GETs a JSON document (an issuer's metadata), within `token.requestTimeout`.
+    func fetchJSON(_ url: String) async -> Result<[String: JSONValue], CallFailure> {
+        var request = HTTPClientRequest(url: url)
+        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "User-Agent", value: "tokenproxy/\(TokenProxyVersion.current)")
+        let timeout = configuration.requestTimeout
+        do {
+            let answer = try await client.execute(request, deadline: .now() + .milliseconds(timeout.milliseconds))
+            let body = try await answer.body.collect(upTo: 1 << 20)
+            guard answer.status == .ok else { return .failure(CallFailure(reason: "answered HTTP \(answer.status.code)")) }
+            guard case .object(let fields)? = try? JSONValue.parse(Data(body.readableBytesView)) else {
+                return .failure(CallFailure(reason: "answered with something that is not a JSON object"))
+            }
+            return .success(fields)
+        } catch {
+            return .failure(CallFailure(reason: "could not be reached (\(Self.describe(error)))"))
+        }
     }
 
     /// Closes the client's connections; call once before the process exits.

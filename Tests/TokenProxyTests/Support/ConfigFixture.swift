@@ -34,12 +34,13 @@ struct ConfigFixture {
     func write(to directory: TemporaryDirectory) throws -> String {
         if let secretFile { try directory.write(secretFile, Self.clientSecret + "\n") }
         var token: [String] = [
-            "\"endpoint\": \"\(endpoint)\"", "\"grant\": \"\(grant)\"", "\"clientId\": \"\(clientID)\"",
+            "\"grant\": \"\(grant)\"", "\"clientId\": \"\(clientID)\"",
             "\"clientAuth\": \"\(clientAuth)\"", "\"refreshBefore\": \"\(refreshBefore)\"",
             "\"minValidity\": \"\(minValidity)\"", "\"lockTimeout\": \"\(lockTimeout)\"",
             "\"minRefreshInterval\": \"\(minRefreshInterval)\"", "\"defaultLifetime\": \"\(defaultLifetime)\"",
             "\"store\": \"\(store)\"", "\"lockFile\": \"\(lockFile)\"",
         ]
+        if !endpoint.isEmpty { token.append("\"endpoint\": \"\(endpoint)\"") }  // empty: left to discovery
         if let secretFile { token.append("\"clientSecretFile\": \"\(secretFile)\"") }
         if let scope { token.append("\"scope\": \"\(scope)\"") }
         for (key, value) in extra { token.append("\"\(key)\": \(value)") }
