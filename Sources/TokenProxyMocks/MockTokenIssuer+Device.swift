@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 /// The device authorization grant (RFC 8628) of the stand-in issuer: `POST /oauth/device` hands
@@ -96,5 +97,70 @@ extension MockTokenIssuer {
         if kind == "openid" { for key in behavior.openIDOmits { fields.removeValue(forKey: key) } }
         let members = ["\"issuer\":\"\(baseURL)\""] + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }
         return .json(200, "{" + members.joined(separator: ",") + "}")
+    }
+}
+
+/// The authorization endpoint with PKCE (RFC 6749 §4.1, RFC 7636): `GET /oauth/authorize` shows a
+/// consent page naming a pending request; `POST /oauth/authorize` with `request` and `decision`
+/// redirects to the client's loopback `redirect_uri` with a code (or `error=access_denied`); the
+/// token endpoint exchanges the code only with the `code_verifier` whose S256 is the challenge.
+extension MockTokenIssuer {
+    public var authorizationURL: String { url.replacingOccurrences(of: "/oauth/token", with: "/oauth/authorize") }
+
+    /// How many code exchanges passed the PKCE check.
+    public var pkceVerified: Int { state.withLockedValue { $0.pkceVerified } }
+
+    struct PendingAuthorization {
+        var clientID: String
+        var redirectURI: String
+        var state: String
+        var challenge: String
+    }
+
+    static func authorize(_ request: MockHTTPRequest, form: [String: String], state: inout State) -> MockHTTPResponse {
+        if request.method == "GET" {
+            let query = parseForm(String(request.uri.drop { $0 != "?" }.dropFirst()))
+            guard query["response_type"] == "code", let clientID = query["client_id"], let redirect = query["redirect_uri"],
+                redirect.hasPrefix("http://127.0.0.1:"), query["code_challenge_method"] == "S256", let challenge = query["code_challenge"],
+                let clientState = query["state"]
+            else { return .json(400, #"{"error":"invalid_request","error_description":"a PKCE S256 request with a loopback redirect is required"}"#) }
+            let id = "req-\(UInt32.random(in: 0...UInt32.max))"
+            state.pendingAuthorizations[id] = PendingAuthorization(clientID: clientID, redirectURI: redirect, state: clientState, challenge: challenge)
+            var page = MockHTTPResponse(status: 200, headers: [("Content-Type", "text/html")], body: "<form method=post action=/oauth/authorize><input name=\"request\" value=\"\(id)\"><button name=decision value=approve>Allow</button></form>")
+            page.headers.append(("X-Consent-Request", id))
+            return page
+        }
+        guard let id = form["request"], let pending = state.pendingAuthorizations.removeValue(forKey: id) else {
+            return .json(400, #"{"error":"invalid_request"}"#)
+        }
+        let separator = pending.redirectURI.contains("?") ? "&" : "?"
+        guard form["decision"] == "approve" else {
+            return MockHTTPResponse(status: 302, headers: [("Location", "\(pending.redirectURI)\(separator)error=access_denied&state=\(pending.state)")])
+        }
+        let code = "code-\(UInt64.random(in: 0...UInt64.max))"
+        state.authorizationCodes[code] = pending
+        return MockHTTPResponse(status: 302, headers: [("Location", "\(pending.redirectURI)\(separator)code=\(code)&state=\(pending.state)")])
+    }
+
+    /// The answer to a code exchange, or `nil` when the code and verifier are good.
+    static func exchange(form: [String: String], state: inout State) -> MockHTTPResponse? {
+        guard let code = form["code"], let pending = state.authorizationCodes.removeValue(forKey: code) else {
+            return .json(400, #"{"error":"invalid_grant","error_description":"unknown or used code"}"#)
+        }
+        guard form["redirect_uri"] == pending.redirectURI, form["client_id"] == nil || form["client_id"] == pending.clientID else {
+            return .json(400, #"{"error":"invalid_grant","error_description":"redirect_uri or client differs"}"#)
+        }
+        guard let verifier = form["code_verifier"], Self.s256(verifier) == pending.challenge else {
+            return .json(400, #"{"error":"invalid_grant","error_description":"PKCE verification failed"}"#)
+        }
+        state.pkceVerified += 1
+        return nil
+    }
+
+    static func s256(_ verifier: String) -> String {
+        var text = Data(SHA256.hash(data: Data(verifier.utf8))).base64EncodedString()
+        text = text.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+        while text.hasSuffix("=") { text.removeLast() }
+        return text
     }
 }

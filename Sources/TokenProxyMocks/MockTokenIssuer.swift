@@ -73,6 +73,9 @@ public final class MockTokenIssuer: Sendable {
         var devices: [String: DeviceGrant] = [:]
         var revoked: [String] = []
         var metadataRequests = 0
+        var pendingAuthorizations: [String: PendingAuthorization] = [:]
+        var authorizationCodes: [String: PendingAuthorization] = [:]
+        var pkceVerified = 0
     }
 
     /// One device authorization (RFC 8628 §3.2) and what the user decided.
@@ -163,6 +166,9 @@ public final class MockTokenIssuer: Sendable {
                 return metadata(request, baseURL: "http://" + (request.header("Host") ?? ""), behavior: $0.behavior)
             }
         }
+        if request.uri.hasPrefix("/oauth/authorize") {
+            return state.withLockedValue { authorize(request, form: form, state: &$0) }
+        }
         if request.uri.hasPrefix("/oauth/revoke") {
             return state.withLockedValue { revoke(form: form, state: &$0) }
         }
@@ -219,6 +225,10 @@ public final class MockTokenIssuer: Sendable {
             }
         case "client_credentials":
             break
+        case "authorization_code":
+            if let refusal = exchange(form: form, state: &state) { return refusal }
+            refreshToken = "rt-browser-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
+            state.validRefreshTokens.insert(refreshToken!)
         case "urn:ietf:params:oauth:grant-type:device_code":
             if let refusal = pollDevice(form["device_code"], state: &state) { return refusal }
             refreshToken = "rt-device-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
