@@ -44,6 +44,9 @@ public final class MockTokenIssuer: Sendable {
         /// `oauth`: RFC 8414), and the endpoints the OpenID document leaves out.
         public var metadataDocuments: Set<String> = ["openid", "oauth"]
         public var openIDOmits: Set<String> = []
+        /// When set, every response that carries a refresh token says how long it lives, as
+        /// Keycloak's `refresh_expires_in` does.
+        public var refreshTokenLifetime: Double?
         /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
         public var allowedScopes: Set<String>?
 
@@ -248,6 +251,7 @@ public final class MockTokenIssuer: Sendable {
         var fields = ["\"access_token\":\"\(accessToken)\"", "\"token_type\":\"Bearer\""]
         if !behavior.omitExpiresIn { fields.append("\"expires_in\":\(seconds)") }
         if let refreshToken { fields.append("\"refresh_token\":\"\(refreshToken)\"") }
+        if refreshToken != nil, let lifetime = behavior.refreshTokenLifetime { fields.append("\"refresh_expires_in\":\(lifetime)") }
         if let scope = form["scope"] { fields.append("\"scope\":\"\(scope)\"") }
         return .json(200, "{" + fields.joined(separator: ",") + "}")
     }

@@ -61,6 +61,9 @@ public struct AdminRoutes: Sendable {
             if let seconds = broker.publisher.latest().map({ Double($0.expiresAtNanoseconds) / 1e9 - Date().timeIntervalSince1970 }) {
                 statistics.tokenSecondsLeft.record(max(seconds, 0))
             }
+            if let expiresAt = await broker.status().refreshTokenExpiresAt {
+                statistics.refreshTokenSecondsLeft.record(max(expiresAt.timeIntervalSinceNow.rounded(.down), 0))
+            }
             return Response(status: .ok, body: statistics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         case (.POST, "/token/refresh"):
             do {
@@ -144,6 +147,11 @@ public struct AdminRoutes: Sendable {
             token["failure"] = .string(failure)
             token["reauthenticationRequired"] = .bool(status.reauthenticationRequired)
         }
+        if let expiresAt = status.refreshTokenExpiresAt {
+            token["refreshTokenExpiresAt"] = .string(RFC3339.format(expiresAt))
+            token["refreshTokenExpiresIn"] = .number(expiresAt.timeIntervalSinceNow.rounded(.down))
+        }
+        token["refreshTokenWarning"] = .bool(status.refreshTokenWarning)
         var store: [String: JSONValue] = ["name": .string(status.store)]
         if let problem = status.storeProblem { store["problem"] = .string(problem) }
         if let last = status.lastRefresh {

@@ -131,7 +131,8 @@ extension Configuration {
             clientKeyFile: nil, clientKeyID: nil, clientAssertionFile: nil, scope: nil,
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
-            lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), requestTimeout: .seconds(10)
+            lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), refreshTokenLifetime: nil, refreshTokenWarning: .seconds(86_400),
+            requestTimeout: .seconds(10)
         )
         guard let reader = root.object("token") else {
             if !root.isPresent("token") { root.report("token", "is required: an object with at least \"endpoint\"") }
@@ -218,6 +219,10 @@ extension Configuration {
         if token.lockFile == token.store { reader.report("lockFile", "must not be the store file itself") }
         token.lockTimeout = reader.duration("lockTimeout", default: token.lockTimeout, atLeast: .milliseconds(1))
         token.minRefreshInterval = reader.duration("minRefreshInterval", default: token.minRefreshInterval)
+        if reader.isPresent("refreshTokenLifetime") {
+            token.refreshTokenLifetime = reader.duration("refreshTokenLifetime", default: .seconds(86_400), atLeast: .seconds(1))
+        }
+        token.refreshTokenWarning = reader.duration("refreshTokenWarning", default: token.refreshTokenWarning)
         token.requestTimeout = reader.duration("requestTimeout", default: token.requestTimeout, atLeast: .milliseconds(100))
         reader.finish()
         return token

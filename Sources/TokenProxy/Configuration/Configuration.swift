@@ -68,6 +68,11 @@ public struct Configuration: Sendable, Equatable {
         public var lockFile: String
         public var lockTimeout: Duration
         public var minRefreshInterval: Duration
+        /// The refresh token's lifetime when the token response does not say (SPEC §2.1).
+        public var refreshTokenLifetime: Duration?
+        /// From this long before the refresh token expires, `/status`, `/metrics`, the log and
+        /// systemd warn that a login will be needed.
+        public var refreshTokenWarning: Duration
         /// How long one call to the token endpoint may take (connect included).
         public var requestTimeout: Duration
 

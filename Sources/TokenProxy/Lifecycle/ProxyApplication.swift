@@ -161,6 +161,7 @@ enum TokenStatusText {
         case .transientFailure(let reason): "token endpoint failing, retrying: \(reason)"
         case .reauthenticationRequired(let reason): "re-login needed: \(reason)"
         case .misconfigured(let reason): "configuration error: \(reason)"
+        case .refreshTokenExpiring(let expiresAt): "refresh token expires at \(RFC3339.format(expiresAt)): log in again before then (tokenproxy login)"
         }
     }
 

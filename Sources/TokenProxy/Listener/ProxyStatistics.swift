@@ -21,6 +21,8 @@ public final class ProxyStatistics: Sendable {
     private let requestDuration: CoreMetrics.Timer
     /// Seconds left on the access token, set when `/metrics` is rendered.
     public let tokenSecondsLeft: CoreMetrics.Gauge
+    /// Seconds until the refresh token expires, when that is known (SPEC §2.1).
+    public let refreshTokenSecondsLeft: CoreMetrics.Gauge
     /// Serialises renders: each brings the counters up to the atomics once.
     private let renderLock = NIOLock()
 
@@ -60,6 +62,7 @@ public final class ProxyStatistics: Sendable {
         adoptionsTotal = Count("tokenproxy_token_adoptions_total", factory: factory)
         requestDuration = Timer(label: "tokenproxy_request_duration_seconds", factory: factory)
         tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
+        refreshTokenSecondsLeft = Gauge(label: "tokenproxy_refresh_token_expiry_seconds", factory: factory)
     }
 
     // MARK: Counting (the data path)
@@ -88,6 +91,7 @@ public final class ProxyStatistics: Sendable {
         case .transientFailure: refreshesByResult[.transientFailure]?.increment()
         case .reauthenticationRequired: refreshesByResult[.reauthenticationRequired]?.increment()
         case .misconfigured: refreshesByResult[.configurationError]?.increment()
+        case .refreshTokenExpiring: break
         }
     }
 

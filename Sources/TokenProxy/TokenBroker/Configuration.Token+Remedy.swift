@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 extension Configuration.Token {
     /// What an operator does when the token endpoint refused the credentials for good.
     public var reauthenticationRemedy: String {
@@ -6,6 +8,17 @@ extension Configuration.Token {
             "log in again: `tokenproxy login --device` or `tokenproxy login --refresh-token-file FILE` (or write {\"version\": 1, \"refresh_token\": \"…\"} to \(store), mode 0600); it is picked up without a restart"
         case .clientCredentials:
             "check token.clientId and the client secret (\(clientSecret?.description ?? "none configured")); a changed secret or store is picked up without a restart"
+        }
+    }
+
+    /// Gives a refresh token whose expiry nothing said the `exp` of a JWT refresh token, else
+    /// `refreshTokenLifetime` counted from `now` (SPEC §2.1).
+    func stampRefreshExpiry(_ tokens: inout TokenSet, now: Date) {
+        guard let refreshToken = tokens.refreshToken, tokens.refreshExpiresAt == nil else { return }
+        if let expiry = JWT.expiry(of: refreshToken), TokenSet.isInRange(expiry, now: now) {
+            tokens.refreshExpiresAt = expiry
+        } else if let lifetime = refreshTokenLifetime {
+            tokens.refreshExpiresAt = now + lifetime.timeInterval
         }
     }
 

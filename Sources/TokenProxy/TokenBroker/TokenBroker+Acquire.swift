@@ -40,7 +40,11 @@ extension TokenBroker {
                 switch await endpoint.requestToken(credentials) {
                 case .granted(var granted):
                     // Rotation replaces the refresh token; an answer without one keeps the old one.
-                    granted.refreshToken = granted.refreshToken ?? tokens?.refreshToken
+                    if granted.refreshToken == nil {
+                        granted.refreshToken = tokens?.refreshToken
+                        granted.refreshExpiresAt = tokens?.refreshExpiresAt
+                    }
+                    configuration.stampRefreshExpiry(&granted, now: Date())
                     if case .corrupt(let reason, let corrupt) = stored {
                         // The new token replaces an unparseable file: keep that one for inspection.
                         if await moveAside(corrupt, reason: reason) { version = nil }

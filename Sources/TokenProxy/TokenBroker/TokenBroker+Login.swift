@@ -108,7 +108,9 @@ extension TokenBroker {
     }
 
     /// Stores what a login obtained, through the lock, in place of whatever the store held.
-    func storeLogin(_ tokens: TokenSet) async throws(LoginError) {
+    func storeLogin(_ obtained: TokenSet) async throws(LoginError) {
+        var tokens = obtained
+        configuration.stampRefreshExpiry(&tokens, now: Date())
         await finishWrites()
         do throws(TokenBrokerError) {
             let lock = try await takeLock()

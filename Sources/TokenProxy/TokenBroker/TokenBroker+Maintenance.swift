@@ -13,7 +13,9 @@ extension TokenBroker {
         defer { watcher.cancel() }
         while !Task.isCancelled {
             let now = Date()
-            let due = gate.nextCheck(now: now)
+            warnIfRefreshTokenExpiresSoon(now: now)
+            var due = gate.nextCheck(now: now)
+            if let warning = nextRefreshTokenWarning(after: now) { due = min(due, warning) }
             if due > now {
                 await pause(for: min(Duration(timeInterval: due.timeIntervalSince(now)), .seconds(60)))
                 continue
@@ -22,6 +24,28 @@ extension TokenBroker {
             // However the need ended, the next check is at least this far off.
             try? await Task.sleep(for: .milliseconds(10))
         }
+    }
+
+    /// When the refresh token's warning window begins, if that is still ahead.
+    private func nextRefreshTokenWarning(after now: Date) -> Date? {
+        guard let current = gate.current, current.refreshToken != nil, let expiresAt = current.refreshExpiresAt else { return nil }
+        let start = expiresAt - configuration.refreshTokenWarning.timeInterval
+        return start > now ? start : nil
+    }
+
+    /// Logs (on entering the window, then hourly) and tells systemd that the refresh token
+    /// expires within `token.refreshTokenWarning`, so that someone logs in before it does.
+    private func warnIfRefreshTokenExpiresSoon(now: Date) {
+        guard let current = gate.current, current.refreshToken != nil, let expiresAt = current.refreshExpiresAt,
+            now >= expiresAt - configuration.refreshTokenWarning.timeInterval
+        else { return }
+        if let last = lastRefreshTokenWarning, last.expiresAt == expiresAt, now.timeIntervalSince(last.at) < 3600 { return }
+        lastRefreshTokenWarning = (expiresAt, now)
+        let left = max(Int(expiresAt.timeIntervalSince(now)), 0)
+        logger.warning("the refresh token expires soon; log in again before then (tokenproxy login)", metadata: [
+            "refreshTokenExpiresAt": "\(RFC3339.format(expiresAt))", "refreshTokenExpiresIn": "\(left)s",
+        ])
+        observer?(.refreshTokenExpiring(expiresAt: expiresAt))
     }
 
     /// Sleeps for `duration`, or until ``publishCurrent()`` changes the token.

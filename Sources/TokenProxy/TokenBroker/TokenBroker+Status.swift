@@ -16,6 +16,10 @@ extension TokenBroker {
         public var store: String
         /// Why the store cannot be reached now (the fleet database is down), if that is so.
         public var storeProblem: String?
+        /// When the refresh token expires, when known, and whether that is within
+        /// `token.refreshTokenWarning` (a login will be needed soon).
+        public var refreshTokenExpiresAt: Date?
+        public var refreshTokenWarning: Bool
     }
 
     public func status() async -> Status {
@@ -23,8 +27,12 @@ extension TokenBroker {
         var status = Status(
             expiresAt: current?.accessToken == nil ? nil : current?.expiresAt, hasRefreshToken: current?.refreshToken != nil,
             lastRefresh: gate.lastRefresh, failure: nil, reauthenticationRequired: false, refreshing: isRefreshing,
-            store: storage.name, storeProblem: await storage.problem()
+            store: storage.name, storeProblem: await storage.problem(),
+            refreshTokenExpiresAt: current?.refreshToken == nil ? nil : current?.refreshExpiresAt, refreshTokenWarning: false
         )
+        if let expiresAt = status.refreshTokenExpiresAt {
+            status.refreshTokenWarning = Date() >= expiresAt - configuration.refreshTokenWarning.timeInterval
+        }
         switch gate.failure {
         case .none: break
         case .transient(_, _, let reason): status.failure = reason
@@ -67,7 +75,9 @@ extension TokenBroker {
         let lock = try await takeLock()
         defer { lock.release() }
         let stored = try await readStoreVersion(authoritative: true)
-        try await writeReplacingByHand(TokenSet(refreshToken: refreshToken), replacing: stored.version)
+        var imported = TokenSet(refreshToken: refreshToken)
+        configuration.stampRefreshExpiry(&imported, now: Date())
+        try await writeReplacingByHand(imported, replacing: stored.version)
         logger.info("refresh token imported into the store", metadata: ["store": "\(storage.name)"])
     }
 

@@ -33,6 +33,8 @@ public actor TokenBroker {
         case transientFailure(reason: String)
         case reauthenticationRequired(reason: String)
         case misconfigured(reason: String)
+        /// The refresh token expires within `token.refreshTokenWarning`: a login will be needed.
+        case refreshTokenExpiring(expiresAt: Date)
     }
 
     /// The outcome of the last refresh attempt, for status reports.
@@ -55,6 +57,8 @@ public actor TokenBroker {
     let writesBeforeUse: Bool
     var pendingWrite: Task<Void, Never>?
     private var loaded = false
+    /// The last warning that the refresh token expires soon, so that it is repeated hourly only.
+    var lastRefreshTokenWarning: (expiresAt: Date, at: Date)?
     /// Whether issuer discovery ran for the current configuration (its result is kept).
     var discovered = false
     /// The maintenance loop's current pause; cancelled when the token changes.

@@ -68,10 +68,28 @@ enum TokenResponse: Sendable, Equatable {
         let lifetime = min(seconds, TokenSet.longestLifetime)
         var scope: String?
         if case .string(let text)? = object["scope"] { scope = text }
-        return .granted(TokenSet(
+        var granted = TokenSet(
             accessToken: accessToken, refreshToken: refreshToken, tokenType: tokenType,
             expiresAt: receivedAt + lifetime, obtainedAt: receivedAt, scope: scope
-        ))
+        )
+        if let refreshToken { granted.refreshExpiresAt = refreshExpiry(object, refreshToken: refreshToken, receivedAt: receivedAt) }
+        return .granted(granted)
+    }
+
+    /// When a refresh token issued at `receivedAt` expires, as the response says: Keycloak's
+    /// `refresh_expires_in`, Entra ID's `refresh_token_expires_in`, else the `exp` of a JWT
+    /// refresh token. `0` (Keycloak's "no limit") and nonsense say nothing.
+    static func refreshExpiry(_ object: [String: JSONValue], refreshToken: String, receivedAt: Date) -> Date? {
+        for key in ["refresh_expires_in", "refresh_token_expires_in"] {
+            let seconds: Double? = switch object[key] {
+            case .number(let number)?: number
+            case .string(let text)? where !text.isEmpty && text.utf8.count <= 12 && text.utf8.allSatisfy({ (0x30...0x39).contains($0) }): Double(text)
+            default: nil
+            }
+            if let seconds, seconds.isFinite, seconds >= 1 { return receivedAt + min(seconds, TokenSet.longestLifetime) }
+        }
+        if let expiry = JWT.expiry(of: refreshToken), TokenSet.isInRange(expiry, now: receivedAt) { return expiry }
+        return nil
     }
 
     /// Text from the endpoint reaches logs: keep it short and printable.

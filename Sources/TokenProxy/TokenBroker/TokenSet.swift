@@ -12,6 +12,9 @@ public struct TokenSet: Sendable, Equatable {
     /// token's lifetime, which scales the refresh windows for short-lived tokens.
     public var obtainedAt: Date?
     public var scope: String?
+    /// When the refresh token stops working, when known (SPEC §2.1: from the token response,
+    /// a JWT refresh token's `exp`, or `token.refreshTokenLifetime`).
+    public var refreshExpiresAt: Date?
     /// Set when the token endpoint refused the credentials this set would be refreshed with.
     public var rejection: Rejection?
 

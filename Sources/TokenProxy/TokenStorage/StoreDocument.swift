@@ -50,6 +50,7 @@ enum StoreDocument {
             obtainedAt: try instant("obtained_at"),
             scope: try string("scope")
         )
+        tokens.refreshExpiresAt = try instant("refresh_expires_at")
         if case .object(let rejected)? = fields["rejected"],
             case .string(let error)? = rejected["error"],
             case .string(let credential)? = rejected["credential"],
@@ -74,6 +75,7 @@ enum StoreDocument {
         add("expires_at", tokens.expiresAt.map(RFC3339.format), to: &fields)
         add("obtained_at", tokens.obtainedAt.map(RFC3339.format), to: &fields)
         add("scope", tokens.scope, to: &fields)
+        add("refresh_expires_at", tokens.refreshExpiresAt.map(RFC3339.format), to: &fields)
         if let rejection = tokens.rejection {
             var nested: [String] = []
             add("error", rejection.error, to: &nested)
