@@ -1,5 +1,6 @@
 import FoundationEssentials
 import NIOConcurrencyHelpers
+import NIOSSL
 
 /// A stand-in API that accepts only live tokens of one ``MockTokenIssuer``: a JSON route, a
 /// Server-Sent Events route, and a route that sometimes answers a request's first attempt with
@@ -19,9 +20,9 @@ public final class MockAPI: Sendable {
     public var baseURL: String { server.baseURL }
     public var counters: Counters { counterBox.withLockedValue { $0 } }
 
-    public static func start(issuer: MockTokenIssuer, flaky401Percent: Int = 30, port: Int = 0) async throws -> MockAPI {
+    public static func start(issuer: MockTokenIssuer, flaky401Percent: Int = 30, port: Int = 0, tls: NIOSSLContext? = nil) async throws -> MockAPI {
         let counters = NIOLockedValueBox(Counters())
-        let server = try await MockHTTPServer.start(port: port) { request in
+        let server = try await MockHTTPServer.start(port: port, tls: tls) { request in
             counters.withLockedValue { $0.requests += 1 }
             let token = request.header("Authorization").flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
             let path = request.uri.prefix { $0 != "?" }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A request as a mock server saw it.
 public struct MockHTTPRequest: Sendable {
@@ -10,6 +11,8 @@ public struct MockHTTPRequest: Sendable {
     public var body: [UInt8]
     /// Whether the client's connection is still open (a client killed mid-call is not).
     public var isClientConnected: @Sendable () -> Bool = { true }
+    /// Whether the request came over TLS.
+    public var isTLS = false
 
     public func header(_ name: String) -> String? {
         headers.first { $0.name.lowercased() == name.lowercased() }?.value
@@ -76,27 +79,32 @@ public final class MockHTTPServer: Sendable {
     private let channel: any Channel
     public let port: Int
 
-    private init(channel: any Channel) {
+    private let scheme: String
+
+    private init(channel: any Channel, scheme: String) {
         self.channel = channel
+        self.scheme = scheme
         self.port = channel.localAddress?.port ?? 0
     }
 
-    /// Starts listening on `127.0.0.1:port` (0 picks a free port).
-    public static func start(port: Int = 0, handler: @escaping Handler) async throws -> MockHTTPServer {
+    /// Starts listening on `127.0.0.1:port` (0 picks a free port); with `tls`, as an https
+    /// server (a context that verifies peers requires a client certificate).
+    public static func start(port: Int = 0, tls: NIOSSLContext? = nil, handler: @escaping Handler) async throws -> MockHTTPServer {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(RequestHandler(handler: handler))
                 }
             }
             .bind(host: "127.0.0.1", port: port)
             .get()
-        return MockHTTPServer(channel: channel)
+        return MockHTTPServer(channel: channel, scheme: tls == nil ? "http" : "https")
     }
 
-    public var baseURL: String { "http://127.0.0.1:\(port)" }
+    public var baseURL: String { "\(scheme)://127.0.0.1:\(port)" }
 
     public func shutdown() async {
         try? await channel.close()
@@ -127,7 +135,8 @@ public final class MockHTTPServer: Sendable {
                 let request = MockHTTPRequest(
                     method: head.method.rawValue, uri: head.uri,
                     headers: head.headers.map { ($0.name, $0.value) }, body: body,
-                    isClientConnected: { channel.isActive }
+                    isClientConnected: { channel.isActive },
+                    isTLS: (try? channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)) != nil
                 )
                 let keepAlive = head.isKeepAlive
                 let handler = self.handler

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import NIOConcurrencyHelpers
+import NIOSSL
 
 /// A stand-in OAuth 2.0 token endpoint: issues access tokens of a set lifetime, rotates refresh
 /// tokens (each one is accepted once; reuse gets `invalid_grant`), and records every call.
@@ -97,9 +98,9 @@ public final class MockTokenIssuer: Sendable {
     public var url: String { server.baseURL + "/oauth/token" }
     public var port: Int { server.port }
 
-    public static func start(behavior: Behavior = Behavior(), port: Int = 0) async throws -> MockTokenIssuer {
+    public static func start(behavior: Behavior = Behavior(), port: Int = 0, tls: NIOSSLContext? = nil) async throws -> MockTokenIssuer {
         let state = NIOLockedValueBox(State(behavior: behavior))
-        let server = try await MockHTTPServer.start(port: port) { request in
+        let server = try await MockHTTPServer.start(port: port, tls: tls) { request in
             await Self.handle(request, state: state)
         }
         return MockTokenIssuer(state: state, server: server)
@@ -258,7 +259,7 @@ public final class MockTokenIssuer: Sendable {
 
     /// The URL the request was sent to, as a client names the token endpoint (`aud`).
     private static func endpointURL(_ request: MockHTTPRequest) -> String {
-        "http://" + (request.header("Host") ?? "") + String(request.uri.prefix { $0 != "?" })
+        (request.isTLS ? "https://" : "http://") + (request.header("Host") ?? "") + String(request.uri.prefix { $0 != "?" })
     }
 
     private static func base64URL(_ data: Data) -> String {

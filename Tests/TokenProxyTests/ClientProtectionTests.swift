@@ -189,8 +189,9 @@ struct ClientProtectionTests {
         close(first)
         close(second)
         // Once the proxy has seen those two close, a new connection is served again.
-        let served = await TokenFailureTests.waitUntil(timeout: .seconds(10)) {
-            (try? await RawHTTPClient(port: harness.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))?.hasPrefix("HTTP/1.1 200") == true
+        // (Bounds generous: under a full suite beside the fleet soak, the machine is saturated.)
+        let served = await TokenFailureTests.waitUntil(timeout: .seconds(30)) {
+            (try? await RawHTTPClient(port: harness.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", timeout: .seconds(3)))?.hasPrefix("HTTP/1.1 200") == true
         }
         #expect(served)
         await harness.shutdown()

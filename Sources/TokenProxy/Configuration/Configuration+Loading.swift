@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import NIOSSL
 
 extension Configuration {
     /// The configuration path that `--config` falls back to: `$TOKENPROXY_CONFIG`, then
@@ -73,7 +74,8 @@ extension Configuration {
         var upstream = Upstream(
             url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""),
             connectTimeout: .seconds(2),
-            readTimeout: .seconds(60)
+            readTimeout: .seconds(60),
+            tls: nil
         )
         if let reader = upstreamReader {
             if let text = reader.string("url", required: true) {
@@ -84,6 +86,7 @@ extension Configuration {
             }
             upstream.connectTimeout = reader.duration("connectTimeout", default: .seconds(2), atLeast: .milliseconds(1))
             upstream.readTimeout = reader.duration("readTimeout", default: .seconds(60), atLeast: .milliseconds(1))
+            upstream.tls = readTLS(reader, serverName: true, resolve: resolve)
             reader.finish()
         }
 
@@ -132,7 +135,7 @@ extension Configuration {
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
             lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), refreshTokenLifetime: nil, refreshTokenWarning: .seconds(86_400),
-            requestTimeout: .seconds(10)
+            tls: nil, requestTimeout: .seconds(10)
         )
         guard let reader = root.object("token") else {
             if !root.isPresent("token") { root.report("token", "is required: an object with at least \"endpoint\"") }
@@ -172,6 +175,7 @@ extension Configuration {
             reader.report("clientSecretEnv", "set either token.clientSecretFile or token.clientSecretEnv, not both")
         case (nil, nil): break
         }
+        token.tls = readTLS(reader, serverName: false, resolve: resolve)
         token.clientKeyFile = reader.string("clientKeyFile").map(resolve)
         token.clientKeyID = reader.string("clientKeyId")
         token.clientAssertionFile = reader.string("clientAssertionFile").map(resolve)
@@ -192,6 +196,8 @@ extension Configuration {
             }
         case .clientAssertion:
             if token.clientAssertionFile == nil { reader.report("clientAssertionFile", "\(auth) needs the file that holds the assertion") }
+        case .tlsClientAuth:
+            if token.tls?.certificateFile == nil { reader.report("tls", "\(auth) needs the client certificate: set token.tls.certificateFile and token.tls.keyFile") }
         case .none:
             break
         }
@@ -253,6 +259,33 @@ extension Configuration {
         limits.maxUriBytes = reader.integer("maxUriBytes", default: limits.maxUriBytes, range: 64...(1 << 20))
         reader.finish()
         return limits
+    }
+
+    /// `tls` (SPEC §2.1): files checked for their form now, so that a wrong file is a
+    /// configuration error rather than a failed handshake later.
+    private static func readTLS(_ parent: ConfigurationReader, serverName allowServerName: Bool, resolve: (String) -> String) -> TLS? {
+        guard let reader = parent.object("tls") else { return nil }
+        var tls = TLS(
+            caFile: reader.string("caFile").map(resolve), certificateFile: reader.string("certificateFile").map(resolve),
+            keyFile: reader.string("keyFile").map(resolve), serverName: allowServerName ? reader.string("serverName") : nil
+        )
+        if let caFile = tls.caFile, (try? NIOSSLCertificate.fromPEMFile(caFile))?.isEmpty != false {
+            reader.report("caFile", "\(caFile) is not a readable PEM file of certificates")
+        }
+        switch (tls.certificateFile, tls.keyFile) {
+        case (let certificate?, let key?):
+            if (try? NIOSSLCertificate.fromPEMFile(certificate))?.isEmpty != false { reader.report("certificateFile", "\(certificate) is not a readable PEM certificate") }
+            if (try? NIOSSLPrivateKey(file: key, format: .pem)) == nil { reader.report("keyFile", "\(key) is not a readable PEM private key") }
+        case (nil, nil):
+            break
+        default:
+            reader.report(tls.certificateFile == nil ? "certificateFile" : "keyFile", "a client certificate needs both certificateFile and keyFile")
+            tls.certificateFile = nil
+            tls.keyFile = nil
+        }
+        if tls.serverName?.isEmpty == true { reader.report("serverName", "must not be empty") }
+        reader.finish()
+        return tls
     }
 
     /// `fleet` (SPEC §2.3). The password and key files are read and their form checked (a key

@@ -26,6 +26,21 @@ public struct Configuration: Sendable, Equatable {
         public var url: UpstreamURL
         public var connectTimeout: Duration
         public var readTimeout: Duration
+        /// `upstream.tls`: a private CA, a client certificate, the name to verify.
+        public var tls: TLS?
+    }
+
+    /// `tls` under `token` and `upstream` (SPEC §2.1). Verification is never turned off: these
+    /// only say what to trust instead of the system store, and which certificate to present.
+    public struct TLS: Sendable, Equatable {
+        /// A PEM bundle trusted instead of the system's trust store.
+        public var caFile: String?
+        /// The client certificate (PEM chain) and its key, for mutual TLS.
+        public var certificateFile: String?
+        public var keyFile: String?
+        /// The name the server's certificate must carry, when it is not the URL's host
+        /// (`upstream` only).
+        public var serverName: String?
     }
 
     public struct Token: Sendable, Equatable {
@@ -37,6 +52,8 @@ public struct Configuration: Sendable, Equatable {
             /// A ready-made assertion read from `clientAssertionFile` at every call (a projected
             /// Kubernetes service-account token, for workload identity federation).
             case clientAssertion = "client_assertion"
+            /// RFC 8705: the client certificate of `token.tls` identifies the client.
+            case tlsClientAuth = "tls_client_auth"
         }
 
         /// The token endpoint; empty until discovery finds it when only `issuer` is configured.
@@ -73,6 +90,8 @@ public struct Configuration: Sendable, Equatable {
         /// From this long before the refresh token expires, `/status`, `/metrics`, the log and
         /// systemd warn that a login will be needed.
         public var refreshTokenWarning: Duration
+        /// `token.tls`: what the calls to the issuer trust and present (`tls_client_auth`).
+        public var tls: TLS?
         /// How long one call to the token endpoint may take (connect included).
         public var requestTimeout: Duration
 

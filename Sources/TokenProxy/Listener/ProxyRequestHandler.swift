@@ -673,6 +673,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     static func describe(_ error: any Error) -> String {
         if let error = error as? IOError { return error.description }
+        if let problem = TLSProblem.describe(error) { return problem }
         return "\(error)"
     }
 }

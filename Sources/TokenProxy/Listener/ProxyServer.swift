@@ -37,12 +37,12 @@ public final class ProxyServer: Sendable {
         logger: Logger
     ) async throws -> ProxyServer {
         let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, logger: logger)
-        let tlsContext = try makeTLSContext(for: configuration.upstream.url)
+        let tls = try makeTLSSettings(for: configuration.upstream)
         var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
         for eventLoop in group.makeIterator() {
             let pool = try await eventLoop.submit {
                 NIOLoopBound(
-                    UpstreamConnectionPool(eventLoop: eventLoop, target: configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tlsContext: tlsContext),
+                    UpstreamConnectionPool(eventLoop: eventLoop, target: configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tls: tls),
                     eventLoop: eventLoop
                 )
             }.get()
@@ -53,8 +53,9 @@ public final class ProxyServer: Sendable {
         return server
     }
 
-    private static func makeTLSContext(for upstream: UpstreamURL) throws -> NIOSSLContext? {
-        upstream.scheme == .https ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+    private static func makeTLSSettings(for upstream: Configuration.Upstream) throws -> UpstreamConnectionPool.TLSSettings? {
+        guard upstream.url.scheme == .https else { return nil }
+        return .init(context: try NIOSSLContext(configuration: upstream.tls.clientConfiguration()), serverName: upstream.tls?.serverName)
     }
 
     private func bind(_ address: ListenAddress) async throws {
@@ -139,10 +140,10 @@ public final class ProxyServer: Sendable {
             logger: current.logger
         )
         if configuration.upstream != previous.upstream {
-            let tlsContext = try Self.makeTLSContext(for: configuration.upstream.url)
+            let tls = try Self.makeTLSSettings(for: configuration.upstream)
             for pool in pools.values {
                 try? await pool.eventLoop.submit {
-                    pool.value.retarget(configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tlsContext: tlsContext)
+                    pool.value.retarget(configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tls: tls)
                 }.get()
             }
         }

@@ -3,6 +3,7 @@ import FoundationEssentials
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Glibc
 import NIOConcurrencyHelpers
 
@@ -16,12 +17,23 @@ public final class TokenEndpointClient: Sendable {
     /// The token settings, with the endpoints that discovery found (``adopt(_:)``).
     var configuration: Configuration.Token { settings.withLockedValue { $0 } }
     private let environment: [String: String]
+    /// Why no call can be made, when `token.tls` could not be loaded.
+    private let tlsProblem: String?
 
     public init(configuration: Configuration.Token, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.settings = NIOLockedValueBox(configuration)
         self.environment = environment
+        // A certificate or key that cannot be read fails every call with a message naming it
+        // (check-config reports it first); verification is never turned off instead.
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do {
+            tls = try configuration.tls.clientConfiguration()
+            tlsProblem = nil
+        } catch {
+            tlsProblem = "was not called: token.tls: the client certificate or key cannot be read as PEM (\(error))"
+        }
         var clientConfiguration = HTTPClient.Configuration(
-            certificateVerification: .fullVerification,
+            tlsConfiguration: tls,
             redirectConfiguration: .disallow,
             timeout: .init(connect: .milliseconds(configuration.requestTimeout.milliseconds))
         )
@@ -39,6 +51,7 @@ public final class TokenEndpointClient: Sendable {
 
     /// GETs a JSON document (an issuer's metadata), within `token.requestTimeout`.
     func fetchJSON(_ url: String) async -> Result<[String: JSONValue], CallFailure> {
+        if let tlsProblem { return .failure(CallFailure(reason: tlsProblem)) }
         var request = HTTPClientRequest(url: url)
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "User-Agent", value: "tokenproxy/\(TokenProxyVersion.current)")
@@ -72,7 +85,7 @@ public final class TokenEndpointClient: Sendable {
             if let problem = ClientAssertion.problem(with: pem, path: path) { throw .misconfigured(reason: "token.clientKeyFile: \(problem)") }
             secret = pem
         case .clientAssertion: secret = try TokenCredentials.readFile(configuration.clientAssertionFile ?? "", key: "token.clientAssertionFile")
-        case .none: secret = nil
+        case .none, .tlsClientAuth: secret = nil
         }
         return TokenCredentials(
             grant: configuration.grant,
@@ -128,6 +141,7 @@ public final class TokenEndpointClient: Sendable {
     /// POSTs `form` to `url` (the token, device authorization or revocation endpoint) with the
     /// client authentication of `token.clientAuth`, within `token.requestTimeout`.
     func post(_ fields: [(String, String)], to url: String, credentials: TokenCredentials) async -> Result<FormAnswer, CallFailure> {
+        if let tlsProblem { return .failure(CallFailure(reason: tlsProblem)) }
         var request = HTTPClientRequest(url: url)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
@@ -142,7 +156,8 @@ public final class TokenEndpointClient: Sendable {
         case .body:
             form.append(("client_id", credentials.clientID ?? ""))
             form.append(("client_secret", credentials.clientSecret ?? ""))
-        case .none:
+        case .none, .tlsClientAuth:
+            // RFC 8705 §2: the client names itself; the TLS client certificate authenticates it.
             if let clientID = credentials.clientID { form.append(("client_id", clientID)) }
         case .privateKeyJWT, .clientAssertion:
             form.append(("client_id", credentials.clientID ?? ""))
@@ -177,6 +192,7 @@ public final class TokenEndpointClient: Sendable {
 
     /// A connection error in a few words (`connection refused`), not a type dump.
     private static func describe(_ error: any Error) -> String {
+        if let problem = TLSProblem.describe(error) { return problem }
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
         if let error = error as? NIOConnectionError {
             if let first = error.connectionErrors.first?.error { return describe(first) }

@@ -8,7 +8,7 @@ final class UpstreamConnectionPool {
     let eventLoop: any EventLoop
     private(set) var target: UpstreamURL
     private var connectTimeout: TimeAmount
-    private var tlsContext: NIOSSLContext?
+    private var tls: TLSSettings?
     private var idle: [UpstreamConnection] = []
     /// Idle connections kept per loop; it must cover the expected concurrency, or every request
     /// beyond it opens and closes a connection.
@@ -18,11 +18,18 @@ final class UpstreamConnectionPool {
     let idleTimeout: TimeAmount
     private var sweeper: RepeatedTask?
 
-    init(eventLoop: any EventLoop, target: UpstreamURL, connectTimeout: Duration, tlsContext: NIOSSLContext?, maximumIdle: Int = 512, idleTimeout: TimeAmount = .seconds(30)) {
+    /// TLS to an https upstream: the context (trust, client certificate) and the name the
+    /// server's certificate must carry when it is not the URL's host (`upstream.tls.serverName`).
+    struct TLSSettings {
+        let context: NIOSSLContext
+        let serverName: String?
+    }
+
+    init(eventLoop: any EventLoop, target: UpstreamURL, connectTimeout: Duration, tls: TLSSettings?, maximumIdle: Int = 512, idleTimeout: TimeAmount = .seconds(30)) {
         self.eventLoop = eventLoop
         self.target = target
         self.connectTimeout = .nanoseconds(Int64(connectTimeout.timeInterval * 1e9))
-        self.tlsContext = tlsContext
+        self.tls = tls
         self.maximumIdle = maximumIdle
         self.idleTimeout = idleTimeout
     }
@@ -39,26 +46,26 @@ final class UpstreamConnectionPool {
 
     /// Points the pool at a new upstream (after a reload); idle connections to the old one close,
     /// leased ones close when they come back.
-    func retarget(_ target: UpstreamURL, connectTimeout: Duration, tlsContext: NIOSSLContext?) {
+    func retarget(_ target: UpstreamURL, connectTimeout: Duration, tls: TLSSettings?) {
         self.target = target
         self.connectTimeout = .nanoseconds(Int64(connectTimeout.timeInterval * 1e9))
-        self.tlsContext = tlsContext
+        self.tls = tls
         closeAll()
     }
 
     /// Opens a new connection (TLS for https, with certificate and host name verification).
     func connect() -> EventLoopFuture<UpstreamConnection> {
-        let tlsContext = self.tlsContext
+        let tls = self.tls
         let target = self.target
-        let serverHostname = target.host.isIPAddress ? nil : target.host
+        let serverHostname = tls?.serverName ?? (target.host.isIPAddress ? nil : target.host)
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let operations = channel.pipeline.syncOperations
-                    if let tlsContext {
-                        try operations.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverHostname))
+                    if let tls {
+                        try operations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverHostname))
                     }
                     try operations.addHandler(UpstreamHandler())
                 }

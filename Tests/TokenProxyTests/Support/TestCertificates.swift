@@ -1,22 +1,42 @@
 import Foundation
+import NIOSSL
 
-/// A private certificate authority and a server certificate for 127.0.0.1 and localhost, made
-/// with the `openssl` command for one test (TLS is tested against real TLS servers).
+/// A private certificate authority with a server certificate (for 127.0.0.1 and localhost, or
+/// the names given) and a client certificate, made with the `openssl` command for one test
+/// (TLS is tested against real TLS servers).
 struct TestCertificates {
     let caFile: String
     let certificateFile: String
     let keyFile: String
+    let clientCertificateFile: String
+    let clientKeyFile: String
 
-    /// Writes `ca.pem`, `server.pem` and `server.key` (0600) into `directory`.
-    static func make(in directory: TemporaryDirectory, name: String = "test") async throws -> TestCertificates {
-        let ca = directory.file("\(name)-ca.pem"), caKey = directory.file("\(name)-ca.key")
-        let certificate = directory.file("\(name)-server.pem"), key = directory.file("\(name)-server.key")
-        let request = directory.file("\(name)-server.csr"), extensions = try directory.write("\(name)-san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    /// Writes the files, named after `name`, into `directory`.
+    static func make(in directory: TemporaryDirectory, name: String = "test", subjectAltName: String = "IP:127.0.0.1,DNS:localhost") async throws -> TestCertificates {
+        let file = { (suffix: String) in directory.file("\(name)-\(suffix)") }
+        let (ca, caKey) = (file("ca.pem"), file("ca.key"))
         try await openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=tokenproxy test CA \(name)", "-keyout", caKey, "-out", ca])
-        try await openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", request])
-        try await openssl(["x509", "-req", "-in", request, "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-days", "2", "-extfile", extensions, "-out", certificate])
-        chmod(key, 0o600)
-        return TestCertificates(caFile: ca, certificateFile: certificate, keyFile: key)
+        for (role, extensions) in [("server", "subjectAltName=\(subjectAltName)\nextendedKeyUsage=serverAuth\n"), ("client", "extendedKeyUsage=clientAuth\n")] {
+            let extensionsFile = try directory.write("\(name)-\(role).ext", extensions)
+            try await openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=\(name) \(role)", "-keyout", file("\(role).key"), "-out", file("\(role).csr")])
+            try await openssl(["x509", "-req", "-in", file("\(role).csr"), "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-days", "2", "-extfile", extensionsFile, "-out", file("\(role).pem")])
+            chmod(file("\(role).key"), 0o600)
+        }
+        return TestCertificates(caFile: ca, certificateFile: file("server.pem"), keyFile: file("server.key"), clientCertificateFile: file("client.pem"), clientKeyFile: file("client.key"))
+    }
+
+    /// A server context with this server certificate; with `requireClientCertificate`, clients
+    /// must present a certificate issued by this CA.
+    func serverContext(requireClientCertificate: Bool = false) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+        )
+        if requireClientCertificate {
+            configuration.certificateVerification = .noHostnameVerification
+            configuration.trustRoots = .file(caFile)
+        }
+        return try NIOSSLContext(configuration: configuration)
     }
 
     private static func openssl(_ arguments: [String]) async throws {
