@@ -135,7 +135,7 @@ extension Configuration {
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
             store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
             lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), refreshTokenLifetime: nil, refreshTokenWarning: .seconds(86_400),
-            tls: nil, requestTimeout: .seconds(10)
+            proxy: nil, tls: nil, requestTimeout: .seconds(10)
         )
         guard let reader = root.object("token") else {
             if !root.isPresent("token") { root.report("token", "is required: an object with at least \"endpoint\"") }
@@ -176,6 +176,10 @@ extension Configuration {
         case (nil, nil): break
         }
         token.tls = readTLS(reader, serverName: false, resolve: resolve)
+        if let proxy = reader.string("proxy") {
+            if EgressProxy.parse(proxy) == nil { reader.report("proxy", "\"\(proxy)\" is not an http://HOST:PORT proxy address") }
+            token.proxy = proxy
+        }
         token.clientKeyFile = reader.string("clientKeyFile").map(resolve)
         token.clientKeyID = reader.string("clientKeyId")
         token.clientAssertionFile = reader.string("clientAssertionFile").map(resolve)

@@ -90,6 +90,9 @@ public struct Configuration: Sendable, Equatable {
         /// From this long before the refresh token expires, `/status`, `/metrics`, the log and
         /// systemd warn that a login will be needed.
         public var refreshTokenWarning: Duration
+        /// An `http://` proxy for the calls to the issuer (CONNECT for https); else
+        /// `HTTPS_PROXY` and `NO_PROXY` as curl reads them.
+        public var proxy: String?
         /// `token.tls`: what the calls to the issuer trust and present (`tls_client_auth`).
         public var tls: TLS?
         /// How long one call to the token endpoint may take (connect included).

@@ -13,6 +13,9 @@ import NIOConcurrencyHelpers
 /// redirects is misconfigured, and following it could hand the credentials to another host).
 public final class TokenEndpointClient: Sendable {
     private let client: HTTPClient
+    /// The client that goes through the egress proxy, when one is configured or in the
+    /// environment; each call picks one of the two by its address (`NO_PROXY`).
+    private let proxiedClient: HTTPClient?
     private let settings: NIOLockedValueBox<Configuration.Token>
     /// The token settings, with the endpoints that discovery found (``adopt(_:)``).
     var configuration: Configuration.Token { settings.withLockedValue { $0 } }
@@ -42,6 +45,16 @@ public final class TokenEndpointClient: Sendable {
         // deadline would hold the refresh lock for all of token.requestTimeout.
         clientConfiguration.connectionPool.retryConnectionEstablishment = false
         self.client = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: clientConfiguration)
+        let anyProxy = configuration.proxy.flatMap(EgressProxy.parse) ?? (environment["HTTPS_PROXY"] ?? environment["https_proxy"]).flatMap(EgressProxy.parse)
+        if let anyProxy {
+            clientConfiguration.proxy = .server(
+                host: anyProxy.host, port: anyProxy.port,
+                authorization: anyProxy.credentials.map { .basic(username: $0.user, password: $0.password) }
+            )
+            proxiedClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: clientConfiguration)
+        } else {
+            proxiedClient = nil
+        }
     }
 
     /// Takes the endpoints discovery found (SPEC §2.1) in place of the configured settings.
@@ -57,7 +70,7 @@ public final class TokenEndpointClient: Sendable {
         request.headers.add(name: "User-Agent", value: "tokenproxy/\(TokenProxyVersion.current)")
         let timeout = configuration.requestTimeout
         do {
-            let answer = try await client.execute(request, deadline: .now() + .milliseconds(timeout.milliseconds))
+            let answer = try await client(for: url).execute(request, deadline: .now() + .milliseconds(timeout.milliseconds))
             let body = try await answer.body.collect(upTo: 1 << 20)
             guard answer.status == .ok else { return .failure(CallFailure(reason: "answered HTTP \(answer.status.code)")) }
             guard case .object(let fields)? = try? JSONValue.parse(Data(body.readableBytesView)) else {
@@ -72,6 +85,7 @@ public final class TokenEndpointClient: Sendable {
     /// Closes the client's connections; call once before the process exits.
     public func shutdown() async {
         try? await client.shutdown()
+        try? await proxiedClient?.shutdown()
     }
 
     /// The credentials a request would use now, the client secret read afresh.
@@ -178,7 +192,7 @@ public final class TokenEndpointClient: Sendable {
 
         let timeout = TimeAmount.milliseconds(configuration.requestTimeout.milliseconds)
         do {
-            let answer = try await client.execute(request, deadline: .now() + timeout)
+            let answer = try await client(for: url).execute(request, deadline: .now() + timeout)
             let body = try await answer.body.collect(upTo: 1 << 20)
             return .success(FormAnswer(status: Int(answer.status.code), retryAfter: answer.headers.first(name: "Retry-After"), body: Data(body.readableBytesView)))
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
@@ -188,6 +202,12 @@ public final class TokenEndpointClient: Sendable {
         } catch {
             return .failure(CallFailure(reason: "could not be reached (\(Self.describe(error))); check the URL and that the issuer is up"))
         }
+    }
+
+    /// The client for a call to `url`: through the egress proxy unless `NO_PROXY` exempts it.
+    private func client(for url: String) -> HTTPClient {
+        guard let proxiedClient, EgressProxy.choose(for: url, configured: configuration.proxy, environment: environment) != nil else { return client }
+        return proxiedClient
     }
 
     /// A connection error in a few words (`connection refused`), not a type dump.
