@@ -24,26 +24,34 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Stop after this many seconds (default: run until Ctrl-C).")
     var duration: Int?
 
+    @Flag(help: "Start with an empty store and sign in first, as a user would: `tokenproxy login --device` against the embedded issuer (found by discovery), which the demo approves for you.")
+    var login = false
+
     func run() async throws {
         StderrLogHandler.bootstrap(level: "error", format: .text)
         var behavior = MockTokenIssuer.Behavior()
         behavior.lifetime = .seconds(tokenLifetime)
+        behavior.deviceInterval = 1
         let issuer = try await MockTokenIssuer.start(behavior: behavior)
         let api = try await MockAPI.start(issuer: issuer)
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tokenproxy-demo-\(getpid())").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(atPath: folder) }
 
-        // A "login": the issuer knows this refresh token, and it is handed to the proxy's store.
-        let loginToken = "demo-\(UInt64.random(in: 0...UInt64.max))"
-        issuer.grantRefreshToken(loginToken)
-        try TokenStore(path: folder + "/token.json").write(TokenSet(refreshToken: loginToken))
+        if !login {
+            // A login done elsewhere: the issuer knows this refresh token, handed to the store.
+            let loginToken = "demo-\(UInt64.random(in: 0...UInt64.max))"
+            issuer.grantRefreshToken(loginToken)
+            try TokenStore(path: folder + "/token.json").write(TokenSet(refreshToken: loginToken))
+        }
         let configPath = folder + "/config.json"
+        // With --login, only the issuer is named: its endpoints come from discovery.
+        let endpoints = login ? "\"issuer\": \"\(issuer.issuerURL)\"" : "\"endpoint\": \"\(issuer.url)\""
         try """
             {
               "listen": "127.0.0.1:\(port)",
               "upstream": { "url": "\(api.baseURL)" },
-              "token": { "endpoint": "\(issuer.url)", "clientAuth": "none", "clientId": "demo",
+              "token": { \(endpoints), "clientAuth": "none", "clientId": "demo",
                          "refreshBefore": "5s", "minValidity": "1s", "store": "token.json" },
               "admin": { "listen": "127.0.0.1:0" },
               "drainTimeout": "2s",
@@ -51,6 +59,7 @@ struct DemoCommand: AsyncParsableCommand {
             }
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
         let configuration = try Configuration.load(path: configPath)
+        if login { try await Self.signIn(configuration, issuer: issuer) }
 
         // The demo runs the same application as `tokenproxy run`; its traffic is a companion
         // service, so Ctrl-C (or --duration) stops both the same way SIGTERM stops a deployment.
@@ -129,7 +138,9 @@ struct DemoCommand: AsyncParsableCommand {
             let calls = issuer.calls
             if calls.count > seenCalls {
                 for (index, call) in calls.enumerated().dropFirst(seenCalls) where call.status == 200 {
-                    if index == 0 {
+                    if call.form["grant_type"] == "urn:ietf:params:oauth:grant-type:device_code" {
+                        continue  // the login's own exchange, reported by the login
+                    } else if index == 0 {
                         print("\(Self.clock())  ↻ first access token obtained with the login's refresh token (refresh token rotated)")
                     } else {
                         let kind = api.counters.rejectedRequestIDs.contains("\(number)") ? "after a 401" : "ahead of expiry"
@@ -142,6 +153,28 @@ struct DemoCommand: AsyncParsableCommand {
             try? await Task.sleep(for: .milliseconds(800))
         }
         try? await client.shutdown()
+    }
+
+    /// `tokenproxy login --device`, with the demo in the user's place: it approves the code at
+    /// the embedded issuer after a moment, as a person would on their phone.
+    private static func signIn(_ configuration: Configuration, issuer: MockTokenIssuer) async throws {
+        let broker = TokenBroker(configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token), logger: Logger(label: "tokenproxy"))
+        do throws(LoginError) {
+            _ = try await broker.loginWithDevice { authorization in
+                print("\(Self.clock())  tokenproxy login --device: open \(authorization.verificationURI) and enter the code \(authorization.userCode)")
+                print("\(Self.clock())  (the demo approves it for you in 2 s)")
+                Task {
+                    try? await Task.sleep(for: .seconds(2))
+                    issuer.approveDevice(userCode: authorization.userCode)
+                }
+            }
+            print("\(Self.clock())  signed in: the store holds a refresh token; starting the proxy\n")
+        } catch {
+            await broker.shutdown()
+            printError("tokenproxy demo: the login failed: \(error)")
+            throw ExitStatus.runtimeFailure
+        }
+        await broker.shutdown()
     }
 
     private static func clock() -> String {

@@ -45,4 +45,13 @@ struct RunCommandTests {
         #expect(outcome.stdout.contains("done: "))
         #expect(!outcome.stdout.contains("→ 401"), "the client never sees a 401")
     }
+
+    @Test func theDemoCanShowALoginFirst() async throws {
+        let outcome = try await TokenProxyProcess.run(["demo", "--login", "--port", "0", "--duration", "4", "--token-lifetime", "3"], timeout: .seconds(30))
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("tokenproxy login --device: open http://127.0.0.1:") && outcome.stdout.contains("enter the code"))
+        #expect(outcome.stdout.contains("signed in: the store holds a refresh token"))
+        #expect(outcome.stdout.contains("GET /api/hello → 200") || outcome.stdout.contains("GET /api/flaky → 200"), "\(outcome.stdout)")
+        #expect(!outcome.stdout.contains("→ 401"))
+    }
 }
