@@ -47,6 +47,14 @@ struct FleetTests {
         #expect(login.stdout.contains("fleet \"billing-api\""), "\(login.stdout)")
     }
 
+    /// Waits until a call reached the issuer (a host is inside its endpoint call, holding the lock).
+    static func waitUntilCalled(_ issuer: MockTokenIssuer) async throws {
+        let waitStart = ContinuousClock.now
+        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     static func printed(_ outcome: TokenProxyProcess.Outcome) -> String {
         outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -209,10 +217,7 @@ struct FleetTests {
 
         let holder = TokenProxyProcess(["refresh", "--config", hosts[0].config])
         try holder.start()
-        let waitStart = ContinuousClock.now
-        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await Self.waitUntilCalled(issuer)
         #expect(issuer.receivedCount == 1, "host A is inside its endpoint call, holding the fleet lock")
         holder.signal(SIGKILL)
         #expect(await holder.wait().signaled)
@@ -239,10 +244,7 @@ struct FleetTests {
         try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
         let holder = TokenProxyProcess(["refresh", "--config", hosts[0].config])
         try holder.start()
-        let waitStart = ContinuousClock.now
-        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await Self.waitUntilCalled(issuer)
         let started = ContinuousClock.now
         let waiter = try await hosts[1].run(["refresh"])
         let waited = started.duration(to: .now)
@@ -272,10 +274,7 @@ struct FleetTests {
 
         let first = TokenProxyProcess(["token", "--print", "--config", hosts[0].config])
         try first.start()
-        let waitStart = ContinuousClock.now
-        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await Self.waitUntilCalled(issuer)
         #expect(try await server.terminateLockHolders() == 1, "host A's lock session ended by the server")
         issuer.update { $0.delay = .zero }
         let second = try await hosts[1].run(["token", "--print"])

@@ -15,21 +15,7 @@ extension TokenBroker {
     /// hands it to `show`, polls the token endpoint as ``DevicePolling`` says, and stores the
     /// tokens through the lock, so that a running proxy sharing the store picks them up.
     public func loginWithDevice(show: @Sendable (DeviceAuthorization) -> Void) async throws(LoginError) -> TokenSet {
-        do {
-            try await discoverEndpoints()
-        } catch {
-            throw .unavailable(error.description)
-        }
-        guard let deviceEndpoint = configuration.deviceEndpoint else {
-            throw .misconfigured("token.deviceEndpoint is not set\(configuration.issuer.map { " and the metadata of \($0) names none" } ?? ""): name the issuer's device authorization endpoint")
-        }
-        guard configuration.clientID != nil else { throw .misconfigured("token.clientId is required for a login") }
-        let credentials: TokenCredentials
-        do {
-            credentials = try endpoint.credentials(refreshToken: nil)
-        } catch {
-            throw .misconfigured(error.description)
-        }
+        let (deviceEndpoint, credentials) = try await prepareLogin(\.deviceEndpoint, key: "token.deviceEndpoint", naming: "device authorization endpoint")
         var fields: [(String, String)] = []
         if let scope = configuration.scope { fields.append(("scope", scope)) }
         for name in configuration.extraParams.keys.sorted() { fields.append((name, configuration.extraParams[name]!)) }
@@ -107,6 +93,27 @@ extension TokenBroker {
         }
     }
 
+    /// What every login needs first: the endpoint it starts at (configured or discovered), a
+    /// client id, and the client's credentials.
+    private func prepareLogin(
+        _ endpointKey: KeyPath<Configuration.Token, String?>, key: String, naming: String
+    ) async throws(LoginError) -> (String, TokenCredentials) {
+        do {
+            try await discoverEndpoints()
+        } catch {
+            throw .unavailable(error.description)
+        }
+        guard let url = configuration[keyPath: endpointKey] else {
+            throw .misconfigured("\(key) is not set\(configuration.issuer.map { " and the metadata of \($0) names none" } ?? ""): name the issuer's \(naming)")
+        }
+        guard configuration.clientID != nil else { throw .misconfigured("token.clientId is required for a login") }
+        do {
+            return (url, try endpoint.credentials(refreshToken: nil))
+        } catch {
+            throw .misconfigured(error.description)
+        }
+    }
+
     /// Stores what a login obtained, through the lock, in place of whatever the store held.
     func storeLogin(_ obtained: TokenSet) async throws(LoginError) {
         var tokens = obtained
@@ -135,21 +142,7 @@ extension TokenBroker {
     /// a redirect whose `state` does not match is answered 400 and the wait goes on, at most
     /// `timeout`. The tokens are stored through the lock.
     public func loginWithBrowser(timeout: Duration, show: @Sendable (String) -> Void) async throws(LoginError) -> TokenSet {
-        do {
-            try await discoverEndpoints()
-        } catch {
-            throw .unavailable(error.description)
-        }
-        guard let authorizationEndpoint = configuration.authorizationEndpoint else {
-            throw .misconfigured("token.authorizationEndpoint is not set\(configuration.issuer.map { " and the metadata of \($0) names none" } ?? ""): name the issuer's authorization endpoint")
-        }
-        guard configuration.clientID != nil else { throw .misconfigured("token.clientId is required for a login") }
-        let credentials: TokenCredentials
-        do {
-            credentials = try endpoint.credentials(refreshToken: nil)
-        } catch {
-            throw .misconfigured(error.description)
-        }
+        let (authorizationEndpoint, credentials) = try await prepareLogin(\.authorizationEndpoint, key: "token.authorizationEndpoint", naming: "authorization endpoint")
         let (redirects, delivery) = AsyncStream<BrowserLogin.Redirect>.makeStream()
         let current = NIOLockedValueBox<BrowserLogin?>(nil)
         let listener: LoopbackRedirectListener

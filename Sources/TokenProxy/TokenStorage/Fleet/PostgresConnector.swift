@@ -95,18 +95,10 @@ struct PostgresConnector: Sendable {
 
     /// `fleet.passwordFile`: its content with one trailing newline stripped (SPEC §2).
     static func readPassword(path: String) -> Result<String, TokenSealing.KeyProblem> {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            return .failure(.init(message: "cannot read the password file \(path): \(String(cString: strerror(errno)))"))
-        }
-        defer { close(descriptor) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1024)
-        while bytes.count <= 4096 {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            bytes += chunk[0..<count]
+        var bytes: [UInt8]
+        switch SecretFile.read(path) {
+        case .success(let content): bytes = content
+        case .failure(let failure): return .failure(.init(message: "cannot read the password file \(path): \(failure.reason)"))
         }
         if bytes.last == 0x0A { bytes.removeLast() }
         if bytes.last == 0x0D { bytes.removeLast() }

@@ -39,18 +39,11 @@ struct TokenSealing: Sendable {
     /// A key file holds the base64 text of 32 random bytes (`openssl rand -base64 32`; white space
     /// around it ignored), or exactly 32 raw bytes.
     static func readKey(path: String) -> Result<Key, KeyProblem> {
-        let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            return .failure(KeyProblem(message: "cannot read the key file \(path): \(String(cString: strerror(errno))); create it with `openssl rand -base64 32 > \(path)` (mode 0600)"))
-        }
-        defer { close(descriptor) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 256)
-        while bytes.count <= 4096 {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            bytes += chunk[0..<count]
+        let bytes: [UInt8]
+        switch SecretFile.read(path) {
+        case .success(let content): bytes = content
+        case .failure(let failure):
+            return .failure(KeyProblem(message: "cannot read the key file \(path): \(failure.reason); create it with `openssl rand -base64 32 > \(path)` (mode 0600)"))
         }
         var material: [UInt8]?
         if bytes.count == 32, Data(base64Encoded: Data(bytes)) == nil {
