@@ -9,7 +9,8 @@ struct LoginCommand: AsyncParsableCommand {
         abstract: "Put a first refresh token into the store, through the lock.",
         discussion: """
             --device signs in with the device authorization grant (RFC 8628): open the printed address on any \
-            device and enter the code. --refresh-token-file FILE (or - for standard input) imports a refresh \
+            device and enter the code. --browser signs in with the authorization code grant and PKCE, redirected \
+            to 127.0.0.1. Without either, the browser is used where there is a display, else the device flow. --refresh-token-file FILE (or - for standard input) imports a refresh \
             token obtained elsewhere; no call is made to the token endpoint. A running proxy sharing the store \
             picks the new token up without a restart.
             Exit 0 stored, 1 runtime failure, 2 usage or configuration error, 3 refused or expired.
@@ -32,12 +33,16 @@ struct LoginCommand: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try options.load()
-        if device {
-            try await deviceLogin(configuration)
-            return
-        }
         guard let refreshTokenFile else {
-            try await browserLogin(configuration)
+            // Neither flag: the browser where there is a display, else the device flow (a
+            // server's shell has no browser that could reach its 127.0.0.1).
+            let environment = ProcessInfo.processInfo.environment
+            let hasDisplay = environment["DISPLAY"] != nil || environment["WAYLAND_DISPLAY"] != nil
+            if device || (!browser && !hasDisplay) {
+                try await deviceLogin(configuration)
+            } else {
+                try await browserLogin(configuration)
+            }
             return
         }
         let refreshToken = try Self.readRefreshToken(from: refreshTokenFile)
