@@ -76,9 +76,10 @@ struct ReplayAndRetryTests {
     @Test func twoHundredClientsAcrossATokenExpirySeeNoErrorAndOneRefresh() async throws {
         var options = ProxyHarness.Options()
         let now = Date()
-        // 3 s left of a 1-hour token: the refresh comes (at 2 s) while the clients are running,
-        // late enough that a suite starving the event loops cannot delay the first requests past it.
-        options.initialToken = TokenSet(accessToken: "at-expiring", refreshToken: "rt-initial", expiresAt: now + 3, obtainedAt: now - 3597)
+        // 5 s left of a 1-hour token: the refresh comes (at 4 s) while the clients are running,
+        // late enough that a suite starving the event loops (the fleet soak runs beside it) cannot
+        // delay the first requests past it.
+        options.initialToken = TokenSet(accessToken: "at-expiring", refreshToken: "rt-initial", expiresAt: now + 5, obtainedAt: now - 3595)
         options.behavior.delay = .milliseconds(200)
         options.behavior.lifetime = .seconds(3600)
         options.token = { $0.refreshBefore = "1s"; $0.minValidity = "500ms" }
@@ -86,7 +87,7 @@ struct ReplayAndRetryTests {
             let token = request.header("Authorization").map { String($0.dropFirst(7)) } ?? ""
             return .json(200, "{\"token\": \"\(token.prefix(3))\"}")
         }
-        let deadline = ContinuousClock.now.advanced(by: .seconds(4))
+        let deadline = ContinuousClock.now.advanced(by: .seconds(6))
         let failures = try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<200 {
                 group.addTask {

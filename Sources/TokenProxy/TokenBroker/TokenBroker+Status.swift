@@ -67,65 +67,8 @@ extension TokenBroker {
         logger.info("access token marked expired on request", metadata: ["store": "\(storage.name)"])
     }
 
-    /// Puts a refresh token obtained elsewhere into the store, through the lock, in place of
-    /// whatever it held (`tokenproxy login --refresh-token-file`). No endpoint call is made; a
-    /// running proxy sharing the store picks it up at its next need.
-    public func importRefreshToken(_ refreshToken: String) async throws(TokenBrokerError) {
-        await finishWrites()
-        let lock = try await takeLock()
-        defer { lock.release() }
-        let stored = try await readStoreVersion(authoritative: true)
-        var imported = TokenSet(refreshToken: refreshToken)
-        configuration.stampRefreshExpiry(&imported, now: Date())
-        try await writeReplacingByHand(imported, replacing: stored.version)
-        logger.info("refresh token imported into the store", metadata: ["store": "\(storage.name)"])
-    }
-
-    /// `tokenproxy logout`: revokes the refresh token at the issuer (RFC 7009) when it has a
-    /// revocation endpoint, then empties the store through the lock whatever the issuer said, so
-    /// that a running proxy sharing it needs a new login. Returns why the revocation failed, if
-    /// it did (the store is empty all the same).
-    public func logout() async throws(TokenBrokerError) -> String? {
-        await finishWrites()
-        let lock = try await takeLock()
-        defer { lock.release() }
-        let stored = try await readStoreVersion(authoritative: true)
-        var problem: String?
-        do {
-            try await discoverEndpoints()
-        } catch {
-            problem = "\(error); the token was not revoked"
-        }
-        if let revocationEndpoint = configuration.revocationEndpoint, let tokens = stored.contents.tokens {
-            problem = await revoke(tokens, at: revocationEndpoint)
-        }
-        try await writeReplacingByHand(TokenSet(), replacing: stored.version)
-        logger.info("tokens removed from the store", metadata: ["store": "\(storage.name)", "revoked": "\(problem == nil)"])
-        return problem
-    }
-
-    /// Revokes the refresh token (which ends the grant, RFC 7009 §2.1), else the access token.
-    private func revoke(_ tokens: TokenSet, at url: String) async -> String? {
-        guard let (token, hint) = tokens.refreshToken.map({ ($0, "refresh_token") }) ?? tokens.accessToken.map({ ($0, "access_token") }) else { return nil }
-        let credentials: TokenCredentials
-        do {
-            credentials = try endpoint.credentials(refreshToken: nil)
-        } catch {
-            return "not revoked: \(error)"
-        }
-        switch await endpoint.post([("token", token), ("token_type_hint", hint)], to: url, credentials: credentials) {
-        case .failure(let failure):
-            return "the revocation endpoint \(url) \(failure.reason); the token was not revoked"
-        case .success(let answer) where answer.status == 200:
-            return nil
-        case .success(let answer):
-            let error: String = if case .string(let code)? = answer.object?["error"] { ", error \(code)" } else { "" }
-            return "the revocation endpoint \(url) answered HTTP \(answer.status)\(error); the token was not revoked"
-        }
-    }
-
     /// A write by hand (expire, import, logout) under the lock, which then stands for every need.
-    private func writeReplacingByHand(_ tokens: TokenSet, replacing version: StorageVersion?) async throws(TokenBrokerError) {
+    func writeReplacingByHand(_ tokens: TokenSet, replacing version: StorageVersion?) async throws(TokenBrokerError) {
         guard case .written = try await write(tokens, replacing: version) else {
             throw .unavailable(reason: "the token store \(storage.name) changed while it was being written; try again", retryAfter: nil)
         }
