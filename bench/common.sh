@@ -7,3 +7,52 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
 wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "$1 never appeared" >&2; exit 1; }
+
+# nginx in front of both benches: a backend answering {"ok":true} (EXTRA: more lines inside its
+# server block) and a reverse proxy that attaches the bench token, as tokenproxy does.
+start_nginx_backend() { # dir port [extra]
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $1/pid;
+error_log $1/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  default_type application/json;
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / { return 200 '{"ok":true}\n'; }
+    ${3:-}
+  }
+}
+CONF
+  nginx -c "$1/nginx.conf" -p "$1" & pids+=($!)
+}
+start_nginx_proxy() { # dir port backend-port
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $1/pid;
+error_log $1/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$3; keepalive 256; }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-token-0123456789abcdef";
+    }
+  }
+}
+CONF
+  nginx -c "$1/nginx.conf" -p "$1" & pids+=($!)
+}

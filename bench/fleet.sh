@@ -40,42 +40,8 @@ PGPASSWORD=superuser-pw "$pgbin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres 
   -c "CREATE ROLE tokenproxy LOGIN PASSWORD 'bench-db-pw'" -c "CREATE DATABASE tokenproxy OWNER tokenproxy"
 
 backend=$(free_port); nginx_proxy=$(free_port)
-mkdir -p "$work/nginx-backend" "$work/nginx-proxy"
-cat > "$work/nginx-backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx-backend/pid;
-error_log $work/nginx-backend/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$backend backlog=4096; location / { return 200 '{"ok":true}\n'; } }
-}
-CONF
-cat > "$work/nginx-proxy/nginx.conf" <<CONF
-worker_processes 2;
-daemon off;
-pid $work/nginx-proxy/pid;
-error_log $work/nginx-proxy/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$backend; keepalive 256; }
-  server {
-    listen 127.0.0.1:$nginx_proxy backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer bench-token-0123456789abcdef";
-    }
-  }
-}
-CONF
-nginx -c "$work/nginx-backend/nginx.conf" -p "$work/nginx-backend" & pids+=($!)
-nginx -c "$work/nginx-proxy/nginx.conf" -p "$work/nginx-proxy" & pids+=($!)
+start_nginx_backend "$work/nginx-backend" "$backend"
+start_nginx_proxy "$work/nginx-proxy" "$nginx_proxy" "$backend"
 python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
 wait_file "$work/token.port"
 token_port=$(cat "$work/token.port")

@@ -72,6 +72,7 @@ public enum ProxyApplication {
         if let port = admin?.port { listening["adminPort"] = "\(port)" }
         logger.info("listening", metadata: listening)
         notifier.ready(status: await firstToken(from: broker))
+        await BlockingIO.run { ExecutableResidency.releaseStartupPages() }
 
         let reloader = Reloader(
             current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier,
