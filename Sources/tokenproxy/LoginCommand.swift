@@ -117,22 +117,14 @@ struct LoginCommand: AsyncParsableCommand {
 
     /// The refresh token in `source` (`-`: standard input), surrounding white space removed.
     static func readRefreshToken(from source: String) throws -> String {
-        var bytes: [UInt8] = []
-        let descriptor = source == "-" ? STDIN_FILENO : open(source, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            printError("tokenproxy login: cannot read --refresh-token-file \(source): \(String(cString: strerror(errno)))")
+        let bytes: [UInt8]
+        switch SecretFile.read(source == "-" ? "/dev/stdin" : source, limit: 64 * 1024) {
+        case .success(let content): bytes = content
+        case .failure(let failure):
+            printError("tokenproxy login: cannot read --refresh-token-file \(source): \(failure.reason)")
             throw ExitStatus.configurationError
         }
-        defer { if descriptor != STDIN_FILENO { close(descriptor) } }
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while bytes.count <= 64 * 1024 {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            bytes += chunk[0..<count]
-        }
-        let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
-        let text = String(decoding: bytes.drop(while: isSpace).reversed().drop(while: isSpace).reversed(), as: UTF8.self)
+        let text = String(decoding: SecretFile.trimmingWhiteSpace(bytes), as: UTF8.self)
         guard !text.isEmpty, text.utf8.count <= 16 * 1024, text.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
             printError("tokenproxy login: --refresh-token-file \(source) must hold one refresh token: printable ASCII without spaces, at most 16 KiB")
             throw ExitStatus.configurationError

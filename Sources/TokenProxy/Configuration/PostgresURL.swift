@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 /// Where the fleet's database is (SPEC §2.3): `postgres://ROLE@HOST[:PORT]/DATABASE`, or a unix
 /// socket as libpq writes it, `postgres://ROLE@/DATABASE?host=/var/run/postgresql`.
 ///
@@ -99,17 +101,6 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
     }
 
     private static func percentDecoded(_ text: Substring) -> String {
-        var bytes: [UInt8] = []
-        var iterator = text.utf8.makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%"), let high = iterator.next(), let low = iterator.next(),
-                let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
-            {
-                bytes.append(value)
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        String(text).removingPercentEncoding ?? String(text)
     }
 }

@@ -47,7 +47,7 @@ enum ClientAssertion {
         let claims: [(String, JSONValue)] = [
             ("iss", .string(clientID)), ("sub", .string(clientID)), ("aud", .string(audience)),
             ("iat", .number(issuedAt)), ("exp", .number(issuedAt + lifetime)),
-            ("jti", .string(nonce.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())),
+            ("jti", .string(nonce.hexadecimal)),
         ]
         let signingInput = base64URL(Data(encode(header).utf8)) + "." + base64URL(Data(encode(claims).utf8))
         let signature: Data

@@ -240,12 +240,6 @@ public final class TokenEndpointClient: Sendable {
     }
 }
 
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
-    }
-}
-
 /// The version that `tokenproxy --version` prints and the token endpoint sees as User-Agent.
 public enum TokenProxyVersion {
     public static let current = "0.1.0"

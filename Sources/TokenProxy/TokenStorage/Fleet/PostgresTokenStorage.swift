@@ -30,9 +30,10 @@ public actor PostgresTokenStorage: TokenStorage {
     /// rather than open their own (a connection dropped unclosed would leak).
     private var connecting: Task<PostgresConnection, any Error>?
     private var schemaReady = false
-    /// The row as the listener last saw it; trusted only while `listening`.
+    /// The row as the listener last saw it; `nil` while the listener is not connected (then
+    /// every read goes to the database).
     private var snapshot: StoredTokens?
-    private var listening = false
+    private var listening: Bool { snapshot != nil }
     private var lastProblem: String?
 
     /// - Throws: ``TokenStoreError/refused(path:reason:)`` when a key file cannot be used.
@@ -47,14 +48,14 @@ public actor PostgresTokenStorage: TokenStorage {
     // MARK: TokenStorage
 
     public func read(now: Date, authoritative: Bool) async throws(TokenStoreError) -> StoredTokens {
-        if !authoritative, listening, let snapshot { return snapshot }
+        if !authoritative, let snapshot { return snapshot }
         let read = try await readRow(now: now)
         if listening { snapshot = read }
         return read
     }
 
     public func currentVersion() async -> StorageVersion? {
-        if listening, let snapshot { return snapshot.version }
+        if let snapshot { return snapshot.version }
         let row = fleet.name
         do {
             let versions = try await run { connection, logger in
@@ -62,7 +63,7 @@ public actor PostgresTokenStorage: TokenStorage {
             }
             return versions.first.map(StorageVersion.row)
         } catch {
-            return snapshot?.version
+            return nil
         }
     }
 
@@ -166,7 +167,7 @@ public actor PostgresTokenStorage: TokenStorage {
     }
 
     public func shutdown() async {
-        listening = false
+        snapshot = nil
         if let data { try? await data.close() }
         data = nil
     }
@@ -175,7 +176,6 @@ public actor PostgresTokenStorage: TokenStorage {
 
     private func listenerConnected() async throws {
         snapshot = try await readRow(now: Date())
-        listening = true
         lastProblem = nil
         logger.debug("listening for token changes", metadata: ["store": "\(name)"])
     }
@@ -186,7 +186,6 @@ public actor PostgresTokenStorage: TokenStorage {
 
     private func listenerLost(_ error: (any Error)?) {
         let wasListening = listening
-        listening = false
         snapshot = nil
         guard let error, !(error is CancellationError), !Task.isCancelled else { return }
         let reason = (error as? TokenStoreError)?.description ?? connector.describe(error)
@@ -244,7 +243,7 @@ public actor PostgresTokenStorage: TokenStorage {
                 schemaReady = true
             }
             let result = try await withDeadline(Self.operationTimeout) { try await body(connection, logger) }
-            if listening || lastProblem != nil { lastProblem = nil }
+            lastProblem = nil
             return result
         } catch {
             if data === connection { data = nil }

@@ -49,15 +49,14 @@ struct TokenSealing: Sendable {
         if bytes.count == 32, Data(base64Encoded: Data(bytes)) == nil {
             material = bytes
         } else {
-            let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
-            let text = Data(bytes.drop(while: isSpace).reversed().drop(while: isSpace).reversed())
+            let text = Data(SecretFile.trimmingWhiteSpace(bytes))
             if let decoded = Data(base64Encoded: text), decoded.count == 32 { material = Array(decoded) }
         }
         guard let material else {
             return .failure(KeyProblem(message: "the key file \(path) must hold the base64 text of 32 random bytes, as `openssl rand -base64 32` writes it (or exactly 32 raw bytes)"))
         }
         let digest = SHA256.hash(data: Data("tokenproxy fleet key id".utf8) + material)
-        let id = digest.prefix(6).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        let id = digest.prefix(6).hexadecimal
         return .success(Key(id: id, material: material, path: path))
     }
 
@@ -84,10 +83,4 @@ struct TokenSealing: Sendable {
     }
 
     private static func context(_ name: String) -> String { "tokenproxy fleet row \(name)" }
-}
-
-extension String {
-    fileprivate func leftPadded(to length: Int) -> String {
-        count >= length ? self : String(repeating: "0", count: length - count) + self
-    }
 }
