@@ -89,7 +89,7 @@ struct PolicyTableTests {
         guard case .head(let head) = parts.first else { throw ProxyError.badRequest("no head") }
         var writer = ClientResponseWriter()
         var written = ByteBuffer()
-        writer.start(head, keepAlive: row.keepAlive, clientAcceptsChunked: row.clientAcceptsChunked, allocator: ByteBufferAllocator())
+        writer.start(head, keepAlive: row.keepAlive, clientAcceptsChunked: row.clientAcceptsChunked)
         for part in row.body { writer.body(ByteBuffer(string: part)) { var bytes = $0; written.writeBuffer(&bytes) } }
         writer.end { var bytes = $0; written.writeBuffer(&bytes) }
         #expect(String(buffer: written) == row.expected)

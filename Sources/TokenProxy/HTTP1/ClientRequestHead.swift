@@ -20,7 +20,8 @@ struct ClientRequestHead {
     }
 
     let method: HTTPMethod
-    let target: String
+    /// Where the request target is in `bytes`' readable bytes (the method is before it).
+    let targetRange: Range<Int>
     let version: HTTPVersion
     /// The head as read, request line to blank line.
     let bytes: ByteBuffer
@@ -34,9 +35,24 @@ struct ClientRequestHead {
     /// headers of this hop only.
     let connectionOptions: [String]
 
+    /// The request target, as text (the forwarding rules read it in place).
+    var target: String {
+        bytes.getString(at: bytes.readerIndex + targetRange.lowerBound, length: targetRange.count) ?? ""
+    }
+
+    /// The request target's bytes (a slice of `bytes`).
+    var targetBytes: ByteBuffer {
+        bytes.getSlice(at: bytes.readerIndex + targetRange.lowerBound, length: targetRange.count) ?? ByteBuffer()
+    }
+
     /// The value of a field, as text.
     func value(of field: Field) -> String {
-        bytes.getString(at: bytes.readerIndex + field.value.lowerBound, length: field.value.count) ?? ""
+        text(field.value)
+    }
+
+    /// The bytes at `range` (offsets into the head), as text.
+    func text(_ range: Range<Int>) -> String {
+        bytes.getString(at: bytes.readerIndex + range.lowerBound, length: range.count) ?? ""
     }
 
     /// The name of a field, as the client spelled it.

@@ -217,7 +217,7 @@ struct ClientRequestParser {
     static func parseHead(_ bytes: UnsafeRawBufferPointer, bytes buffer: ByteBuffer, limits: Limits) throws(ProxyError) -> ClientRequestHead {
         var lines = HeadLines(bytes: bytes, end: bytes.count)
         let requestLine = lines.next()!
-        let (method, target, version) = try parseRequestLine(bytes, requestLine, limits: limits)
+        let (method, targetRange, version) = try parseRequestLine(bytes, requestLine, limits: limits)
         let http11 = version.minor == 1
 
         var fields: [ClientRequestHead.Field] = []
@@ -301,7 +301,7 @@ struct ClientRequestParser {
         }
         let framing: ClientRequestHead.BodyFraming = chunked ? .chunked : contentLength.map { .length($0) } ?? .none
         return ClientRequestHead(
-            method: method, target: target, version: version, bytes: buffer, fields: fields, framing: framing,
+            method: method, targetRange: targetRange, version: version, bytes: buffer, fields: fields, framing: framing,
             keepAlive: !close && (http11 || keepAliveOption),
             upgradeRequested: upgradeHeader && connectionUpgrade,
             connectionOptions: connectionOptions
@@ -311,7 +311,7 @@ struct ClientRequestParser {
     /// `METHOD SP request-target SP HTTP/1.x`, single spaces, a visible-ASCII target.
     private static func parseRequestLine(
         _ bytes: UnsafeRawBufferPointer, _ line: Range<Int>, limits: Limits
-    ) throws(ProxyError) -> (HTTPMethod, String, HTTPVersion) {
+    ) throws(ProxyError) -> (HTTPMethod, Range<Int>, HTTPVersion) {
         let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         var position = line.lowerBound
         while position < line.upperBound, HeaderName.isTokenCharacter(base[position]) { position += 1 }
@@ -339,8 +339,7 @@ struct ClientRequestParser {
             throw .badRequest("malformed HTTP request: the request line does not end with HTTP/1.1 or HTTP/1.0")
         }
         let methodBytes = UnsafeBufferPointer(start: base + line.lowerBound, count: methodEnd - line.lowerBound)
-        let target = String(decoding: UnsafeBufferPointer(start: base + targetStart, count: targetEnd - targetStart), as: UTF8.self)
-        return (method(methodBytes), target, parsedVersion)
+        return (method(methodBytes), targetStart..<targetEnd, parsedVersion)
     }
 
     /// Whether `bytes` are exactly `text`.

@@ -27,42 +27,47 @@ struct ClientResponseWriter {
 
     /// Starts an upstream response: its head, framed for the client. `keepAlive` false adds
     /// `Connection: close`; so does a body that can only end with the connection.
-    mutating func start(_ head: UpstreamResponseHead, keepAlive: Bool, clientAcceptsChunked: Bool, allocator: ByteBufferAllocator) {
+    mutating func start(_ head: consuming UpstreamResponseHead, keepAlive: Bool, clientAcceptsChunked: Bool) {
         var keepAlive = keepAlive
-        // Room for the framing lines and for a small body, which is copied in behind the head.
+        // The head's own buffer, which the parser made with room for the framing lines and a
+        // small body: appended to in place when nothing else holds it.
         var copiedBody = 0
         if case .length(let length) = head.body, length <= Self.copyLimit { copiedBody = length }
-        var bytes = allocator.buffer(capacity: head.forwardedBytes.readableBytes + 64 + copiedBody)
-        bytes.writeImmutableBuffer(head.forwardedBytes)
-        switch head.body {
-        case .none, .length:
-            framing = .asIs
-            if let length = head.contentLength {
-                bytes.writeStaticString("Content-Length: ")
-                bytes.writeString(String(length))
-                bytes.writeStaticString("\r\n")
-            }
-        case .tunnel:
-            // The hop-by-hop pair that makes a 101 mean something; bytes then pass as they are.
-            framing = .untilClose
-            keepAlive = true
-            bytes.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
-        case .chunked, .untilClose:
-            if clientAcceptsChunked {
-                framing = .chunked
-                bytes.writeStaticString("Transfer-Encoding: chunked\r\n")
-            } else {
+        var bytes = head.forwardedBytes
+        head.forwardedBytes = ByteBuffer()
+        bytes.reserveCapacity(minimumWritableBytes: 96 + copiedBody)
+        // The framing lines and the blank line, in one write.
+        bytes.writeInOnePiece(maximumBytes: 96) { writer in
+            switch head.body {
+            case .none, .length:
+                framing = .asIs
+                if let length = head.contentLength {
+                    writer.write("Content-Length: ")
+                    writer.writeDecimal(length)
+                    writer.write("\r\n")
+                }
+            case .tunnel:
+                // The hop-by-hop pair that makes a 101 mean something; bytes then pass as they are.
                 framing = .untilClose
-                keepAlive = false
+                keepAlive = true
+                writer.write("Connection: Upgrade\r\nUpgrade: websocket\r\n")
+            case .chunked, .untilClose:
+                if clientAcceptsChunked {
+                    framing = .chunked
+                    writer.write("Transfer-Encoding: chunked\r\n")
+                } else {
+                    framing = .untilClose
+                    keepAlive = false
+                }
             }
+            if !keepAlive {
+                writer.write("Connection: close\r\n")
+            } else if !clientAcceptsChunked {
+                // An HTTP/1.0 client keeps the connection only when told so.
+                writer.write("Connection: keep-alive\r\n")
+            }
+            writer.write("\r\n")
         }
-        if !keepAlive {
-            bytes.writeStaticString("Connection: close\r\n")
-        } else if !clientAcceptsChunked {
-            // An HTTP/1.0 client keeps the connection only when told so.
-            bytes.writeStaticString("Connection: keep-alive\r\n")
-        }
-        bytes.writeStaticString("\r\n")
         pendingHead = bytes
     }
 

@@ -6,7 +6,8 @@ import NIOCore
 struct HeadLines {
     let bytes: UnsafeRawBufferPointer
     let end: Int
-    private var position = 0
+    /// Where the next line starts.
+    private(set) var position = 0
     private(set) var lastLineEndedWithCRLF = false
 
     init(bytes: UnsafeRawBufferPointer, end: Int) {
@@ -29,6 +30,35 @@ struct HeadLines {
         while lower < upper, bytes[lower] == UInt8(ascii: " ") || bytes[lower] == UInt8(ascii: "\t") { lower += 1 }
         while upper > lower, bytes[upper - 1] == UInt8(ascii: " ") || bytes[upper - 1] == UInt8(ascii: "\t") { upper -= 1 }
         return lower..<upper
+    }
+
+    /// Whether `bytes[range]` holds a control character other than a tab (or DEL): what a field
+    /// value may not hold. Eight bytes at a time; a word that may hold one is checked byte by byte.
+    static func containsControlCharacter(_ base: UnsafePointer<UInt8>, _ range: Range<Int>) -> Bool {
+        var index = range.lowerBound
+        while index + 8 <= range.upperBound {
+            let word = UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)
+            let ones: UInt64 = 0x0101_0101_0101_0101
+            let highs: UInt64 = 0x8080_8080_8080_8080
+            // A byte below 0x20, or a byte equal to 0x7F (zero after the xor).
+            let below20 = (word &- ones &* 0x20) & ~word & highs
+            let del = word ^ (ones &* 0x7F)
+            let isDEL = (del &- ones) & ~del & highs
+            if below20 | isDEL != 0 {
+                for offset in 0..<8 where isControl(base[index + offset]) { return true }
+            }
+            index += 8
+        }
+        while index < range.upperBound {
+            if isControl(base[index]) { return true }
+            index += 1
+        }
+        return false
+    }
+
+    @inline(__always)
+    private static func isControl(_ byte: UInt8) -> Bool {
+        (byte < 0x20 && byte != 0x09) || byte == 0x7F
     }
 
     /// The decimal number `bytes[range]` spells (digits only, at most 18), or `nil`.

@@ -177,34 +177,35 @@ struct UpstreamResponseParser {
     static func parseHead(
         _ bytes: UnsafeRawBufferPointer, respondingToHEAD: Bool, upgradeRequested: Bool = false, allocator: ByteBufferAllocator
     ) throws(UpstreamResponseError) -> (consumed: Int, head: UpstreamResponseHead?)? {
-        // Find the end of the head before parsing anything, so that an incomplete head costs one scan.
-        var lineStart = 0
-        var headEnd = -1
-        while let newline = HeadLines.index(of: UInt8(ascii: "\n"), in: bytes, lineStart..<bytes.count) {
-            let lineLength = newline - lineStart - (newline > lineStart && bytes[newline - 1] == UInt8(ascii: "\r") ? 1 : 0)
-            if lineLength == 0, lineStart > 0 {
-                headEnd = newline + 1
-                break
-            }
-            lineStart = newline + 1
-            if lineStart > maximumHeadBytes { break }
-        }
-        guard headEnd > 0 else {
-            if lineStart > maximumHeadBytes { throw UpstreamResponseError("the upstream's response head is larger than \(maximumHeadBytes / 1024) KiB") }
+        // One pass: each line is found once, and the head is parsed as its lines are found; it
+        // counts only once its blank line has come (until then, `nil`: wait for more bytes).
+        var lines = HeadLines(bytes: bytes, end: bytes.count)
+        guard let statusLine = lines.next() else {
+            if bytes.count > maximumHeadBytes { throw UpstreamResponseError("the upstream's response head is larger than \(maximumHeadBytes / 1024) KiB") }
             return nil
         }
-
-        var lines = HeadLines(bytes: bytes, end: headEnd)
-        let statusLine = lines.next()!
         let (status, http11) = try parseStatusLine(bytes, statusLine)
         if status == 101, !upgradeRequested { throw UpstreamResponseError("the upstream switched protocols (101) for a request that did not ask for it") }
-        if status < 200, status != 101 { return (headEnd, nil) }
+        let interim = status < 200 && status != 101
 
-        var forwarded = allocator.buffer(capacity: headEnd + 64)
-        forwarded.writeStaticString("HTTP/1.1 ")
-        forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[(statusLine.lowerBound + 9)..<statusLine.upperBound]))
-        forwarded.writeStaticString("\r\n")
-        let statusLineBytes = forwarded.readableBytes
+        // Room for the framing lines the client's hop gets and for a small body read with the
+        // head, so that the client's bytes are built in this one buffer.
+        var forwarded = allocator.buffer(capacity: min(bytes.count, maximumHeadBytes + ClientResponseWriter.copyLimit) + 96)
+        // Lines passed on unchanged are copied in runs: [runStart, runEnd) of `bytes`. An
+        // HTTP/1.1 status line ending in CRLF starts the first run as it is.
+        var runStart = -1
+        var runEnd = -1
+        if http11, lines.lastLineEndedWithCRLF {
+            runStart = statusLine.lowerBound
+            runEnd = statusLine.upperBound + 2
+        } else {
+            forwarded.writeInOnePiece(maximumBytes: statusLine.count + 2) { writer in
+                writer.write("HTTP/1.1 ")
+                writer.write(UnsafeRawBufferPointer(rebasing: bytes[(statusLine.lowerBound + 9)..<statusLine.upperBound]))
+                writer.write("\r\n")
+            }
+        }
+        let statusLineBytes = statusLine.count + 2
 
         var contentLength: Int?
         var transferEncoding: [UInt8]?
@@ -212,23 +213,25 @@ struct UpstreamResponseParser {
         var connectionOptions: [String] = []
         var wwwAuthenticate: [String] = []
         var retryAfter: String?
-        // Lines passed on unchanged are copied in runs: [runStart, runEnd) of `bytes`.
-        var runStart = -1
-        var runEnd = -1
         let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        var headEnd = -1
 
-        while let line = lines.next(), !line.isEmpty {
-            guard let colon = HeadLines.index(of: UInt8(ascii: ":"), in: bytes, line), colon > line.lowerBound else {
-                throw UpstreamResponseError("the upstream sent a malformed header line")
+        while let line = lines.next() {
+            if line.isEmpty {
+                headEnd = lines.position
+                break
             }
-            let nameRange = line.lowerBound..<colon
-            var position = line.lowerBound
-            while position < colon, HeaderName.isTokenCharacter(base[position]) { position += 1 }
-            guard position == colon else {
+            if line.upperBound > maximumHeadBytes { break }
+            if interim { continue }
+            // The name: token characters up to the colon.
+            var colon = line.lowerBound
+            while colon < line.upperBound, HeaderName.isTokenCharacter(base[colon]) { colon += 1 }
+            guard colon < line.upperBound, colon > line.lowerBound, base[colon] == UInt8(ascii: ":") else {
                 throw UpstreamResponseError("the upstream sent a folded or malformed header line")
             }
+            let nameRange = line.lowerBound..<colon
             let value = HeadLines.trimmed(bytes, (colon + 1)..<line.upperBound)
-            for position in value where base[position] < 0x20 && base[position] != 0x09 || base[position] == 0x7F {
+            if HeadLines.containsControlCharacter(base, value) {
                 // A bare CR or a NUL reads differently to different parsers downstream.
                 throw UpstreamResponseError("the upstream sent a control character (CR, NUL, …) in a header value")
             }
@@ -272,10 +275,20 @@ struct UpstreamResponseParser {
                 runStart = -1
             }
             if forward {
-                forwarded.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[line]))
-                forwarded.writeStaticString("\r\n")
+                forwarded.writeInOnePiece(maximumBytes: line.count + 2) { writer in
+                    writer.write(UnsafeRawBufferPointer(rebasing: bytes[line]))
+                    writer.write("\r\n")
+                }
             }
         }
+        guard headEnd > 0 else {
+            if lines.position > maximumHeadBytes || bytes.count > maximumHeadBytes {
+                throw UpstreamResponseError("the upstream's response head is larger than \(maximumHeadBytes / 1024) KiB")
+            }
+            return nil
+        }
+        // An interim (1xx) response concerns this hop only: skipped.
+        if interim { return (headEnd, nil) }
         if runStart >= 0 { forwarded.writeBytes(UnsafeRawBufferPointer(start: base + runStart, count: runEnd - runStart)) }
         if !connectionOptions.isEmpty {
             // Rare: `Connection` names headers of this hop, which may come before it.

@@ -18,6 +18,29 @@ struct ClientGuard: Sendable, Equatable {
     /// `Origin` values accepted while browser requests are refused, lowercased.
     let allowedOrigins: Set<String>
     let requiredHeader: String?
+    /// `hosts`' listed names and `host:port` pairs as bytes: a request's `Host` is compared in
+    /// place, without making a string of it (this runs for every request).
+    private let listedNames: [[UInt8]]
+    private let listedWithPort: [[UInt8]]
+
+    init(hosts: Hosts, refusesBrowserRequests: Bool, allowedOrigins: Set<String>, requiredHeader: String?) {
+        self.hosts = hosts
+        self.refusesBrowserRequests = refusesBrowserRequests
+        self.allowedOrigins = allowedOrigins
+        self.requiredHeader = requiredHeader
+        if case .listed(let names, let withPort) = hosts {
+            listedNames = names.sorted().map { Array($0.lowercased().utf8) }
+            listedWithPort = withPort.sorted().map { Array($0.lowercased().utf8) }
+        } else {
+            listedNames = []
+            listedWithPort = []
+        }
+    }
+
+    static func == (lhs: ClientGuard, rhs: ClientGuard) -> Bool {
+        lhs.hosts == rhs.hosts && lhs.refusesBrowserRequests == rhs.refusesBrowserRequests && lhs.allowedOrigins == rhs.allowedOrigins
+            && lhs.requiredHeader == rhs.requiredHeader
+    }
 
     /// The admin listener's guard: loopback `Host` names only, and no browser request at all.
     static let admin = ClientGuard(hosts: .loopback, refusesBrowserRequests: true, allowedOrigins: [], requiredHeader: nil)
@@ -26,8 +49,15 @@ struct ClientGuard: Sendable, Equatable {
     /// framing rules deal with a missing one), `origin` and `fetchSite` the browser's headers;
     /// `carries` tells whether the request has a header of a given name.
     func refusal(host: String?, origin: String?, fetchSite: String?, carries: (String) -> Bool) -> ProxyError? {
-        if let host, !accepts(host: host) {
-            return .forbidden("Host \"\(host.prefix(100))\" is not served here (a page in a browser may be using DNS rebinding); list it in allowedHosts if it is yours")
+        guard var host else { return refusal(host: nil as UnsafeRawBufferPointer?, origin: origin, fetchSite: fetchSite, carries: carries) }
+        return host.withUTF8 { refusal(host: UnsafeRawBufferPointer($0), origin: origin, fetchSite: fetchSite, carries: carries) }
+    }
+
+    /// The same, with the `Host` value as the bytes it arrived in.
+    func refusal(host: UnsafeRawBufferPointer?, origin: String?, fetchSite: String?, carries: (String) -> Bool) -> ProxyError? {
+        if let host, !accepts(host: host.assumingMemoryBound(to: UInt8.self)) {
+            let text = String(decoding: host.prefix(100), as: UTF8.self)
+            return .forbidden("Host \"\(text)\" is not served here (a page in a browser may be using DNS rebinding); list it in allowedHosts if it is yours")
         }
         if refusesBrowserRequests {
             if let origin, !allowedOrigins.contains(origin.lowercased()) {
@@ -43,21 +73,30 @@ struct ClientGuard: Sendable, Equatable {
         return nil
     }
 
-    private func accepts(host: String) -> Bool {
-        // Lowercase only when needed: a request's Host is nearly always lowercase already.
-        let lowered = host.utf8.contains(where: { (0x41...0x5A).contains($0) }) ? host.lowercased() : host
+    private func accepts(host: UnsafeBufferPointer<UInt8>) -> Bool {
         switch hosts {
         case .any:
             return true
         case .loopback:
-            return ListenAddress.isLoopbackHost(Self.split(lowered).host)
-        case .listed(let names, let withPort):
-            // Without splitting (no allocation): a listed name followed by nothing or a port.
-            for name in names where lowered.utf8.starts(with: name.utf8) {
-                let rest = lowered.utf8.dropFirst(name.utf8.count)
-                if rest.isEmpty || rest.first == UInt8(ascii: ":") { return true }
+            return ListenAddress.isLoopbackHost(Self.split(String(decoding: host, as: UTF8.self).lowercased()).host)
+        case .listed:
+            // A listed name followed by nothing or a port; ASCII case is ignored.
+            for name in listedNames where host.count >= name.count && Self.startsIgnoringCase(host, with: name) {
+                if host.count == name.count || host[name.count] == UInt8(ascii: ":") { return true }
             }
-            return withPort.contains(lowered)
+            return listedWithPort.contains { $0.count == host.count && Self.startsIgnoringCase(host, with: $0) }
+        }
+    }
+
+    /// Whether `bytes` begin with `lowercased`, ignoring ASCII case (`bytes` are at least as long).
+    private static func startsIgnoringCase(_ bytes: UnsafeBufferPointer<UInt8>, with lowercased: [UInt8]) -> Bool {
+        lowercased.withUnsafeBufferPointer { name in
+            for index in 0..<name.count {
+                var byte = bytes[index]
+                if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+                if byte != name[index] { return false }
+            }
+            return true
         }
     }
 

@@ -27,3 +27,34 @@ final class ProxyContext: AtomicReference, Sendable {
         self.logger = logger
     }
 }
+
+/// The current ``ProxyContext``, published by reloads and read by every request. A reader keeps
+/// the context it has while the version is unchanged: the hot path then reads a counter that
+/// only reloads write, instead of doing an atomic reference load (a compare-and-swap on a line
+/// that every event loop would keep taking from the others).
+final class ProxyContextBox: Sendable {
+    private let current: ManagedAtomic<ProxyContext>
+    private let published = ManagedAtomic<Int>(0)
+
+    init(_ context: ProxyContext) {
+        current = ManagedAtomic(context)
+    }
+
+    /// Bumped by each ``store(_:)``.
+    var version: Int { published.load(ordering: .acquiring) }
+
+    func load() -> ProxyContext { current.load(ordering: .acquiring) }
+
+    func store(_ context: ProxyContext) {
+        current.store(context, ordering: .releasing)
+        published.wrappingIncrement(ordering: .releasing)
+    }
+
+    /// `cached` if still current, else the current context (and `version` is updated).
+    func refresh(_ cached: inout ProxyContext, version cachedVersion: inout Int) {
+        let version = self.version
+        guard version != cachedVersion else { return }
+        cached = load()
+        cachedVersion = version
+    }
+}

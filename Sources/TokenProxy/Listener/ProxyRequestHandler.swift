@@ -16,10 +16,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let contextBox: ManagedAtomic<ProxyContext>
+    private let contextBox: ProxyContextBox
     /// The context of the current request (a reload swaps the box; a request keeps its own).
     private var shared: ProxyContext
+    private var sharedVersion: Int
     private let pool: UpstreamConnectionPool
+    private let loopStatistics: LoopStatistics
     private var context: ChannelHandlerContext?
     private var connection = ProxyConnectionStateMachine()
     private var parser: ClientRequestParser
@@ -49,18 +51,21 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var requestStarted = NIODeadline.now()
     private var clientAddress = "unknown"
     private var random = SplitMix64()
-    private var currentURI = ""
+    /// The request target's bytes, made text only for a log line.
+    private var currentTarget: ByteBuffer?
     private var currentStatus: UInt = 0
     private var currentRequestID: RequestID?
 
     /// The most body bytes held for a request that has no upstream connection yet.
     private static let maximumUnsentBytes = 256 * 1024
 
-    init(context: ManagedAtomic<ProxyContext>, pool: UpstreamConnectionPool) {
+    init(context: ProxyContextBox, pool: UpstreamConnectionPool, statistics: LoopStatistics) {
         self.contextBox = context
-        let shared = context.load(ordering: .acquiring)
+        sharedVersion = context.version
+        let shared = context.load()
         self.shared = shared
         self.pool = pool
+        self.loopStatistics = statistics
         self.parser = ClientRequestParser(limits: shared.rules.parserLimits)
         self.timers = ConnectionTimers(
             headerTimeout: TimeAmount(shared.rules.limits.headerTimeout), idleTimeout: TimeAmount(shared.rules.limits.idleTimeout), now: .now())
@@ -115,7 +120,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             do throws(ProxyError) {
                 part = try parser.next()
             } catch {
-                if connection.currentRequest == nil { startRecord(uri: nil, requestID: .generate()) }
+                if connection.currentRequest == nil { startRecord(target: nil, requestID: .generate()) }
                 perform(connection.parseFailed(error))
                 return
             }
@@ -184,21 +189,21 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func startRequest(_ head: ClientRequestHead) {
         guard let context else { return }
-        shared = contextBox.load(ordering: .acquiring)
-        shared.statistics.requestStarted()
+        contextBox.refresh(&shared, version: &sharedVersion)
+        loopStatistics.requestStarted()
         generation &+= 1
         timers.requestStarted()
         let faultsEnabled = shared.faults.enabled
         let prepared = shared.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled)
         switch prepared {
         case .success(let request):
-            startRecord(uri: head.target, requestID: request.requestID)
+            startRecord(target: head.targetBytes, requestID: request.requestID)
             requestWriter = UpstreamRequestWriter(framing: request.bodyFraming)
             if head.first(.expect)?.lowercased() == "100-continue" {
                 context.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil)
             }
         case .failure:
-            startRecord(uri: head.target, requestID: head.first(.requestID).map(RequestID.client) ?? .generate())
+            startRecord(target: head.targetBytes, requestID: head.first(.requestID).map(RequestID.client) ?? .generate())
         }
         let action = connection.requestHead(prepared.map { request in
             RequestStateMachine(
@@ -208,10 +213,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         perform(action, refusedMethod: head.method)
     }
 
-    private func startRecord(uri: String?, requestID: RequestID) {
+    private func startRecord(target: ByteBuffer?, requestID: RequestID) {
         requestStarted = .now()
         currentStatus = 0
-        currentURI = uri ?? ""
+        currentTarget = target
         currentRequestID = requestID
     }
 
@@ -493,12 +498,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         upstream.write(requestWriter.end ?? Self.nothing, promise: requestEndPromise(on: upstream))
     }
 
-    private func writeResponseHead(_ head: UpstreamResponseHead, keepAlive: Bool) {
-        guard let context, let clientAcceptsChunked = connection.currentRequest?.clientAcceptsChunked else { return }
-        response.start(
-            head, keepAlive: keepAlive && connection.mayKeepAlive,
-            clientAcceptsChunked: clientAcceptsChunked, allocator: context.channel.allocator
-        )
+    private func writeResponseHead(_ head: consuming UpstreamResponseHead, keepAlive: Bool) {
+        guard let clientAcceptsChunked = connection.currentRequest?.clientAcceptsChunked else { return }
+        response.start(head, keepAlive: keepAlive && connection.mayKeepAlive, clientAcceptsChunked: clientAcceptsChunked)
     }
 
     private func writeResponseBodyPart(_ buffer: ByteBuffer) {
@@ -606,14 +608,14 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func checkIdle() {
         guard connection.readsClient, context?.channel.isActive == true else { return }
-        let limits = contextBox.load(ordering: .relaxed).rules.limits
+        let limits = contextBox.load().rules.limits
         timers.headerTimeout = TimeAmount(limits.headerTimeout)
         timers.idleTimeout = TimeAmount(limits.idleTimeout)
         switch timers.idleCheck(now: .now()) {
         case .checkAgain(let deadline), .busy(let deadline):
             scheduleIdleCheck(at: deadline)
         case .headTimedOut:
-            startRecord(uri: nil, requestID: .generate())
+            startRecord(target: nil, requestID: .generate())
             let error = ProxyError(.requestTimeout, "the request head did not arrive within limits.headerTimeout (\(limits.headerTimeout.configString))")
             perform(connection.headTimedOut(error))
         case .closeIdle:
@@ -639,7 +641,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         method: HTTPMethod? = nil, status: UInt?, error: ProxyError? = nil, aborted: ProxyStatistics.AbortReason? = nil, reason: String? = nil
     ) {
         let duration = NIODeadline.now() - requestStarted
-        shared.statistics.requestFinished(after: duration)
+        loopStatistics.requestFinished(after: duration)
         guard shared.logger.logLevel <= .info || error != nil || (aborted != nil && aborted != .clientClosed) else { return }
         let attempts = (connection.currentRequest?.attempts ?? 0) + (connection.currentRequest?.replayedAfter401 == true ? 1 : 0)
         var metadata: Logger.Metadata = [
@@ -647,7 +649,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             "attempts": "\(attempts)", "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(connection.currentRequest?.refreshed ?? false)",
         ]
         if let status, status > 0 { metadata["status"] = "\(status)" }
-        if !currentURI.isEmpty { metadata["path"] = "\(Self.pathOnly(currentURI))" }
+        if let currentTarget, currentTarget.readableBytes > 0 { metadata["path"] = "\(Self.pathOnly(String(buffer: currentTarget)))" }
         if let error {
             metadata["error"] = "\(error.code.rawValue)"
             metadata["reason"] = "\(error.message)"

@@ -12,7 +12,8 @@ import NIOSSL
 public final class ProxyServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]
-    private let context: ManagedAtomic<ProxyContext>
+    private let loopStatistics: [ObjectIdentifier: LoopStatistics]
+    private let context: ProxyContextBox
     private let listener: NIOLockedValueBox<(any Channel)?>
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     /// One per listener bound (a reload may bind a new one): each knows the connections its
@@ -20,10 +21,14 @@ public final class ProxyServer: Sendable {
     private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
     private let trimmer = MemoryTrimmer()
 
-    private init(group: MultiThreadedEventLoopGroup, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>], context: ProxyContext) {
+    private init(
+        group: MultiThreadedEventLoopGroup, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>],
+        loopStatistics: [ObjectIdentifier: LoopStatistics], context: ProxyContext
+    ) {
         self.group = group
         self.pools = pools
-        self.context = ManagedAtomic(context)
+        self.loopStatistics = loopStatistics
+        self.context = ProxyContextBox(context)
         self.listener = NIOLockedValueBox(nil)
     }
 
@@ -39,7 +44,9 @@ public final class ProxyServer: Sendable {
         let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, logger: logger)
         let tls = try makeTLSSettings(for: configuration.upstream)
         var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
+        var loopStatistics: [ObjectIdentifier: LoopStatistics] = [:]
         for eventLoop in group.makeIterator() {
+            loopStatistics[ObjectIdentifier(eventLoop)] = statistics.makeLoopStatistics()
             let pool = try await eventLoop.submit {
                 NIOLoopBound(
                     UpstreamConnectionPool(eventLoop: eventLoop, target: configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tls: tls),
@@ -48,7 +55,7 @@ public final class ProxyServer: Sendable {
             }.get()
             pools[ObjectIdentifier(eventLoop)] = pool
         }
-        let server = ProxyServer(group: group, pools: pools, context: shared)
+        let server = ProxyServer(group: group, pools: pools, loopStatistics: loopStatistics, context: shared)
         try await server.bind(configuration.listen)
         return server
     }
@@ -60,6 +67,7 @@ public final class ProxyServer: Sendable {
 
     private func bind(_ address: ListenAddress) async throws {
         let pools = self.pools
+        let loopStatistics = self.loopStatistics
         let contextBox = self.context
         let connections = self.connections
         let trimmer = self.trimmer
@@ -86,7 +94,7 @@ public final class ProxyServer: Sendable {
                     connections[id] = channel
                     return connections.count
                 }
-                if open > min(contextBox.load(ordering: .relaxed).rules.limits.maxConnections, budget) {
+                if open > min(contextBox.load().rules.limits.maxConnections, budget) {
                     // Over limits.maxConnections (or what the descriptor limit allows): accepted
                     // and closed at once, without an answer.
                     connections.withLockedValue { _ = $0.removeValue(forKey: id) }
@@ -101,11 +109,12 @@ public final class ProxyServer: Sendable {
                     trimmer.connectionsChanged(open: open)
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    let pool = pools[ObjectIdentifier(channel.eventLoop)]!.value
+                    let loop = ObjectIdentifier(channel.eventLoop)
+                    let pool = pools[loop]!.value
                     let operations = channel.pipeline.syncOperations
                     // Requests are parsed and responses written by the handler itself, as bytes:
                     // heads are forwarded with edits in place instead of decoded and encoded again.
-                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool))
+                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool, statistics: loopStatistics[loop]!))
                 }
             }
         let channel: any Channel
@@ -134,7 +143,7 @@ public final class ProxyServer: Sendable {
     /// Applies a reloaded configuration: new rules for new requests, the pools pointed at a
     /// changed upstream, and a new listener when `listen` changed (open connections stay).
     public func apply(_ configuration: Configuration, previous: Configuration) async throws {
-        let current = context.load(ordering: .acquiring)
+        let current = context.load()
         let next = ProxyContext(
             configuration: configuration, broker: current.broker, faults: current.faults, statistics: current.statistics,
             logger: current.logger
@@ -147,7 +156,7 @@ public final class ProxyServer: Sendable {
                 }.get()
             }
         }
-        context.store(next, ordering: .releasing)
+        context.store(next)
         if configuration.listen != previous.listen {
             try await bind(configuration.listen)
         }

@@ -5,8 +5,9 @@ import NIOCore
 import Prometheus
 
 /// What the data path counts, in one place: relaxed atomics, which `/status` reads and which
-/// `/metrics` brings its Prometheus counters up to when it renders (SPEC §7). The hot path does
-/// one atomic increment per count; only the request-duration histogram is recorded as it happens.
+/// `/metrics` brings its Prometheus counters up to when it renders (SPEC §7). What every request
+/// counts (the request and its duration) goes to its event loop's ``LoopStatistics``, so that
+/// the two loops never write the same cache line; the rarer counts are shared atomics.
 public final class ProxyStatistics: Sendable {
     /// The registry `/metrics` renders.
     public let registry: PrometheusCollectorRegistry
@@ -18,7 +19,7 @@ public final class ProxyStatistics: Sendable {
     private let abortsByReason: [AbortReason: Count]
     private let refreshesByResult: [RefreshResult: Count]
     private let adoptionsTotal: Count
-    private let requestDuration: CoreMetrics.Timer
+    private let loops = NIOLockedValueBox<[LoopStatistics]>([])
     /// Seconds left on the access token, set when `/metrics` is rendered.
     public let tokenSecondsLeft: CoreMetrics.Gauge
     /// Seconds until the refresh token expires, when that is known (SPEC §2.1).
@@ -44,11 +45,7 @@ public final class ProxyStatistics: Sendable {
 
     public init() {
         let registry = PrometheusCollectorRegistry()
-        var factory = PrometheusMetricsFactory(registry: registry)
-        factory.defaultDurationHistogramBuckets = [
-            .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
-            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10),
-        ]
+        let factory = PrometheusMetricsFactory(registry: registry)
         self.registry = registry
         func counts<Key: RawRepresentable & CaseIterable & Hashable>(_ label: String, _ dimension: String, _: Key.Type) -> [Key: Count] where Key.RawValue == String {
             Dictionary(uniqueKeysWithValues: Key.allCases.map { ($0, Count(label, dimensions: [(dimension, $0.rawValue)], factory: factory)) })
@@ -60,17 +57,17 @@ public final class ProxyStatistics: Sendable {
         abortsByReason = counts("tokenproxy_requests_aborted_total", "reason", AbortReason.self)
         refreshesByResult = counts("tokenproxy_token_refreshes_total", "result", RefreshResult.self)
         adoptionsTotal = Count("tokenproxy_token_adoptions_total", factory: factory)
-        requestDuration = Timer(label: "tokenproxy_request_duration_seconds", factory: factory)
         tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
         refreshTokenSecondsLeft = Gauge(label: "tokenproxy_refresh_token_expiry_seconds", factory: factory)
     }
 
     // MARK: Counting (the data path)
 
-    func requestStarted() { requestsTotal.increment() }
-
-    func requestFinished(after duration: TimeAmount) {
-        requestDuration.recordNanoseconds(duration.nanoseconds)
+    /// The counts of one more event loop's requests; use it on that loop only.
+    func makeLoopStatistics() -> LoopStatistics {
+        let loop = LoopStatistics()
+        loops.withLockedValue { $0.append(loop) }
+        return loop
     }
 
     func retried(_ reason: RetryReason) { retriesByReason[reason]?.increment() }
@@ -97,7 +94,7 @@ public final class ProxyStatistics: Sendable {
 
     // MARK: Reading (`/status`, `/metrics`)
 
-    public var requests: Int { requestsTotal.value }
+    public var requests: Int { loops.withLockedValue { $0.reduce(0) { $0 + $1.requests } } }
     /// Retries other than the 401 replay.
     public var retries: Int { retriesByReason.filter { $0.key != .upstream401 }.values.reduce(0) { $0 + $1.value } }
     public var replaysAfter401: Int { retriesByReason[.upstream401]?.value ?? 0 }
@@ -108,8 +105,9 @@ public final class ProxyStatistics: Sendable {
     /// The Prometheus text exposition of every metric.
     public func render() -> String {
         renderLock.withLock {
+            requestsTotal.publish(total: requests)
             for count in allCounts { count.publish() }
-            return registry.emitToString()
+            return registry.emitToString() + LoopStatistics.renderDurations(loops.withLockedValue { $0 })
         }
     }
 
@@ -135,11 +133,71 @@ private final class Count: Sendable {
 
     var value: Int { atomic.load(ordering: .relaxed) }
 
+    /// Brings the Prometheus counter up to `total`, a count kept elsewhere.
+    func publish(total: Int) {
+        atomic.store(total, ordering: .relaxed)
+        publish()
+    }
+
     func publish() {
         let now = value
         let delta = now - published.load(ordering: .relaxed)
         guard delta > 0 else { return }
         counter.increment(by: Int64(delta))
         published.store(now, ordering: .relaxed)
+    }
+}
+
+/// What one event loop's requests count: the requests and the histogram of their durations.
+/// Written only from that loop, so an increment is a plain load and store (no read-modify-write
+/// on a line another core keeps taking); read by `/status` and `/metrics` from anywhere.
+final class LoopStatistics: Sendable {
+    /// The histogram's upper bounds (`le`), in nanoseconds, as SPEC §7 lists them.
+    static let bounds: [Int64] = [
+        500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000,
+        1_000_000_000, 2_000_000_000, 5_000_000_000, 10_000_000_000,
+    ]
+
+    private let started = ManagedAtomic<Int>(0)
+    /// Per bound, the requests that took at most that long and more than the bound before; the
+    /// last one counts those above every bound.
+    private let buckets = (0...LoopStatistics.bounds.count).map { _ in ManagedAtomic<Int>(0) }
+    private let sumNanoseconds = ManagedAtomic<Int64>(0)
+
+    var requests: Int { started.load(ordering: .relaxed) }
+
+    func requestStarted() {
+        started.store(started.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+    }
+
+    func requestFinished(after duration: TimeAmount) {
+        let nanoseconds = duration.nanoseconds
+        var index = 0
+        while index < Self.bounds.count, nanoseconds > Self.bounds[index] { index += 1 }
+        let bucket = buckets[index]
+        bucket.store(bucket.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        sumNanoseconds.store(sumNanoseconds.load(ordering: .relaxed) &+ nanoseconds, ordering: .relaxed)
+    }
+
+    /// `tokenproxy_request_duration_seconds` in the Prometheus text format, summed over `loops`.
+    static func renderDurations(_ loops: [LoopStatistics]) -> String {
+        let name = "tokenproxy_request_duration_seconds"
+        var counts = [Int](repeating: 0, count: bounds.count + 1)
+        var sum: Int64 = 0
+        for loop in loops {
+            for index in counts.indices { counts[index] += loop.buckets[index].load(ordering: .relaxed) }
+            sum += loop.sumNanoseconds.load(ordering: .relaxed)
+        }
+        var text = "# TYPE \(name) histogram\n"
+        var cumulative = 0
+        for (index, bound) in bounds.enumerated() {
+            cumulative += counts[index]
+            text += "\(name)_bucket{le=\"\(Double(bound) / 1e9)\"} \(cumulative)\n"
+        }
+        cumulative += counts[bounds.count]
+        text += "\(name)_bucket{le=\"+Inf\"} \(cumulative)\n"
+        text += "\(name)_sum \(Double(sum) / 1e9)\n"
+        text += "\(name)_count \(cumulative)\n"
+        return text
     }
 }

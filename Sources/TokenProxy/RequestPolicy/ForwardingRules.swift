@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import NIOHTTP1
 
@@ -85,101 +86,129 @@ final class ForwardingRules: Sendable {
     }
 
     func prepare(_ head: ClientRequestHead, clientAddress: String, faultsEnabled: Bool) -> Result<PreparedRequest, ProxyError> {
-        if head.method == .CONNECT {
+        // Pattern matches, not `==`: HTTPMethod's `==` compares raw-value strings.
+        switch head.method {
+        case .CONNECT:
             return .failure(.badRequest("CONNECT is refused: tokenproxy forwards to its one upstream and is not an open proxy"))
-        }
-        if head.method == .TRACE {
+        case .TRACE:
             // A TRACE echoes the request, the token included, back to whoever sent it.
             return .failure(ProxyError(.methodNotAllowed, "TRACE is refused: it would echo the credentials tokenproxy attaches"))
+        default:
+            break
         }
-        var path: Substring
-        if head.target.hasPrefix("/") {
-            path = Substring(head.target)
-        } else if let schemeEnd = head.target.firstRange(of: "://") {
-            let rest = head.target[schemeEnd.upperBound...]
-            let authority = rest.prefix { $0 != "/" && $0 != "?" }
+        // The path goes upstream as the bytes the client sent: the whole origin-form target, or
+        // what follows the authority of an absolute-form one.
+        var pathRange = head.targetRange
+        var needsSlash = false
+        let originForm = head.withBytes(pathRange) { $0.first == UInt8(ascii: "/") }
+        if !originForm {
+            let target = head.target
+            guard let schemeEnd = target.firstRange(of: "://") else {
+                return .failure(.badRequest("request target \"\(target.prefix(100))\" is not a path"))
+            }
+            let rest = target.utf8[schemeEnd.upperBound...]
+            let authority = Substring(rest.prefix { $0 != UInt8(ascii: "/") && $0 != UInt8(ascii: "?") })
             guard acceptsAbsoluteTarget(authority: authority) else {
                 return .failure(.badRequest("absolute-form target for \(authority) is refused: tokenproxy forwards only to its upstream and is not an open proxy"))
             }
-            path = rest.dropFirst(authority.count)
-            if !path.hasPrefix("/") { path = "/" + path }
-        } else {
-            return .failure(.badRequest("request target \"\(head.target.prefix(100))\" is not a path"))
+            let pathStart = target.utf8.distance(from: target.utf8.startIndex, to: rest.startIndex) + authority.utf8.count
+            pathRange = (head.targetRange.lowerBound + pathStart)..<head.targetRange.upperBound
+            needsSlash = head.withBytes(pathRange) { $0.first != UInt8(ascii: "/") }
         }
-        if Self.hasDotSegment(path) {
+        if head.withBytes(pathRange, Self.hasDotSegment) {
             return .failure(.badRequest("the path holds a dot-segment (/./ or /../, also percent-encoded); it could leave the upstream's path prefix"))
         }
 
-        // One pass over the fields: note what the rules need.
-        var originalHost: String?
-        var forwardedFor: String?
-        var faultHeader: String?
+        // One pass over the fields: note where the values the rules need are.
+        var host: Range<Int>?
+        var forwardedFor: [Range<Int>] = []
+        var fault: Range<Int>?
         var hasIdempotencyKey = false
-        var origin: String?
-        var fetchSite: String?
-        var requestID: String?
+        var origin: Range<Int>?
+        var fetchSite: Range<Int>?
+        var requestID: Range<Int>?
         var websocket = false
         for field in head.fields {
             switch field.kind {
-            case .host: originalHost = head.value(of: field)
-            case .origin: origin = head.value(of: field)
-            case .secFetchSite: fetchSite = head.value(of: field)
-            case .requestID: requestID = head.value(of: field)
-            case .forwardedFor:
-                let value = head.value(of: field)
-                forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
-            case .fault: faultHeader = head.value(of: field)
+            case .host: host = field.value
+            case .origin: origin = field.value
+            case .secFetchSite: fetchSite = field.value
+            case .requestID: requestID = field.value
+            case .forwardedFor: forwardedFor.append(field.value)
+            case .fault: fault = field.value
             case .idempotencyKey: hasIdempotencyKey = true
             case .upgrade:
                 websocket = head.withBytes(field.value) { HeaderName.equalsIgnoringCase($0.assumingMemoryBound(to: UInt8.self), "websocket") }
             default: break
             }
         }
-        if let refusal = clientGuard.refusal(host: originalHost, origin: origin, fetchSite: fetchSite, carries: head.contains(name:)) {
-            return .failure(refusal)
+        // Browsers' headers are made text only when present (a request from curl has neither).
+        let refusal = head.bytes.withUnsafeReadableBytes { raw in
+            clientGuard.refusal(
+                host: host.map { UnsafeRawBufferPointer(rebasing: raw[$0]) }, origin: origin.map(head.text),
+                fetchSite: fetchSite.map(head.text), carries: head.contains(name:)
+            )
         }
+        if let refusal { return .failure(refusal) }
 
-        var fault: FaultPlan?
-        if faultsEnabled, let faultHeader {
-            switch FaultPlan.parse(faultHeader) {
-            case .success(let plan): fault = plan
+        var faultPlan: FaultPlan?
+        if faultsEnabled, let fault {
+            switch FaultPlan.parse(head.text(fault)) {
+            case .success(let plan): faultPlan = plan
             case .failure(let error): return .failure(error)
             }
         }
 
         // Only a WebSocket upgrade is passed on (SPEC §5); any other (h2c) is dropped.
         let upgrade = head.upgradeRequested && websocket && head.framing == .none
-        var bytes = ByteBufferAllocator().buffer(capacity: head.bytes.readableBytes + 160 + upstream.pathPrefix.utf8.count)
-        bytes.writeString(head.method.rawValue)
-        bytes.writeStaticString(" ")
-        if !upstream.pathPrefix.isEmpty { bytes.writeString(upstream.pathPrefix) }
-        bytes.writeSubstring(path)
-        bytes.writeStaticString(" HTTP/1.1\r\n")
-        var wroteContentLength = false
+        let id = requestID.map { RequestID.client(head.text($0)) } ?? .generate()
+        // Everything copied comes from the head once, but for the CRLF each line gets (a line may
+        // have ended in a bare LF) and the lines added here.
+        let room = head.bytes.readableBytes + head.fields.count + 2 * forwardedFor.count + upstream.pathPrefix.utf8.count
+            + fixedLines.readableBytes + clientAddress.utf8.count + 256
+        var bytes = ByteBufferAllocator().buffer(capacity: room)
         head.bytes.withUnsafeReadableBytes { raw in
-            for field in head.fields {
-                switch field.kind {
-                case .contentLength:
-                    if wroteContentLength { continue }
-                    wroteContentLength = true
-                case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
-                    break
-                // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
-                case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop, .upgrade:
-                    continue
+            bytes.writeInOnePiece(maximumBytes: room) { writer in
+                // The method as the client spelled it (methods are case-sensitive), then the path.
+                writer.write(UnsafeRawBufferPointer(rebasing: raw[0..<(head.targetRange.lowerBound)]))
+                if !upstream.pathPrefix.isEmpty { writer.write(upstream.pathPrefix) }
+                if needsSlash { writer.write("/") }
+                writer.write(UnsafeRawBufferPointer(rebasing: raw[pathRange]))
+                writer.write(" HTTP/1.1\r\n")
+                var wroteContentLength = false
+                for field in head.fields {
+                    switch field.kind {
+                    case .contentLength:
+                        if wroteContentLength { continue }
+                        wroteContentLength = true
+                    case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
+                        break
+                    // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
+                    case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop, .upgrade:
+                        continue
+                    }
+                    if !head.connectionOptions.isEmpty, head.connectionOptions.contains(head.name(of: field).lowercased()) { continue }
+                    // The line as the client sent it, up to the end of its value, with a CRLF ending.
+                    writer.write(UnsafeRawBufferPointer(rebasing: raw[field.name.lowerBound..<field.value.upperBound]))
+                    writer.write("\r\n")
                 }
-                if !head.connectionOptions.isEmpty, head.connectionOptions.contains(head.name(of: field).lowercased()) { continue }
-                // The line as the client sent it, up to the end of its value, with a CRLF ending.
-                bytes.writeBytes(UnsafeRawBufferPointer(rebasing: raw[field.name.lowerBound..<field.value.upperBound]))
-                bytes.writeStaticString("\r\n")
+                writer.write(fixedLines)
+                if upgrade { writer.write("Connection: Upgrade\r\nUpgrade: websocket\r\n") }
+                writer.write("X-Forwarded-For: ")
+                for value in forwardedFor {
+                    writer.write(UnsafeRawBufferPointer(rebasing: raw[value]))
+                    writer.write(", ")
+                }
+                writer.write(clientAddress)
+                writer.write("\r\n")
+                if let host {
+                    writer.write("X-Forwarded-Host: ")
+                    writer.write(UnsafeRawBufferPointer(rebasing: raw[host]))
+                    writer.write("\r\n")
+                }
+                if id.isGenerated { id.writeHeaderLine(to: &writer) }
             }
         }
-        bytes.writeImmutableBuffer(fixedLines)
-        if upgrade { bytes.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n") }
-        bytes.writeHeaderLine("X-Forwarded-For", forwardedFor.map { "\($0), \(clientAddress)" } ?? clientAddress)
-        if let originalHost { bytes.writeHeaderLine("X-Forwarded-Host", originalHost) }
-        let id = requestID.map(RequestID.client) ?? .generate()
-        if id.isGenerated { id.writeHeaderLine(to: &bytes) }
 
         let bodyFraming: BodyFraming
         switch head.framing {
@@ -194,7 +223,7 @@ final class ForwardingRules: Sendable {
             isRetryableAfterSending: Self.isIdempotent(head.method) || hasIdempotencyKey,
             clientKeepAlive: head.keepAlive && !head.upgradeRequested,
             clientAcceptsChunked: head.version.minor >= 1,
-            fault: fault,
+            fault: faultPlan,
             requestID: id,
             upgrade: upgrade ? .websocket : head.upgradeRequested ? .refused : .none
         ))
@@ -202,10 +231,17 @@ final class ForwardingRules: Sendable {
 
     /// Whether a path (before its query) has a `.` or `..` segment, plain or percent-encoded.
     static func hasDotSegment(_ target: Substring) -> Bool {
-        // Most paths hold no dot at all: one pass over the bytes decides.
-        guard target.utf8.contains(UInt8(ascii: ".")) || target.utf8.contains(UInt8(ascii: "%")) else { return false }
-        let path = target.prefix { $0 != "?" && $0 != "#" }
-        for segment in path.split(separator: "/", omittingEmptySubsequences: false) where segment.count <= 6 {
+        var target = target
+        return target.withUTF8 { hasDotSegment(UnsafeRawBufferPointer($0)) }
+    }
+
+    static func hasDotSegment(_ path: UnsafeRawBufferPointer) -> Bool {
+        // Most paths hold no dot and no percent sign at all: two memchr decide.
+        guard let base = path.baseAddress, memchr(base, Int32(UInt8(ascii: ".")), path.count) != nil || memchr(base, Int32(UInt8(ascii: "%")), path.count) != nil
+        else { return false }
+        let text = String(decoding: path, as: UTF8.self)
+        let beforeQuery = text.prefix { $0 != "?" && $0 != "#" }
+        for segment in beforeQuery.split(separator: "/", omittingEmptySubsequences: false) where segment.count <= 6 {
             // Count the dots, each spelled `.` or `%2e`; anything else makes it a name.
             var dots = 0
             var rest = Substring(segment.lowercased())

@@ -35,25 +35,19 @@ struct RequestID: Sendable, CustomStringConvertible {
         }
     }
 
-    /// `X-Request-Id: <id>` and CRLF.
-    func writeHeaderLine(to buffer: inout ByteBuffer) {
-        buffer.writeStaticString("X-Request-Id: ")
+    /// `X-Request-Id: ` and the process prefix of generated ids, written as one piece.
+    private static let generatedLineStart = Array("X-Request-Id: \(processPrefix)-".utf8)
+
+    /// `X-Request-Id: <id>` and CRLF (at most 64 bytes for a generated id).
+    func writeHeaderLine(to writer: inout RawByteWriter) {
         switch source {
         case .client(let value):
-            buffer.writeString(value)
-        case .generated(var number):
-            buffer.writeString(Self.processPrefix)
-            buffer.writeStaticString("-")
-            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
-                var start = digits.count
-                repeat {
-                    start -= 1
-                    digits[start] = UInt8(ascii: "0") + UInt8(number % 10)
-                    number /= 10
-                } while number > 0
-                buffer.writeBytes(UnsafeBufferPointer(rebasing: digits[start...]))
-            }
+            writer.write("X-Request-Id: ")
+            writer.write(value)
+        case .generated(let number):
+            Self.generatedLineStart.withUnsafeBytes { writer.write($0) }
+            writer.writeDecimal(Int(truncatingIfNeeded: number & UInt64(Int.max)))
         }
-        buffer.writeStaticString("\r\n")
+        writer.write("\r\n")
     }
 }
