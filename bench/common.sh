@@ -34,7 +34,7 @@ CONF
 start_nginx_proxy() { # dir port backend-port
   mkdir -p "$1"
   cat > "$1/nginx.conf" <<CONF
-worker_processes 2;
+worker_processes ${NGINX_WORKERS:-2};
 daemon off;
 pid $1/pid;
 error_log $1/error.log;

@@ -56,6 +56,10 @@ struct ClientProtectionTests {
         GuardRow(description: "an allowed origin", topLevel: ["allowedOrigins": #"["https://app.example"]"#], headers: [("Host", "localhost"), ("Origin", "https://app.example"), ("Sec-Fetch-Site", "same-origin")], allowed: true),
         GuardRow(description: "browsers allowed", topLevel: ["browserRequests": #""allow""#], headers: [("Host", "localhost"), ("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")], allowed: true),
         GuardRow(description: "required header missing", topLevel: ["requireHeader": #""X-TokenProxy-Request""#], headers: [("Host", "localhost")], allowed: false),
+        GuardRow(description: "a Host in capitals", headers: [("Host", "LOCALHOST:8787")], allowed: true),
+        GuardRow(description: "a listed name with more after it", headers: [("Host", "localhostx:8787")], allowed: false),
+        GuardRow(description: "a configured name in capitals", topLevel: ["allowedHosts": #"["API.Internal"]"#], headers: [("Host", "api.internal")], allowed: true),
+        GuardRow(description: "a configured host:port in capitals", topLevel: ["allowedHosts": #"["API.internal:80"]"#], headers: [("Host", "api.INTERNAL:80")], allowed: true),
         GuardRow(description: "required header present", topLevel: ["requireHeader": #""X-TokenProxy-Request""#], headers: [("Host", "localhost"), ("x-tokenproxy-request", "1")], allowed: true),
     ]
 
@@ -69,6 +73,19 @@ struct ClientProtectionTests {
         )
         #expect((refusal == nil) == row.allowed, "\(refusal?.message ?? "allowed")")
         if let refusal { #expect(refusal.code == .forbiddenRequest) }
+    }
+
+    /// The same rows as the forwarding rules see them: the `Host` compared in the bytes it came in.
+    @Test("the client guard, through the forwarding rules", arguments: guardRows)
+    func clientGuardThroughTheRules(row: GuardRow) throws {
+        let configuration = try Self.configuration(row.topLevel, listen: row.listen)
+        switch Self.prepare("GET /x HTTP/1.1", row.headers, configuration: configuration) {
+        case .success:
+            #expect(row.allowed)
+        case .failure(let error):
+            #expect(!row.allowed, "\(error.message)")
+            #expect(error.code == .forbiddenRequest)
+        }
     }
 
     @Test("what the parser and the forwarding rules refuse", arguments: [
