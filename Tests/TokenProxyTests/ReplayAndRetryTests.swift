@@ -76,10 +76,10 @@ struct ReplayAndRetryTests {
     @Test func twoHundredClientsAcrossATokenExpirySeeNoErrorAndOneRefresh() async throws {
         var options = ProxyHarness.Options()
         let now = Date()
-        // 5 s left of a 1-hour token: the refresh comes (at 4 s) while the clients are running,
-        // late enough that a suite starving the event loops (the fleet soak runs beside it) cannot
-        // delay the first requests past it.
-        options.initialToken = TokenSet(accessToken: "at-expiring", refreshToken: "rt-initial", expiresAt: now + 5, obtainedAt: now - 3595)
+        // 8 s left of a 1-hour token: the refresh comes (at 7 s) while the clients are running,
+        // late enough that a saturated machine (the fleet soak beside it, or a build) cannot
+        // delay the first requests past it: once seen on CI with the refresh at 4 s.
+        options.initialToken = TokenSet(accessToken: "at-expiring", refreshToken: "rt-initial", expiresAt: now + 8, obtainedAt: now - 3592)
         options.behavior.delay = .milliseconds(200)
         options.behavior.lifetime = .seconds(3600)
         options.token = { $0.refreshBefore = "1s"; $0.minValidity = "500ms" }
@@ -87,7 +87,8 @@ struct ReplayAndRetryTests {
             let token = request.header("Authorization").map { String($0.dropFirst(7)) } ?? ""
             return .json(200, "{\"token\": \"\(token.prefix(3))\"}")
         }
-        let deadline = ContinuousClock.now.advanced(by: .seconds(6))
+        // Until 2 s after the refresh point, however long the start took.
+        let deadline = ContinuousClock.now.advanced(by: .seconds(max(2, 9 + now.timeIntervalSinceNow)))
         let failures = try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<200 {
                 group.addTask {
