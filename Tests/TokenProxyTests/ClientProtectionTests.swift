@@ -126,6 +126,21 @@ struct ClientProtectionTests {
         }
     }
 
+    @Test("the request line the upstream gets", arguments: [
+        ("GET /a?b=1 HTTP/1.1", "GET /a?b=1 HTTP/1.1"),
+        ("PATCH /items/7 HTTP/1.0", "PATCH /items/7 HTTP/1.1"),
+        ("GET http://127.0.0.1:8787/ok?x HTTP/1.1", "GET /ok?x HTTP/1.1"),
+        ("GET http://localhost:8787?x=1 HTTP/1.1", "GET /?x=1 HTTP/1.1"),
+        ("OPTIONS http://LOCALHOST HTTP/1.1", "OPTIONS / HTTP/1.1"),
+    ])
+    func upstreamRequestLine(line: String, expected: String) throws {
+        let prepared = try Self.prepare(line, [("Host", "localhost"), ("X-Forwarded-For", "10.0.0.1")], configuration: try Self.configuration()).get()
+        let head = String(buffer: prepared.head)
+        #expect(head.hasPrefix(expected + "\r\n"), "\(head)")
+        #expect(head.contains("\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nX-Forwarded-Host: localhost\r\n"), "\(head)")
+        #expect(head.hasSuffix("\r\n") && !head.hasSuffix("\r\n\r\n"), "the blank line comes after the token")
+    }
+
     @Test func requestIDsAreForwardedOrGeneratedAndUnique() throws {
         let configuration = try Self.configuration()
         let prepared = try Self.prepare("GET / HTTP/1.1", [("Host", "localhost"), ("X-Request-Id", "client-7")], configuration: configuration).get()
