@@ -6,6 +6,7 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "$1 never appeared" >&2; exit 1; }
 
 # nginx in front of both benches: a backend answering {"ok":true} (EXTRA: more lines inside its

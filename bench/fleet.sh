@@ -23,7 +23,6 @@ done
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$pgbin/pg_ctl" ] || { echo "bench: PostgreSQL is missing (apt-get install postgresql)" >&2; exit 2; }
 source bench/common.sh
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- env -C "$work/pg" "$@"; else "$@"; fi; }
 

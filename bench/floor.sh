@@ -17,7 +17,6 @@ seconds=${1:-6}; rounds=${2:-3}; connections=${3:-64}; other=${4:-}
 source bench/common.sh
 (cd bench/nio-floor && swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked >&2)
 floor_binary=bench/nio-floor/.build/release/NIOFloor
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 backend=$(free_port); nginx_port=$(free_port); floor_port=$(free_port)
 start_nginx_backend "$work/backend" "$backend"
 start_nginx_proxy "$work/nginx" "$nginx_port" "$backend"
