@@ -49,23 +49,27 @@ for name in "${names[@]}"; do
   [ "$code" = 200 ] || { echo "$name answered $code, not 200" >&2; exit 1; }
 done
 ticks() { local total=0; for pid in "$@"; do for f in /proc/"$pid"/task/*/stat; do total=$((total + $(awk '{print $14+$15}' "$f"))); done; done; echo "$total"; }
-measure() { # name -> "requests/s microseconds-per-request"
+measure() { # name -> "requests/s microseconds-per-request p99-ms"
   local before after out
   before=$(ticks $(pids_of "$1"))
-  out=$(wrk -t2 -c"$connections" -d"${seconds}s" "http://127.0.0.1:$(port_of "$1")/")
+  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$(port_of "$1")/")
   after=$(ticks $(pids_of "$1"))
-  echo "$out" | awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" '/Requests\/sec/ {rps=$2} / requests in / {n=$1} END {printf "%s %.2f\n", rps, t * 1e6 / hz / n}'
+  echo "$out" | awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    /Requests\/sec/ {rps=$2} / requests in / {n=$1}
+    /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; p99=v}
+    END {printf "%s %.2f %s\n", rps, t * 1e6 / hz / n, p99}'
 }
 for round in $(seq "$rounds"); do
   order=("${names[@]}"); (( round % 2 )) || order=($(printf '%s\n' "${names[@]}" | tac))
   for name in "${order[@]}"; do measure "$name" >> "$work/$name.txt"; done
 done
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-n_rps=$(cut -d' ' -f1 "$work/nginx.txt" | median); n_cpu=$(cut -d' ' -f2 "$work/nginx.txt" | median)
+n_rps=$(cut -d' ' -f1 "$work/nginx.txt" | median); n_cpu=$(cut -d' ' -f2 "$work/nginx.txt" | median); n_p99=$(cut -d' ' -f3 "$work/nginx.txt" | median)
 echo "$connections connections, ${seconds}s × $rounds rounds (medians)"
-echo "| proxy | req/s | × nginx | CPU µs/request | × nginx |"
-echo "|---|---|---|---|---|"
+echo "| proxy | req/s | × nginx | CPU µs/request | × nginx | p99 | × nginx |"
+echo "|---|---|---|---|---|---|---|"
 for name in "${names[@]}"; do
-  rps=$(cut -d' ' -f1 "$work/$name.txt" | median); cpu=$(cut -d' ' -f2 "$work/$name.txt" | median)
-  awk -v n="$name" -v r="$rps" -v c="$cpu" -v nr="$n_rps" -v nc="$n_cpu" 'BEGIN {printf "| %s | %.0f | %.2f | %.2f | %.2f |\n", n, r, r/nr, c, c/nc}'
+  rps=$(cut -d' ' -f1 "$work/$name.txt" | median); cpu=$(cut -d' ' -f2 "$work/$name.txt" | median); p99=$(cut -d' ' -f3 "$work/$name.txt" | median)
+  awk -v n="$name" -v r="$rps" -v c="$cpu" -v p="$p99" -v nr="$n_rps" -v nc="$n_cpu" -v np="$n_p99" \
+    'BEGIN {printf "| %s | %.0f | %.2f | %.2f | %.2f | %.2f ms | %.2f |\n", n, r, r/nr, c, c/nc, p, p/np}'
 done

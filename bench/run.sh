@@ -51,6 +51,9 @@ write_config tp "$tp" false
 write_config tp-faults "$tp_faults" true
 "$binary" run --config "$work/tp/config.json" 2>"$work/tp.log" & tp_pid=$!; pids+=($tp_pid)
 wait_port "$backend"; wait_port "$nginx_proxy"; wait_port "$tp"
+# Idle means start-up is over: once it has its first token the proxy gives back the pages only
+# start-up touched (ExecutableResidency), a moment after its port first answers.
+sleep 2
 idle_rss=$(rss_kib "$tp_pid")
 
 run_wrk() { # port connections -> "requests/s p99_ms"
