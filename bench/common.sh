@@ -9,12 +9,9 @@ ulimit -n 65536 2>/dev/null || true
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_file() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "$1 never appeared" >&2; exit 1; }
 
-# nginx in front of both benches: a backend answering {"ok":true} (EXTRA: more lines inside its
-# server block) and a reverse proxy that attaches the bench token, as tokenproxy does.
-start_nginx_backend() { # dir port [extra]
-  mkdir -p "$1"
-  cat > "$1/nginx.conf" <<CONF
-worker_processes 1;
+nginx_conf_start() { # dir workers: the lines both configurations begin with, up to inside `http {`
+  cat <<CONF
+worker_processes $2;
 daemon off;
 pid $1/pid;
 error_log $1/error.log;
@@ -22,6 +19,14 @@ events { worker_connections 8192; }
 http {
   access_log off;
   keepalive_requests 1000000;
+CONF
+}
+
+# nginx in front of both benches: a backend answering {"ok":true} (EXTRA: more lines inside its
+# server block) and a reverse proxy that attaches the bench token, as tokenproxy does.
+start_nginx_backend() { # dir port [extra]
+  mkdir -p "$1"
+  { nginx_conf_start "$1" 1; cat <<CONF
   default_type application/json;
   server {
     listen 127.0.0.1:$2 backlog=4096;
@@ -30,19 +35,12 @@ http {
   }
 }
 CONF
+  } > "$1/nginx.conf"
   nginx -c "$1/nginx.conf" -p "$1" & pids+=($!)
 }
 start_nginx_proxy() { # dir port backend-port
   mkdir -p "$1"
-  cat > "$1/nginx.conf" <<CONF
-worker_processes ${NGINX_WORKERS:-2};
-daemon off;
-pid $1/pid;
-error_log $1/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+  { nginx_conf_start "$1" "${NGINX_WORKERS:-2}"; cat <<CONF
   upstream backend { server 127.0.0.1:$3; keepalive 256; }
   server {
     listen 127.0.0.1:$2 backlog=4096;
@@ -55,5 +53,6 @@ http {
   }
 }
 CONF
+  } > "$1/nginx.conf"
   nginx -c "$1/nginx.conf" -p "$1" & pids+=($!)
 }

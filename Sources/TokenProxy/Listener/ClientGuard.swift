@@ -9,8 +9,10 @@ struct ClientGuard: Sendable, Equatable {
         case any
         /// Loopback names and addresses only (the admin listener).
         case loopback
-        /// `names` (lowercased, without port) with any port; `withPort` (`host:port`) exactly.
-        case listed(names: Set<String>, withPort: Set<String>)
+        /// `names` (without port) with any port; `withPort` (`host:port`) exactly. Both are
+        /// lowercased bytes, so that a request's `Host` is compared in place, without making a
+        /// string of it (this runs for every request).
+        case listed(names: [[UInt8]], withPort: [[UInt8]])
     }
 
     let hosts: Hosts
@@ -18,30 +20,6 @@ struct ClientGuard: Sendable, Equatable {
     /// `Origin` values accepted while browser requests are refused, lowercased.
     let allowedOrigins: Set<String>
     let requiredHeader: String?
-    /// `hosts`' listed names and `host:port` pairs as bytes: a request's `Host` is compared in
-    /// place, without making a string of it (this runs for every request).
-    private let listedNames: [[UInt8]]
-    private let listedWithPort: [[UInt8]]
-
-    init(hosts: Hosts, refusesBrowserRequests: Bool, allowedOrigins: Set<String>, requiredHeader: String?) {
-        self.hosts = hosts
-        self.refusesBrowserRequests = refusesBrowserRequests
-        self.allowedOrigins = allowedOrigins
-        self.requiredHeader = requiredHeader
-        if case .listed(let names, let withPort) = hosts {
-            listedNames = names.sorted().map { Array($0.lowercased().utf8) }
-            listedWithPort = withPort.sorted().map { Array($0.lowercased().utf8) }
-        } else {
-            listedNames = []
-            listedWithPort = []
-        }
-    }
-
-    static func == (lhs: ClientGuard, rhs: ClientGuard) -> Bool {
-        lhs.hosts == rhs.hosts && lhs.refusesBrowserRequests == rhs.refusesBrowserRequests && lhs.allowedOrigins == rhs.allowedOrigins
-            && lhs.requiredHeader == rhs.requiredHeader
-    }
-
     /// The admin listener's guard: loopback `Host` names only, and no browser request at all.
     static let admin = ClientGuard(hosts: .loopback, refusesBrowserRequests: true, allowedOrigins: [], requiredHeader: nil)
 
@@ -79,12 +57,12 @@ struct ClientGuard: Sendable, Equatable {
             return true
         case .loopback:
             return ListenAddress.isLoopbackHost(Self.split(String(decoding: host, as: UTF8.self).lowercased()).host)
-        case .listed:
+        case .listed(let names, let withPort):
             // A listed name followed by nothing or a port; ASCII case is ignored.
-            for name in listedNames where host.count >= name.count && Self.startsIgnoringCase(host, with: name) {
+            for name in names where host.count >= name.count && Self.startsIgnoringCase(host, with: name) {
                 if host.count == name.count || host[name.count] == UInt8(ascii: ":") { return true }
             }
-            return listedWithPort.contains { $0.count == host.count && Self.startsIgnoringCase(host, with: $0) }
+            return withPort.contains { $0.count == host.count && Self.startsIgnoringCase(host, with: $0) }
         }
     }
 
@@ -126,15 +104,20 @@ extension ClientGuard {
             hosts = .any
         } else if let configured = configuration.clients.allowedHosts {
             let split = configured.map { ($0, Self.split($0)) }
-            hosts = .listed(names: Set(split.filter { $0.1.port == nil }.map(\.1.host)), withPort: Set(split.filter { $0.1.port != nil }.map(\.0)))
+            hosts = .listed(names: Self.lowercasedBytes(split.filter { $0.1.port == nil }.map(\.1.host)), withPort: Self.lowercasedBytes(split.filter { $0.1.port != nil }.map(\.0)))
         } else {
             var names: Set<String> = ["localhost", "127.0.0.1", "[::1]"]
             if case .tcp(let host, _) = configuration.listen { names.insert(host.contains(":") ? "[\(host.lowercased())]" : host.lowercased()) }
-            hosts = .listed(names: names, withPort: [])
+            hosts = .listed(names: Self.lowercasedBytes(names), withPort: [])
         }
         self.init(
             hosts: hosts, refusesBrowserRequests: configuration.clients.browserRequests == .refuse,
             allowedOrigins: Set(configuration.clients.allowedOrigins), requiredHeader: configuration.clients.requireHeader
         )
+    }
+
+    /// Distinct, lowercased, in a fixed order (so that equal configurations make equal guards).
+    private static func lowercasedBytes(_ names: some Sequence<String>) -> [[UInt8]] {
+        Set(names.map { $0.lowercased() }).sorted().map { Array($0.utf8) }
     }
 }

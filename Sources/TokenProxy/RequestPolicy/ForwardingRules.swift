@@ -230,11 +230,6 @@ final class ForwardingRules: Sendable {
     }
 
     /// Whether a path (before its query) has a `.` or `..` segment, plain or percent-encoded.
-    static func hasDotSegment(_ target: Substring) -> Bool {
-        var target = target
-        return target.withUTF8 { hasDotSegment(UnsafeRawBufferPointer($0)) }
-    }
-
     static func hasDotSegment(_ path: UnsafeRawBufferPointer) -> Bool {
         // Most paths hold no dot and no percent sign at all: two memchr decide.
         guard let base = path.baseAddress, memchr(base, Int32(UInt8(ascii: ".")), path.count) != nil || memchr(base, Int32(UInt8(ascii: "%")), path.count) != nil

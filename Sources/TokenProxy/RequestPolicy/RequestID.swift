@@ -46,7 +46,7 @@ struct RequestID: Sendable, CustomStringConvertible {
             writer.write(value)
         case .generated(let number):
             Self.generatedLineStart.withUnsafeBytes { writer.write($0) }
-            writer.writeDecimal(Int(truncatingIfNeeded: number & UInt64(Int.max)))
+            writer.writeDecimal(number)
         }
         writer.write("\r\n")
     }

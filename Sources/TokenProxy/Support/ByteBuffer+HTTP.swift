@@ -44,14 +44,6 @@ extension ByteBuffer {
         }
     }
 
-    /// `value` in decimal.
-    mutating func writeDecimal(_ value: Int) {
-        precondition(value >= 0, "a negative length")
-        writeWithUnsafeMutableBytes(minimumWritableBytes: 20) { target in
-            ByteBuffer.decimalDigits(UInt64(value), into: target.baseAddress!)
-        }
-    }
-
     /// `HTTP/1.1 STATUS REASON` and CRLF.
     mutating func writeStatusLine(_ status: Int) {
         writeString("HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\n")
@@ -103,9 +95,14 @@ struct RawByteWriter {
         buffer.withUnsafeReadableBytes { write($0) }
     }
 
+    mutating func writeDecimal(_ value: UInt64) {
+        precondition(count + 20 <= capacity, "a decimal beyond the room asked for")
+        count += ByteBuffer.decimalDigits(value, into: base + count)
+    }
+
     mutating func writeDecimal(_ value: Int) {
-        precondition(value >= 0 && count + 20 <= capacity, "a decimal beyond the room asked for")
-        count += ByteBuffer.decimalDigits(UInt64(value), into: base + count)
+        precondition(value >= 0, "a negative decimal")
+        writeDecimal(UInt64(value))
     }
 }
 
