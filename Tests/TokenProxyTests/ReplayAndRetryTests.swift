@@ -62,7 +62,9 @@ struct ReplayAndRetryTests {
     @Test func aBackendThatRejectsEveryTokenCausesNoRefreshStorm() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
-        options.token = { $0.minRefreshInterval = "5s" }
+        // Longer than the 20 requests can take on a saturated machine (once 14 s on CI with 5 s,
+        // which then rightly allowed a second refresh).
+        options.token = { $0.minRefreshInterval = "60s" }
         let harness = try await ProxyHarness(options) { _, _ in Self.invalidToken }
         for _ in 0..<20 {
             let response = try await harness.send(.GET, "/x")
