@@ -47,6 +47,23 @@ struct AdminTests {
         await harness.shutdown()
     }
 
+    @Test func adminErrorsCarryTheirCodeInTheBodyAndInTheHeader() async throws {
+        try await withProxyHarness { harness in
+            let admin = try #require(try await harness.startAdmin().port)
+            let cases: [(HTTPMethod, String, [(String, String)], String?, Int, String)] = [
+                (.GET, "/nope", [], nil, 404, "not_found"),
+                (.GET, "/status", [("Origin", "https://evil.example")], nil, 403, "forbidden_request"),
+                (.POST, "/token/expire", [("Content-Type", "text/plain")], "x", 415, "unsupported_media_type"),
+            ]
+            for (method, path, headers, body, status, code) in cases {
+                let response = try await harness.admin(method, path, port: admin, body: body, headers: headers)
+                #expect(response.status == status, "\(method) \(path)")
+                #expect(response.headers.first(name: "X-TokenProxy-Error") == code, "\(method) \(path): \(response.headers)")
+                #expect(response.body.contains("\"error\":\"\(code)\""), "\(response.body)")
+            }
+        }
+    }
+
     @Test func readinessFollowsThePermanentFailureAndItsCure() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = TokenSet(refreshToken: "rt-revoked")

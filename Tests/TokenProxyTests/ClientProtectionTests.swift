@@ -165,6 +165,10 @@ struct ClientProtectionTests {
         "GET /x HTTP/1.1\r\nHost: evil.example\r\n\r\nGET /SMUGGLED HTTP/1.1\r\nHost: localhost\r\n\r\n",
         "GET /x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n\r\n",
         "GET /v1/../admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        // The start of a TLS ClientHello (record type 22, TLS 1.0, then a handshake header).
+        "\u{16}\u{03}\u{01}\u{00}\u{c8}\u{01}\u{00}\u{00}\u{c4}\u{03}\u{03}",
     ])
     func refusedRequestsStayHere(raw: String) async throws {
         let upstream = try await RawUpstream { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
@@ -180,6 +184,36 @@ struct ClientProtectionTests {
         #expect(upstream.connections == 0, "the upstream received no byte")
         await harness.shutdown()
         await upstream.shutdown()
+    }
+
+    @Test("a chunk extension holding a NUL or a bare CR is refused", arguments: ["5;a\u{0}b\r\nhello\r\n0\r\n\r\n", "5;a\rb\r\nhello\r\n0\r\n\r\n"])
+    func chunkExtensionsWithControlCharactersAreRefused(body: String) async throws {
+        let upstream = try await RawUpstream { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.upstreamAddress = upstream.url
+        try await withProxyHarness(options) { harness in
+            let answer = try await RawHTTPClient(port: harness.port).exchange(
+                "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + body, timeout: .seconds(20))
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+            #expect(answer.contains("chunk extension"), "\(answer)")
+            #expect(answer.contains("\"requestId\":"), "\(answer)")
+            #expect(upstream.received.isEmpty, "nothing of it went upstream")
+        }
+        await upstream.shutdown()
+    }
+
+    @Test func aTLSHandshakeOnThePlainPortIsAnswered400AtOnce() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.topLevel = ["limits": #"{"headerTimeout": "60s"}"#]
+        try await withProxyHarness(options) { harness in
+            let started = ContinuousClock.now
+            let answer = try await RawHTTPClient(port: harness.port).exchange("\u{16}\u{03}\u{01}\u{00}\u{c8}\u{01}\u{00}\u{00}\u{c4}\u{03}\u{03}", timeout: .seconds(50))
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+            #expect(answer.contains("TLS handshake"), "\(answer)")
+            #expect(started.duration(to: .now) < .seconds(30), "at once, not at the header timeout")
+        }
     }
 
     @Test func aRequestReadWholeBeforeMalformedBytesGetsItsAnswer() async throws {
@@ -208,18 +242,21 @@ struct ClientProtectionTests {
         await upstream.shutdown()
     }
 
-    @Test func connectionsOverTheLimitAreClosedWithoutAnAnswer() async throws {
+    @Test("connections over the limit are closed without an answer, in the order they came", arguments: [2, 4])
+    func connectionsOverTheLimitAreClosedWithoutAnAnswer(limit: Int) async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
-        options.topLevel = ["limits": #"{"maxConnections": 2}"#]
+        options.topLevel = ["limits": #"{"maxConnections": \#(limit)}"#]
         let harness = try await ProxyHarness(options) { _, _ in .json(200, "{}") }
-        let first = try RawHTTPClient.connect(port: harness.port)
-        let second = try RawHTTPClient.connect(port: harness.port)
-        try await Task.sleep(for: .milliseconds(100))
-        let third = try await RawHTTPClient(port: harness.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(2))
-        #expect(third.isEmpty, "closed without an answer: \(third)")
-        close(first)
-        close(second)
+        // Opened back to back: the proxy's two event loops set them up in parallel, and the
+        // limit must still count them in the order they were accepted.
+        let held = try (0..<limit).map { _ in try RawHTTPClient.connect(port: harness.port) }
+        let over = try await RawHTTPClient(port: harness.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(5))
+        #expect(over.isEmpty, "connection \(limit + 1) is closed without an answer: \(over)")
+        for socket in held {
+            #expect(RawHTTPClient.isOpen(socket), "the connections within the limit stay")
+        }
+        held.forEach { close($0) }
         // Once the proxy has seen those two close, a new connection is served again.
         // (Bounds generous: under a full suite beside the fleet soak, the machine is saturated.)
         let served = await TokenFailureTests.waitUntil(timeout: .seconds(30)) {
@@ -282,9 +319,8 @@ struct ClientProtectionTests {
 
         started = ContinuousClock.now
         let silent = try await client.exchange("", timeout: .seconds(20))
-        #expect(silent.isEmpty)
-        let idle = started.duration(to: .now)
-        #expect(idle >= .milliseconds(900) && idle < .seconds(15), "an idle connection closes after limits.idleTimeout: \(idle)")
+        #expect(silent.hasPrefix("HTTP/1.1 408"), "a connection that sends nothing has no head by headerTimeout either: \(silent)")
+        #expect(started.duration(to: .now) < .seconds(15))
 
         started = ContinuousClock.now
         let kept = try await client.exchange("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout: .seconds(20))
@@ -292,6 +328,27 @@ struct ClientProtectionTests {
         #expect(started.duration(to: .now) >= .milliseconds(900), "a keep-alive connection stays open for the idle timeout")
         #expect(harness.received.count == 1)
         await harness.shutdown()
+    }
+
+    /// nginx's client_header_timeout: the header timeout counts from the connection's start, so
+    /// connections that send no byte at all are not kept until the (much longer) idle timeout.
+    @Test func connectionsThatSendNothingAreClosedAtTheHeaderTimeoutNotTheIdleTimeout() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.topLevel = ["limits": #"{"headerTimeout": "500ms", "idleTimeout": "120s"}"#]
+        try await withProxyHarness(options, respond: { _, _ in .json(200, "{}") }) { harness in
+            let started = ContinuousClock.now
+            let answers = try await withThrowingTaskGroup(of: String.self) { group in
+                for _ in 0..<20 {
+                    group.addTask { try await RawHTTPClient(port: harness.port).exchange("", timeout: .seconds(60)) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(answers.allSatisfy { $0.hasPrefix("HTTP/1.1 408") && $0.contains("request_timeout") }, "\(answers.first ?? "")")
+            // Loose for a saturated machine; the idle timeout (120 s) is far beyond it.
+            #expect(started.duration(to: .now) < .seconds(30))
+            #expect(harness.received.isEmpty)
+        }
     }
 
     @Test func runningOutOfFileDescriptorsDoesNotSpin() async throws {

@@ -116,7 +116,28 @@ struct RequestMachineTests {
         var machine = Self.machine(row.request)
         for (index, (step, expected)) in row.steps.enumerated() {
             let action = Self.run(step, on: &machine)
-            #expect(ConnectionMachineTests.describe(.request(action)) == expected, "step \(index + 1): \(step)")
+            #expect(Self.describe(action) == expected, "step \(index + 1): \(step)")
+        }
+    }
+
+    static func describe(_ action: RequestStateMachine.Action) -> String {
+        switch action {
+        case .none: "none"
+        case .obtainToken: "obtainToken"
+        case .refreshAndReplay: "refreshAndReplay"
+        case .connect: "connect"
+        case .injectFault: "injectFault"
+        case .sendRequest(_, _, _, let end): end ? "sendRequest(end)" : "sendRequest"
+        case .sendBodyPart: "sendBodyPart"
+        case .sendEnd: "sendEnd"
+        case .forwardResponseHead(let head): "forwardResponseHead \(head.status)"
+        case .openTunnel: "openTunnel"
+        case .forwardResponseBodyPart: "forwardResponseBodyPart"
+        case .forwardResponseEnd(let reuse): reuse ? "forwardResponseEnd(reuse)" : "forwardResponseEnd"
+        case .respondInjected(let head): "respondInjected \(head.status)"
+        case .respond(let error, _): "respond \(error.code.status.code)"
+        case .retry: "retry"
+        case .abort(let reason): "abort \(reason.rawValue)"
         }
     }
 }

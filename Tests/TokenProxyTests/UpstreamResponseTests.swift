@@ -87,6 +87,10 @@ struct UpstreamResponseTests {
         "HTTP/1.1 200 O\rK\r\nContent-Length: 0\r\n\r\n",
         "HTTP/1.x 200 OK\r\nContent-Length: 0\r\n\r\n",
         "HTTP/1.1 200 OK\r\nX-Big: " + String(repeating: "a", count: 70_000) + "\r\n\r\n",
+        // RFC 9112 §6.1: both framings at once is a smuggling attempt, whatever the order.
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\u{0}b\r\nhello\r\n0\r\n\r\n",
     ])
     func malformedResponses(response: String) {
         #expect(throws: UpstreamResponseError.self) { try Self.parse(response, step: 1000) }
@@ -162,6 +166,36 @@ struct UpstreamResponseTests {
         #expect(upstream.received.count == 6)
         #expect(upstream.connections == 1, "one keep-alive connection carried every request")
         await harness.shutdown()
+        await upstream.shutdown()
+    }
+
+    @Test func anAnswerWithBothContentLengthAndChunkedIsA502AndTheConnectionIsNotReused() async throws {
+        let (harness, upstream) = try await Self.harness { _ in
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", false)
+        }
+        let response = try await harness.send(.GET, "/x")
+        #expect(response.status == 502)
+        #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_unavailable")
+        #expect(response.body.contains("both Content-Length and Transfer-Encoding"), "\(response.body)")
+        #expect(upstream.connections == upstream.received.count, "each try on a connection of its own: \(upstream.connections)")
+        await harness.shutdown()
+        await upstream.shutdown()
+    }
+
+    /// nginx's proxy_read_timeout counts between reads; a response head that trickles in a byte
+    /// at a time must still be whole within upstream.readTimeout, or the request is held forever.
+    @Test func aResponseHeadTrickledSlowerThanTheReadTimeoutGets504() async throws {
+        let upstream = try await RawUpstream(pace: .milliseconds(200)) { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-live")
+        options.upstreamAddress = upstream.url
+        options.upstreamExtra = #", "readTimeout": "1s""#
+        try await withProxyHarness(options) { harness in
+            let response = try await harness.send(.GET, "/slow")
+            // The head alone takes 8 s to trickle in; the answer is the proxy's own 504.
+            #expect(response.status == 504, "\(response.body)")
+            #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_timeout")
+        }
         await upstream.shutdown()
     }
 

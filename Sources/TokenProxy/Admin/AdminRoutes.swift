@@ -43,8 +43,12 @@ public struct AdminRoutes: Sendable {
             Response(status: status, body: JSONValue.object(fields).serialized + "\n")
         }
 
+        /// The admin's errors carry their code twice, as the proxy's do (SPEC §5, §7): in the
+        /// JSON body and in `X-TokenProxy-Error`, so that scripts can branch on the header alone.
         static func error(_ status: HTTPResponseStatus, _ code: String, _ message: String) -> Response {
-            json(status, ["error": .string(code), "message": .string(message)])
+            var response = json(status, ["error": .string(code), "message": .string(message)])
+            response.headers.append(("X-TokenProxy-Error", code))
+            return response
         }
     }
 

@@ -4,8 +4,8 @@ import NIOHTTP1
 /// A client's request head as ``ClientRequestParser`` read it: valid by RFC 9112, with its
 /// fields left in the bytes they arrived in and located by offsets, so that forwarding copies
 /// them instead of making a string of each.
-struct ClientRequestHead {
-    struct Field {
+struct ClientRequestHead: Equatable {
+    struct Field: Equatable {
         let kind: HeaderName
         /// Offsets into `bytes`' readable bytes: the name, and the value without surrounding white space.
         let name: Range<Int>

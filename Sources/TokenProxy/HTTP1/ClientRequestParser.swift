@@ -189,6 +189,17 @@ struct ClientRequestParser {
 
     /// Where the head ends (after its blank line), or `nil` while it is incomplete.
     static func headEnd(_ bytes: UnsafeRawBufferPointer, limits: Limits) throws(ProxyError) -> Int? {
+        // A request line starts with a method and one space. Bytes that cannot start one (a TLS
+        // ClientHello sent to this plain-HTTP port, binary noise) are refused at once instead of
+        // being waited on until the header timeout.
+        var methodEnd = 0
+        while methodEnd < bytes.count, HeaderName.isTokenCharacter(bytes[methodEnd]) { methodEnd += 1 }
+        if methodEnd < bytes.count, methodEnd == 0 || bytes[methodEnd] != UInt8(ascii: " ") {
+            if bytes[0] == 0x16 {
+                throw .badRequest("malformed HTTP request: a TLS handshake was sent to a plain-HTTP port (use http://, not https://)")
+            }
+            throw .badRequest("malformed HTTP request: the request line does not start with a method and one space")
+        }
         var lineStart = 0
         while let newline = HeadLines.index(of: UInt8(ascii: "\n"), in: bytes, lineStart..<bytes.count) {
             // A request line this long cannot hold a target within the limit.

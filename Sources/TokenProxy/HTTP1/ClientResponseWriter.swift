@@ -25,6 +25,15 @@ struct ClientResponseWriter {
     private static let crlf = ByteBuffer(staticString: "\r\n")
     private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
 
+    /// Whether a response body framed as `body` upstream can only end by closing the client's
+    /// connection (an HTTP/1.0 client cannot take chunks).
+    static func endsWithClose(_ body: UpstreamResponseHead.Body, clientAcceptsChunked: Bool) -> Bool {
+        switch body {
+        case .none, .length, .tunnel: false
+        case .chunked, .untilClose: !clientAcceptsChunked
+        }
+    }
+
     /// Starts an upstream response: its head, framed for the client. `keepAlive` false adds
     /// `Connection: close`; so does a body that can only end with the connection.
     mutating func start(_ head: consuming UpstreamResponseHead, keepAlive: Bool, clientAcceptsChunked: Bool) {

@@ -3,7 +3,7 @@ import NIOHTTP1
 
 /// An upstream response head as the proxy needs it: what the retry and replay decisions read,
 /// and the bytes the client gets, already rewritten, so that forwarding is a copy.
-struct UpstreamResponseHead {
+struct UpstreamResponseHead: Equatable {
     /// How the response body is delimited on the upstream connection (RFC 9112 §6.3).
     enum Body: Equatable {
         /// No body: a response to HEAD, 204, 304.

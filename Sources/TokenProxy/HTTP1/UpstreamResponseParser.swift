@@ -308,6 +308,11 @@ struct UpstreamResponseParser {
             }
         }
 
+        if transferEncoding != nil, contentLength != nil {
+            // RFC 9112 §6.1: a message with both is a smuggling attempt or a broken server; which
+            // framing a client would pick is unknowable, so the response is not passed on.
+            throw UpstreamResponseError("the upstream sent both Content-Length and Transfer-Encoding")
+        }
         let body: UpstreamResponseHead.Body
         if status == 101 {
             body = .tunnel

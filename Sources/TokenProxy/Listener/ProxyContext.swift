@@ -50,11 +50,26 @@ final class ProxyContextBox: Sendable {
         published.wrappingIncrement(ordering: .releasing)
     }
 
-    /// `cached` if still current, else the current context (and `version` is updated).
-    func refresh(_ cached: inout ProxyContext, version cachedVersion: inout Int) {
-        let version = self.version
-        guard version != cachedVersion else { return }
-        cached = load()
-        cachedVersion = version
+}
+
+/// One connection's view of the current ``ProxyContext``: kept while the box's version is
+/// unchanged, so that the hot path reads a counter only reloads write.
+struct ProxyContextView {
+    let box: ProxyContextBox
+    private(set) var current: ProxyContext
+    private var version: Int
+
+    init(_ box: ProxyContextBox) {
+        self.box = box
+        version = box.version
+        current = box.load()
+    }
+
+    /// Takes up the context a reload published, if any.
+    mutating func refresh() {
+        let version = box.version
+        guard version != self.version else { return }
+        current = box.load()
+        self.version = version
     }
 }

@@ -15,7 +15,7 @@ public final class ProxyServer: Sendable {
     private let loopStatistics: [ObjectIdentifier: LoopStatistics]
     private let context: ProxyContextBox
     private let listener: NIOLockedValueBox<(any Channel)?>
-    private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private let connections = ClientConnections()
     /// One per listener bound (a reload may bind a new one): each knows the connections its
     /// listener accepted, and drains them by quiescing.
     private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
@@ -82,6 +82,10 @@ public final class ProxyServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler())
                     try channel.pipeline.syncOperations.addHandler(quiescer.makeServerChannelHandler(channel: channel))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ConnectionLimiter(
+                            connections: connections, limit: { min(contextBox.load().rules.limits.maxConnections, budget) },
+                            changed: { trimmer.connectionsChanged(open: $0) }))
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -89,25 +93,9 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
-                let id = ObjectIdentifier(channel)
-                let open = connections.withLockedValue { connections in
-                    connections[id] = channel
-                    return connections.count
-                }
-                if open > min(contextBox.load().rules.limits.maxConnections, budget) {
-                    // Over limits.maxConnections (or what the descriptor limit allows): accepted
-                    // and closed at once, without an answer.
-                    connections.withLockedValue { _ = $0.removeValue(forKey: id) }
-                    return channel.close()
-                }
-                trimmer.connectionsChanged(open: open)
-                channel.closeFuture.whenComplete { _ in
-                    let open = connections.withLockedValue { connections in
-                        connections.removeValue(forKey: id)
-                        return connections.count
-                    }
-                    trimmer.connectionsChanged(open: open)
-                }
+                // Over limits.maxConnections (or what the descriptor limit allows): accepted and
+                // closed at once, without an answer.
+                if connections.wasRefused(channel) { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
                     let loop = ObjectIdentifier(channel.eventLoop)
                     let pool = pools[loop]!.value
@@ -138,7 +126,7 @@ public final class ProxyServer: Sendable {
     public var port: Int? { localAddress?.port }
 
     /// Client connections now open.
-    public var openConnections: Int { connections.withLockedValue { $0.count } }
+    public var openConnections: Int { connections.count }
 
     /// Applies a reloaded configuration: new rules for new requests, the pools pointed at a
     /// changed upstream, and a new listener when `listen` changed (open connections stay).
@@ -179,7 +167,7 @@ public final class ProxyServer: Sendable {
         }
         let connections = self.connections
         let deadline = eventLoop.scheduleTask(in: TimeAmount(timeout)) {
-            for channel in connections.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
+            for channel in connections.all { channel.close(promise: nil) }
         }
         try? await EventLoopFuture.andAllComplete(drained, on: eventLoop).get()
         deadline.cancel()

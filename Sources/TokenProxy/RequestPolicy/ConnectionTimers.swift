@@ -1,13 +1,16 @@
 import NIOCore
 
 /// The timeouts of one client connection, decided from the times given (like async-http-client's
-/// `IdleReadStateMachine`): between requests, `limits.idleTimeout` to start one and, once its
-/// first bytes came, `limits.headerTimeout` to finish the head; during a request, the longest
-/// silence of the upstream (`upstream.readTimeout`, nginx's proxy_read_timeout); in a tunnel, the
-/// longest silence both ways (`limits.idleTimeout`).
+/// `IdleReadStateMachine`): the first request's head within `limits.headerTimeout` of the
+/// connection's start (as nginx's `client_header_timeout`: a client that sends nothing is not
+/// kept until the idle timeout); between requests, `limits.idleTimeout` to start one and, once
+/// its first bytes came, `limits.headerTimeout` to finish the head; during a request, the
+/// upstream's response head within `upstream.readTimeout` of the request (however it trickles),
+/// then no silence longer than that (nginx's proxy_read_timeout); in a tunnel, the longest
+/// silence both ways (`limits.idleTimeout`).
 ///
-/// The handler keeps one timer per kind and re-arms it only when it fires, so that a request
-/// costs no timer of its own: it asks ``idleCheck(now:)`` or ``silenceCheck(now:)`` what to do.
+/// The handler keeps one timer and re-arms it only when it fires (or when a check falls due
+/// before it), so that a request costs no timer of its own.
 struct ConnectionTimers {
     enum IdleDecision: Equatable {
         case checkAgain(at: NIODeadline)
@@ -35,11 +38,15 @@ struct ConnectionTimers {
     /// The silence allowed now (a request's read timeout, a tunnel's idle timeout), if watched.
     private(set) var silenceLimit: TimeAmount?
     private(set) var lastActivity: NIODeadline
+    /// The upstream's response head is awaited: bytes of it do not count as activity.
+    private(set) var awaitingHead = false
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, now: NIODeadline) {
         self.headerTimeout = headerTimeout
         self.idleTimeout = idleTimeout
         idleSince = now
+        // The connection's start counts as the start of its first head.
+        headStartedAt = now
         lastActivity = now
     }
 
@@ -63,19 +70,27 @@ struct ConnectionTimers {
         headStartedAt = nil
     }
 
-    /// Starts (or restarts) watching for silence longer than `limit`.
-    mutating func watchSilence(limit: TimeAmount, now: NIODeadline) {
+    /// Starts (or restarts) watching for silence longer than `limit`; with `awaitingHead`, the
+    /// whole response head must come within `limit`.
+    mutating func watchSilence(limit: TimeAmount, now: NIODeadline, awaitingHead: Bool) {
         silenceLimit = limit
         lastActivity = now
+        self.awaitingHead = awaitingHead
     }
 
     mutating func stopWatchingSilence() {
         silenceLimit = nil
+        awaitingHead = false
+    }
+
+    /// The response head is complete: from the read that brought it on, silence is what counts.
+    mutating func responseHeadArrived() {
+        awaitingHead = false
     }
 
     /// Bytes moved (from the upstream; in a tunnel, either way).
     mutating func activity(now: NIODeadline) {
-        lastActivity = now
+        if !awaitingHead { lastActivity = now }
     }
 
     // MARK: Decisions

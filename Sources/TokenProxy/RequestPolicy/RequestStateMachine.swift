@@ -24,7 +24,7 @@ struct RequestStateMachine {
         case failed
     }
 
-    enum Action {
+    enum Action: Equatable {
         case none
         /// Get a token (from the published one if usable, else from the broker), then call
         /// ``tokenObtained(_:)`` or ``tokenFailed(_:fallback:)``.

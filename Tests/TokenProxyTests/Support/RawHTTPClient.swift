@@ -75,6 +75,14 @@ struct RawHTTPClient {
         }
     }
 
+    /// Whether the peer has neither closed `socket` nor sent anything on it, looked at without
+    /// waiting and without taking what is there.
+    static func isOpen(_ socket: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let count = recv(socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+    }
+
     /// `nil`: nothing within the wait; empty: the peer closed.
     private static func receive(on socket: Int32, waitingAtMost wait: Duration) -> [UInt8]? {
         var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)

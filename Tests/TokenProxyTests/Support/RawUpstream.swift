@@ -19,14 +19,16 @@ final class RawUpstream: Sendable {
     /// Connections accepted so far.
     var connections: Int { accepted.withLockedValue { $0 } }
 
-    init(answer: @escaping Answer) async throws {
+    /// With `pace`, each answer is written one byte at a time, that long apart (an upstream that
+    /// trickles its response).
+    init(pace: TimeAmount? = nil, answer: @escaping Answer) async throws {
         let heads = self.heads
         let accepted = self.accepted
         channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 accepted.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Handler(answer: answer, heads: heads))
+                    try channel.pipeline.syncOperations.addHandler(Handler(answer: answer, heads: heads, pace: pace))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -41,11 +43,13 @@ final class RawUpstream: Sendable {
         typealias OutboundOut = ByteBuffer
         let answer: Answer
         let heads: NIOLockedValueBox<[String]>
+        let pace: TimeAmount?
         var received = ""
 
-        init(answer: @escaping Answer, heads: NIOLockedValueBox<[String]>) {
+        init(answer: @escaping Answer, heads: NIOLockedValueBox<[String]>, pace: TimeAmount?) {
             self.answer = answer
             self.heads = heads
+            self.pace = pace
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -56,6 +60,15 @@ final class RawUpstream: Sendable {
                 received = String(received[end.upperBound...])
                 heads.withLockedValue { $0.append(head) }
                 let (bytes, close) = answer(head)
+                if let pace {
+                    let loop = context.eventLoop.assumeIsolated()
+                    for (index, byte) in bytes.utf8.enumerated() {
+                        loop.scheduleTask(in: pace * Int64(index)) {
+                            context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(bytes: [byte])), promise: nil)
+                        }
+                    }
+                    return
+                }
                 if close {
                     context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: bytes))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
                     return
