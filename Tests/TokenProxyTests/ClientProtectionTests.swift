@@ -203,6 +203,18 @@ struct ClientProtectionTests {
         await upstream.shutdown()
     }
 
+    @Test("a head refused by the parser is named by the client's own X-Request-Id", arguments: [
+        "POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\nX-Request-Id: client-42\r\n\r\nhello!",
+        "POST /a HTTP/1.1\r\nx-request-id: client-42\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    ])
+    func aRefusedHeadKeepsTheClientsRequestID(raw: String) async throws {
+        try await withProxyHarness { harness in
+            let answer = try await RawHTTPClient(port: harness.port).exchange(raw, timeout: .seconds(20))
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+            #expect(answer.contains(#""requestId":"client-42""#), "\(answer)")
+        }
+    }
+
     @Test func aTLSHandshakeOnThePlainPortIsAnswered400AtOnce() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")

@@ -163,7 +163,9 @@ struct ConnectionMachineTests {
         guard case .success(var machine) = prepared(request.replacingOccurrences(of: "\r\n\r\n", with: "")),
             case .connect = machine.tokenObtained(token), case .sendRequest(let head, let ending, _, _) = machine.connected()
         else { fatalError("not sendable: \(request)") }
-        return .sendRequest(head: head, headEnding: ending, body: [], end: end, confirmWrite: confirm)
+        let start = UpstreamRequestStart(
+            head: head, headEnding: ending, framing: machine.bodyFraming, isHEAD: false, upgrade: request.contains("Upgrade: websocket"))
+        return .sendRequest(start, body: [], end: end, confirmWrite: confirm)
     }
 
     static func head(_ status: Int, keepAlive: Bool, chunked: Bool = false) -> Action {

@@ -35,6 +35,9 @@ struct ClientRequestHead: Equatable {
     /// headers of this hop only.
     let connectionOptions: [String]
 
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before sending its body.
+    var expectsContinue: Bool { first(.expect)?.lowercased() == "100-continue" }
+
     /// The request target, as text (the forwarding rules read it in place).
     var target: String {
         bytes.getString(at: bytes.readerIndex + targetRange.lowerBound, length: targetRange.count) ?? ""

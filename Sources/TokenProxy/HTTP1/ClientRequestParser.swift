@@ -184,7 +184,33 @@ struct ClientRequestParser {
         let end: Int? = try buffer.withUnsafeReadableBytes { bytes throws(ProxyError) in try Self.headEnd(bytes, limits: limits) }
         guard let end else { return nil }
         let bytes = buffer.readSlice(length: end)!
-        return try bytes.withUnsafeReadableBytes { raw throws(ProxyError) in try Self.parseHead(raw, bytes: bytes, limits: limits) }
+        return try bytes.withUnsafeReadableBytes { raw throws(ProxyError) in
+            do throws(ProxyError) {
+                return try Self.parseHead(raw, bytes: bytes, limits: limits)
+            } catch {
+                // The client's own X-Request-Id names the refusal too, so that it can find it.
+                var error = error
+                if error.requestID == nil { error.requestID = Self.clientRequestID(in: raw) }
+                throw error
+            }
+        }
+    }
+
+    /// The value of a well-formed `X-Request-Id` line in a head that was refused (visible ASCII,
+    /// at most 200 bytes), if there is one.
+    static func clientRequestID(in bytes: UnsafeRawBufferPointer) -> String? {
+        var lines = HeadLines(bytes: bytes, end: bytes.count)
+        _ = lines.next()
+        let name = Array("x-request-id:".utf8)
+        while let line = lines.next(), !line.isEmpty {
+            guard line.count > name.count,
+                zip(bytes[line.lowerBound..<(line.lowerBound + name.count)], name).allSatisfy({ $0 | 0x20 == $1 | 0x20 })
+            else { continue }
+            let value = HeadLines.trimmed(bytes, (line.lowerBound + name.count)..<line.upperBound)
+            guard !value.isEmpty, value.count <= 200, bytes[value].allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else { return nil }
+            return String(decoding: bytes[value], as: UTF8.self)
+        }
+        return nil
     }
 
     /// Where the head ends (after its blank line), or `nil` while it is incomplete.

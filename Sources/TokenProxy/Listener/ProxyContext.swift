@@ -28,6 +28,31 @@ final class ProxyContext: AtomicReference, Sendable {
     }
 }
 
+extension ProxyContext {
+    /// A request head through the forwarding rules, as a connection takes it up.
+    struct PreparedHead {
+        /// The machine that carries the request, or why the rules refused it.
+        var machine: Result<RequestStateMachine, ProxyError>
+        /// The client's `X-Request-Id`, or the one generated for it (also for a refusal).
+        var requestID: RequestID
+    }
+
+    /// `random` draws the injected 401s of `faults.upstream401Percent`.
+    func prepare(_ head: ClientRequestHead, clientAddress: String, random: inout SplitMix64) -> PreparedHead {
+        let faultsEnabled = faults.enabled
+        switch rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
+        case .success(let request):
+            let machine = RequestStateMachine(
+                request: request, policy: retryPolicy, replayLimit: replayLimit,
+                injectFirst401: faultsEnabled && faults.drawUpstream401(using: &random))
+            return PreparedHead(machine: .success(machine), requestID: request.requestID)
+        case .failure(let error):
+            let id = head.first(.requestID).map(RequestID.client) ?? .generate()
+            return PreparedHead(machine: .failure(error), requestID: id)
+        }
+    }
+}
+
 /// The current ``ProxyContext``, published by reloads and read by every request. A reader keeps
 /// the context it has while the version is unchanged: the hot path then reads a counter that
 /// only reloads write, instead of doing an atomic reference load (a compare-and-swap on a line

@@ -21,53 +21,27 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var context: ChannelHandlerContext?
     private var connection: ProxyConnectionStateMachine
     private var upstream: UpstreamConnection?
-    private var requestWriter = UpstreamRequestWriter(framing: .none)
     private var response = ClientResponseWriter()
     /// Bytes written since the last flush, per side: flushed once per read, not per part.
-    private var unflushed = Sides()
-    /// The connection's check timer (idle, header and read timeouts) and a request's retry.
-    private var timers = Timers()
+    private var unflushed = UnflushedSides()
+    private var schedule = ConnectionSchedule()
     private var record = RequestRecord()
-
-    struct Sides: OptionSet {
-        let rawValue: UInt8
-        static let client = Sides(rawValue: 1)
-        static let upstream = Sides(rawValue: 2)
-    }
-
-    struct Timers {
-        var check: Scheduled<Void>?
-        var checkAt: NIODeadline?
-        var retry: Scheduled<Void>?
-
-        mutating func cancelAll() {
-            check?.cancel()
-            retry?.cancel()
-            self = Timers()
-        }
-    }
 
     init(context: ProxyContextBox, pool: UpstreamConnectionPool, statistics: LoopStatistics) {
         shared = ProxyContextView(context)
-        let rules = shared.current.rules
         self.pool = pool
         self.loopStatistics = statistics
-        connection = ProxyConnectionStateMachine(
-            limits: rules.parserLimits, headerTimeout: TimeAmount(rules.limits.headerTimeout), idleTimeout: TimeAmount(rules.limits.idleTimeout), now: .now())
+        connection = ProxyConnectionStateMachine(rules: shared.current.rules, now: .now())
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        switch context.channel.remoteAddress {
-        case .v4(let address)?: record.clientAddress = address.host
-        case .v6(let address)?: record.clientAddress = address.host
-        default: record.clientAddress = "unix"
-        }
+        record.clientAddress = RequestRecord.describe(context.channel.remoteAddress)
         armCheck(now: .now())
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timers.cancelAll()
+        schedule.cancelAll()
         self.context = nil
     }
 
@@ -109,7 +83,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     func channelInactive(context: ChannelHandlerContext) {
         run(connection.clientClosed())
-        timers.cancelAll()
+        schedule.cancelAll()
         context.fireChannelInactive()
     }
 
@@ -130,16 +104,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     func upstreamReadComplete() {
         connection.upstreamReadComplete(now: .now())
-        if unflushed.contains(.client), let context {
-            unflushed.remove(.client)
-            response.writeHead { context.write(wrapOutboundOut($0), promise: nil) }
-            context.flush()
-        }
+        if unflushed.contains(.client) { flushClient() }
     }
 
     func upstreamClosed(error: (any Error)?) {
         upstream = nil
-        run(connection.upstreamClosed(reason: error.map(Self.describe) ?? "the upstream closed the connection"))
+        run(connection.upstreamClosed(reason: error.map(UpstreamConnection.describe) ?? "the upstream closed the connection"))
     }
 
     func upstreamWritabilityChanged() {
@@ -151,15 +121,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     /// Carries out `first` and what follows from it, then what the machine can do next.
     private func run(_ first: Action?) {
-        var action = first
-        while true {
-            if let current = action {
-                action = perform(current)
-            } else if let next = connection.next(now: .now()) {
-                action = next
-            } else {
-                return
-            }
+        var action = first ?? connection.next(now: NIODeadline.now())
+        while let current = action {
+            action = perform(current) ?? connection.next(now: NIODeadline.now())
         }
     }
 
@@ -167,7 +131,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func perform(_ action: Action) -> Action? {
         switch action {
         case .prepare(let head):
-            return prepare(head)
+            shared.refresh()
+            loopStatistics.requestStarted()
+            let prepared = shared.current.prepare(head, clientAddress: record.clientAddress, random: &connection.random)
+            record.start(target: head.targetBytes, requestID: prepared.requestID, method: head.method)
+            return connection.requestHead(prepared.machine, expectsContinue: head.expectsContinue, readTimeout: shared.current.readTimeout)
         case .startRequest(let sendContinue):
             if sendContinue { context?.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil) }
             return obtainToken(.usable)
@@ -183,21 +151,16 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             shared.current.statistics.faultInjected()
             shared.current.logger.info("fault injected", metadata: ["fault": "\(kind.headerValue)", "requestId": "\(record.requestID?.description ?? "-")"])
             return connection.injectedFaultReady()
-        case .sendRequest(let head, let headEnding, let body, let end, let confirm):
+        case .sendRequest(let start, let body, let end, let confirm):
             guard let upstream else { return nil }
-            let isHEAD = if case .HEAD? = connection.currentRequest?.method { true } else { false }
-            upstream.startRequest(isHEAD: isHEAD, upgrade: connection.currentRequest?.upgrade == .websocket)
-            // The head and the token line: two buffers of one writev.
-            upstream.write(head)
-            upstream.write(headEnding)
-            for part in body { requestWriter.body(part) { upstream.write($0) } }
+            upstream.startRequest(start)
+            for part in body { upstream.writeBody(part) }
             if end { writeRequestEnd(to: upstream, confirm: confirm) }
             upstream.flush()
             unflushed.remove(.upstream)
             armCheck(now: .now())
         case .sendBodyPart(let buffer):
-            guard let upstream else { return nil }
-            requestWriter.body(buffer) { upstream.write($0) }
+            upstream?.writeBody(buffer)
             unflushed.insert(.upstream)
         case .sendEnd(let confirm):
             guard let upstream else { return nil }
@@ -210,9 +173,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         case .openTunnel(let head, let early):
             record.status = UInt(head.status)
             response.start(head, keepAlive: false, clientAcceptsChunked: connection.currentRequest?.clientAcceptsChunked ?? true)
-            if let context { response.writeHead { context.writeAndFlush(wrapOutboundOut($0), promise: nil) } }
+            flushClient()
             // What the client sent after its upgrade request goes first.
-            if let upstream, early.readableBytes > 0 { upstream.write(early) }
+            if early.readableBytes > 0 { upstream?.writeBody(early) }
             upstream?.flush()
             armCheck(now: .now())
         case .writeResponseBodyPart(let buffer):
@@ -220,10 +183,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             response.body(buffer) { context.write(wrapOutboundOut($0), promise: nil) }
             unflushed.insert(.client)
         case .writeResponseEnd(let reuse, let keepAlive):
-            if let upstream {
-                self.upstream = nil
-                if reuse { pool.release(upstream) } else { upstream.close() }
-            }
+            discardUpstream(reuse: reuse)
             finishRecord(.init(status: record.status))
             writeResponseEnd(keepAlive: keepAlive)
         case .respondInjected(let head, let keepAlive):
@@ -242,25 +202,19 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             if discard { discardUpstream() }
             shared.current.statistics.retried(reason)
             shared.current.logger.debug("retrying", metadata: ["reason": "\(reason.rawValue)", "delayMs": "\(delay.nanoseconds / 1_000_000)"])
+            guard let context else { return nil }
             let number = connection.requestNumber
-            timers.retry = context?.eventLoop.assumeIsolated().scheduleTask(in: delay) {
-                self.timers.retry = nil
-                self.run(self.connection.retryDue(request: number))
-            }
+            schedule.scheduleRetry(in: delay, on: context.eventLoop) { self.run(self.connection.retryDue(request: number)) }
         case .abort(let reason):
             shared.current.statistics.requestAborted(reason)
-            finishRecord(.init(status: record.status, aborted: reason))
-            close()
+            close(.init(status: record.status, aborted: reason))
         case .endTunnel:
-            finishRecord(.init(status: record.status))
-            close()
+            close(.init(status: record.status))
         case .closeForMalformedBody(let error):
             shared.current.statistics.requestAborted(.malformedBody)
-            finishRecord(.init(status: nil, aborted: .malformedBody, reason: error.message))
-            close()
+            close(.init(status: nil, aborted: .malformedBody, reason: error.message))
         case .requestFinished:
-            timers.retry?.cancel()
-            timers.retry = nil
+            schedule.cancelRetry()
             discardUpstream()
         case .readClient:
             context?.read()
@@ -272,27 +226,6 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Carrying out
 
-    private func prepare(_ head: ClientRequestHead) -> Action? {
-        shared.refresh()
-        let shared = shared.current
-        loopStatistics.requestStarted()
-        let faultsEnabled = shared.faults.enabled
-        let prepared = shared.rules.prepare(head, clientAddress: record.clientAddress, faultsEnabled: faultsEnabled)
-        switch prepared {
-        case .success(let request):
-            record.start(target: head.targetBytes, requestID: request.requestID, method: head.method)
-            requestWriter = UpstreamRequestWriter(framing: request.bodyFraming)
-        case .failure:
-            record.start(target: head.targetBytes, requestID: head.first(.requestID).map(RequestID.client) ?? .generate(), method: head.method)
-        }
-        let machine = prepared.map { request in
-            RequestStateMachine(
-                request: request, policy: shared.retryPolicy, replayLimit: shared.replayLimit,
-                injectFirst401: faultsEnabled && shared.faults.drawUpstream401(using: &connection.random))
-        }
-        return connection.requestHead(machine, expectsContinue: head.first(.expect)?.lowercased() == "100-continue", readTimeout: shared.readTimeout)
-    }
-
     /// The published token when it is usable now; else the broker's answer, later.
     private func obtainToken(_ need: TokenBroker.Need) -> Action? {
         let number = connection.requestNumber
@@ -300,25 +233,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             return connection.tokenObtained(token, request: number)
         }
         guard let context else { return nil }
-        let broker = shared.current.broker
         let publisher = shared.current.publisher
-        context.eventLoop.makeFutureWithTask { () -> Result<PublishedToken, TokenBrokerError> in
-            do throws(TokenBrokerError) {
-                _ = try await broker.token(for: need)
-                // The broker published what it returned; a token it could not publish (no
-                // expiry) is refused like any unusable one.
-                guard let token = publisher.latest() else {
-                    return .failure(.unavailable(reason: "the token has no usable expiry", retryAfter: nil))
-                }
-                return .success(token)
-            } catch {
-                return .failure(error)
-            }
-        }.assumeIsolated().whenSuccess { result in
-            switch result {
-            case .success(let token): self.run(self.connection.tokenObtained(token, request: number))
-            case .failure(let error): self.run(self.connection.tokenFailed(error, fallback: publisher.latest(), request: number))
-            }
+        shared.current.broker.publishedToken(for: need, on: context.eventLoop).assumeIsolated().whenSuccess { result in
+            self.run(self.connection.tokenArrived(result, fallback: publisher.latest(), request: number))
         }
         return nil
     }
@@ -336,7 +253,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
                 self.attach(opened)
                 self.run(self.connection.connected(now: .now()))
             case .failure(let error):
-                self.run(self.connection.connectFailed(reason: Self.describe(error), request: number))
+                self.run(self.connection.connectFailed(reason: UpstreamConnection.describe(error), request: number))
             }
         }
         return nil
@@ -347,23 +264,25 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         connection.receiver = self
     }
 
-    private func discardUpstream() {
+    /// Lets go of the upstream connection: back to the pool when `reuse`, else closed.
+    private func discardUpstream(reuse: Bool = false) {
         guard let upstream else { return }
         self.upstream = nil
-        upstream.close()
+        if reuse { pool.release(upstream) } else { upstream.close() }
     }
 
-    private func close() {
+    /// Closes both connections, after recording how the request ended, if it had not.
+    private func close(_ ending: RequestRecord.Ending? = nil) {
+        if let ending { finishRecord(ending) }
         discardUpstream()
-        timers.cancelAll()
+        schedule.cancelAll()
         context?.close(promise: nil)
     }
 
     private func finishRecord(_ ending: RequestRecord.Ending) {
+        var ending = ending
         record.finish(statistics: loopStatistics, logger: shared.current.logger) {
-            var ending = ending
-            ending.attempts = (connection.currentRequest?.attempts ?? 0) + (connection.currentRequest?.replayedAfter401 == true ? 1 : 0)
-            ending.refreshed = connection.currentRequest?.refreshed ?? false
+            (ending.attempts, ending.refreshed) = (connection.currentRequest?.triesMade ?? 0, connection.currentRequest?.refreshed ?? false)
             return ending
         }
     }
@@ -372,13 +291,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// deadline (a request's read timeout) comes before it.
     private func armCheck(now: NIODeadline) {
         guard let context, connection.readsClient else { return }
-        let due = connection.nextCheck(now: now)
-        if let armed = timers.checkAt, armed <= due { return }
-        timers.check?.cancel()
-        timers.checkAt = due
-        timers.check = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) {
-            self.timers.check = nil
-            self.timers.checkAt = nil
+        schedule.armCheck(at: connection.nextCheck(now: now), on: context.eventLoop) {
+            self.schedule.checkFired()
             let now = NIODeadline.now()
             self.shared.refresh()
             let limits = self.shared.current.rules.limits
@@ -397,14 +311,18 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     /// that may be sent twice skip the promise: a failed write closes the connection anyway.
     private func writeRequestEnd(to upstream: UpstreamConnection, confirm: Bool) {
         let number = connection.requestNumber
-        guard confirm else {
-            if let end = requestWriter.end { upstream.write(end) }
-            if upstream.isActive { connection.requestEndWritten(request: number) }
-            return
-        }
-        let promise = upstream.channel.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.assumeIsolated().whenSuccess { self.connection.requestEndWritten(request: number) }
-        upstream.write(requestWriter.end ?? Self.nothing, promise: promise)
+        let promise = confirm ? upstream.channel.eventLoop.makePromise(of: Void.self) : nil
+        promise?.futureResult.assumeIsolated().whenSuccess { self.connection.requestEndWritten(request: number) }
+        upstream.writeEnd(promise: promise)
+        if !confirm, upstream.isActive { connection.requestEndWritten(request: number) }
+    }
+
+    /// Writes a response head still held back (an event stream's has no body bytes yet), and flushes.
+    private func flushClient() {
+        guard let context else { return }
+        unflushed.remove(.client)
+        response.writeHead { context.write(wrapOutboundOut($0), promise: nil) }
+        context.flush()
     }
 
     private func writeResponseEnd(keepAlive: Bool) {
@@ -428,11 +346,5 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         guard let context else { return }
         response.start(complete: error.response(keepAlive: keepAlive, allocator: context.channel.allocator))
         writeResponseEnd(keepAlive: keepAlive)
-    }
-
-    static func describe(_ error: any Error) -> String {
-        if let error = error as? IOError { return error.description }
-        if let problem = TLSProblem.describe(error) { return problem }
-        return "\(error)"
     }
 }

@@ -68,6 +68,15 @@ struct RequestRecord {
         }
     }
 
+    /// The client's address for `X-Forwarded-For` and the log.
+    static func describe(_ address: SocketAddress?) -> String {
+        switch address {
+        case .v4(let address)?: address.host
+        case .v6(let address)?: address.host
+        default: "unix"
+        }
+    }
+
     /// The path without its query, which may carry secrets.
     static func pathOnly(_ uri: String) -> Substring {
         uri.prefix { $0 != "?" }

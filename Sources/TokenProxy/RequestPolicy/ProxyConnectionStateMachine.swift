@@ -42,10 +42,10 @@ struct ProxyConnectionStateMachine {
         case connect
         /// Count and log an injected fault, then call ``injectedFaultReady()``.
         case injectFault(FaultPlan.Kind)
-        /// Write the request head (`head`, then `headEnding` with the token), the body parts held
-        /// so far and, when `end`, the end of the body. With `confirmWrite`, tell
-        /// ``requestEndWritten(request:)`` once the socket took the end; without, at once.
-        case sendRequest(head: ByteBuffer, headEnding: ByteBuffer, body: ArraySlice<ByteBuffer>, end: Bool, confirmWrite: Bool)
+        /// Write the request head, the body parts held so far and, when `end`, the end of the
+        /// body. With `confirmWrite`, tell ``requestEndWritten(request:)`` once the socket took
+        /// the end; without, at once.
+        case sendRequest(UpstreamRequestStart, body: ArraySlice<ByteBuffer>, end: Bool, confirmWrite: Bool)
         case sendBodyPart(ByteBuffer)
         case sendEnd(confirmWrite: Bool)
         case writeResponseHead(UpstreamResponseHead, keepAlive: Bool)
@@ -112,6 +112,12 @@ struct ProxyConnectionStateMachine {
         self.random = random
     }
 
+    /// A connection under `rules`' limits, starting `now`.
+    init(rules: ForwardingRules, now: NIODeadline) {
+        self.init(
+            limits: rules.parserLimits, headerTimeout: TimeAmount(rules.limits.headerTimeout), idleTimeout: TimeAmount(rules.limits.idleTimeout), now: now)
+    }
+
     var isTunnel: Bool { state == .tunnel }
 
     /// Whether bytes the client sends are still read (after a refusal or the last answer they
@@ -125,10 +131,10 @@ struct ProxyConnectionStateMachine {
 
     /// What to do next without a new event: finish a request that is done, resume a held read,
     /// or take the next part the parser has. `nil`: nothing until the next event.
-    mutating func next(now: NIODeadline) -> Action? {
+    mutating func next(now: @autoclosure () -> NIODeadline) -> Action? {
         while true {
             if state == .inRequest || state == .tunnel, currentRequest?.isFinished == true {
-                return finishRequest(now: now)
+                return finishRequest(now: now())
             }
             if readPending, !holdsClientReads {
                 readPending = false
@@ -177,10 +183,10 @@ struct ProxyConnectionStateMachine {
     // MARK: The client's side
 
     /// Bytes read from the client.
-    mutating func clientRead(_ bytes: ByteBuffer, now: NIODeadline) -> Action? {
+    mutating func clientRead(_ bytes: ByteBuffer, now: @autoclosure () -> NIODeadline) -> Action? {
         switch state {
         case .tunnel:
-            timers.activity(now: now)
+            timers.activity(now: now())
             return request { $0.clientBodyPart(bytes) }
         case .idle, .inRequest:
             parser.append(bytes)
@@ -191,8 +197,8 @@ struct ProxyConnectionStateMachine {
     }
 
     /// A read from the client ended; the header timeout of a head starts with its first bytes.
-    mutating func clientReadComplete(now: NIODeadline) {
-        if parser.isReadingHead { timers.headBytesArrived(now: now) }
+    mutating func clientReadComplete(now: @autoclosure () -> NIODeadline) {
+        if parser.isReadingHead { timers.headBytesArrived(now: now()) }
     }
 
     /// The channel asks for a read: returns whether to read now (else it is held until
@@ -290,6 +296,14 @@ struct ProxyConnectionStateMachine {
     mutating func tokenFailed(_ error: TokenBrokerError, fallback: PublishedToken?, request number: Int) -> Action? {
         guard number == requestNumber else { return nil }
         return request { $0.tokenFailed(error, fallback: fallback) }
+    }
+
+    /// The broker's answer; `fallback` is the token published now (for the 401 replay).
+    mutating func tokenArrived(_ result: Result<PublishedToken, TokenBrokerError>, fallback: PublishedToken?, request number: Int) -> Action? {
+        switch result {
+        case .success(let token): tokenObtained(token, request: number)
+        case .failure(let error): tokenFailed(error, fallback: fallback, request: number)
+        }
     }
 
     /// An upstream connection was leased or opened for the current attempt. `false` from
@@ -422,7 +436,10 @@ struct ProxyConnectionStateMachine {
         case .sendRequest(let head, let headEnding, let body, let end):
             // The response head must be complete within upstream.readTimeout of the request.
             timers.watchSilence(limit: TimeAmount(readTimeout), now: now(), awaitingHead: true)
-            return .sendRequest(head: head, headEnding: headEnding, body: body, end: end, confirmWrite: currentRequest?.isRetryableAfterSending == false)
+            let request = currentRequest!
+            let start = UpstreamRequestStart(
+                head: head, headEnding: headEnding, framing: request.bodyFraming, isHEAD: request.isHEAD, upgrade: request.upgrade == .websocket)
+            return .sendRequest(start, body: body, end: end, confirmWrite: !request.isRetryableAfterSending)
         case .sendBodyPart(let buffer):
             return .sendBodyPart(buffer)
         case .sendEnd:
@@ -479,4 +496,15 @@ extension ProxyConnectionStateMachine.State {
         case .closing: "closing"
         }
     }
+}
+
+/// What an upstream connection needs to start a request: its head (`head`, then `headEnding`
+/// with the token: two buffers of one writev), how its body is framed, and what the response
+/// will be like (none to HEAD has a body; one to an upgrade may switch to a tunnel).
+struct UpstreamRequestStart: Equatable {
+    var head: ByteBuffer
+    var headEnding: ByteBuffer
+    var framing: ForwardingRules.BodyFraming
+    var isHEAD: Bool
+    var upgrade: Bool
 }

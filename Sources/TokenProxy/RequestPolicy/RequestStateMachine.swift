@@ -89,6 +89,10 @@ struct RequestStateMachine {
     var isRetryableAfterSending: Bool { request.isRetryableAfterSending }
     /// Whether a refresh happened for this request (for the log line).
     var refreshed: Bool { replayedAfter401 }
+    /// Tries made, the 401 replay included (for the log line).
+    var triesMade: Int { attempts + (replayedAfter401 ? 1 : 0) }
+    /// Pattern match, not `==`: HTTPMethod's `==` compares raw-value strings.
+    var isHEAD: Bool { if case .HEAD = request.method { true } else { false } }
 
     /// Whether the request body is still arriving while the response is already complete.
     var isFinished: Bool { (state == .responded && body.isComplete) || state == .failed }

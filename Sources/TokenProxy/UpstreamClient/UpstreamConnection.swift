@@ -20,6 +20,9 @@ final class UpstreamConnection {
     let target: UpstreamURL
     /// When it went back to the pool; idle connections are closed after a while.
     var idleSince: NIODeadline = .now()
+    /// Frames the current request's body for this hop.
+    private var requestWriter = UpstreamRequestWriter(framing: .none)
+    private static let nothing = ByteBuffer()
 
     init(channel: any Channel, handler: UpstreamHandler, target: UpstreamURL) {
         self.channel = channel
@@ -35,10 +38,26 @@ final class UpstreamConnection {
     var isActive: Bool { channel.isActive }
     var isWritable: Bool { channel.isWritable }
 
-    /// A new request goes out: its response comes next (one to HEAD has no body; one to an
-    /// upgrade request may switch the connection to a tunnel).
-    func startRequest(isHEAD: Bool, upgrade: Bool) {
-        handler.startRequest(isHEAD: isHEAD, upgrade: upgrade)
+    /// A new request goes out, its head first; its response comes next.
+    func startRequest(_ start: UpstreamRequestStart) {
+        handler.startRequest(isHEAD: start.isHEAD, upgrade: start.upgrade)
+        requestWriter = UpstreamRequestWriter(framing: start.framing)
+        write(start.head)
+        write(start.headEnding)
+    }
+
+    /// A part of the request body (after a `101`, tunnel bytes), framed for this hop.
+    func writeBody(_ buffer: ByteBuffer) {
+        requestWriter.body(buffer) { write($0) }
+    }
+
+    /// What ends the request body (the last chunk, if chunked); `promise` says when it was taken.
+    func writeEnd(promise: EventLoopPromise<Void>?) {
+        if let promise {
+            write(requestWriter.end ?? Self.nothing, promise: promise)
+        } else if let end = requestWriter.end {
+            write(end)
+        }
     }
 
     func write(_ bytes: ByteBuffer, promise: EventLoopPromise<Void>? = nil) {
@@ -151,3 +170,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 }
 
+extension UpstreamConnection {
+    /// Why a connection failed, in words for the client's error and the log.
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? IOError { return error.description }
+        if let problem = TLSProblem.describe(error) { return problem }
+        return "\(error)"
+    }
+}
