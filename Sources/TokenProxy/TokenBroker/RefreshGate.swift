@@ -29,6 +29,8 @@ struct RefreshGate: Sendable {
     private(set) var lastRefresh: TokenBroker.RefreshRecord?
     /// Tokens obtained before this instant were obtained under settings that a reload replaced.
     private(set) var notObtainedBefore: Date?
+    /// Whether the last transient failure happened while a usable token was held.
+    private(set) var failedHoldingToken = false
     /// An unparseable store, and since when it has looked exactly like this.
     private(set) var corruptStore: (fingerprint: StorageVersion, since: Date)?
 
@@ -300,15 +302,23 @@ struct RefreshGate: Sendable {
             failure = .none
             return (.success(tokens), .adopted(tokens))
         case .failed(let error, let retryAfter):
+            let untilMandatory = current.flatMap { tokens in
+                isUsable(tokens, now: now) ? windows.deadlines(of: tokens).map { Duration(timeInterval: $0.mustRefreshAt.timeIntervalSince(now)) } : nil
+            }
+            let holdsToken = untilMandatory != nil
+            // Tries crowded into the refresh window must not lengthen the pauses once the token
+            // has lapsed (SPEC §4): the count starts again when the last valid token is gone.
             let count: Int
-            if case .transient(let previous, _, _) = failure { count = previous + 1 } else { count = 1 }
-            let untilMandatory = current.flatMap { windows.deadlines(of: $0) }.map { Duration(timeInterval: $0.mustRefreshAt.timeIntervalSince(now)) }
-            var delay = backoff.delay(afterFailures: count, untilMandatory: untilMandatory, random: random)
-            if let retryAfter, retryAfter > delay, retryAfter <= backoff.maximum { delay = retryAfter }
+            if case .transient(let previous, _, _) = failure, holdsToken || !failedHoldingToken { count = previous + 1 } else { count = 1 }
+            failedHoldingToken = holdsToken
+            let delay = backoff.pause(afterFailures: count, untilMandatory: untilMandatory, retryAfter: retryAfter, random: random)
             let reason = Self.reason(error)
             failure = .transient(count: count, retryAt: now + delay.timeInterval, reason: reason)
             lastRefresh = .init(at: now, succeeded: false, detail: reason)
-            return (.failure(error), .failed(reason: reason, failures: count, retryIn: delay, calledEndpoint: calledEndpoint))
+            // Those who waited are told when the next try is due (`Retry-After`, SPEC §4).
+            var told = error
+            if case .unavailable(let reason, _) = error { told = .unavailable(reason: reason, retryAfter: delay) }
+            return (.failure(told), .failed(reason: reason, failures: count, retryIn: delay, calledEndpoint: calledEndpoint))
         case .refused(let error, let watch, let remaining):
             failure = .permanent(error, watch: watch)
             if let remaining { current = remaining }
