@@ -9,10 +9,15 @@ extension TokenBroker {
         await finishWrites()
         do {
             // 2. Another process may already have refreshed.
-            if let stored = try await readStore().tokens, gate.satisfies(stored, need, now: Date()) {
+            let first = try await readStore().tokens
+            if let stored = first, gate.satisfies(stored, need, now: Date()) {
                 return .adopted(stored)
             }
-            try await discoverEndpoints()
+            // Discovery may take a while: before the lock, but only when a call may follow. With
+            // no refresh token there is nothing to call with, and nothing to retry (SPEC §1: exit 3).
+            if configuration.grant == .clientCredentials || first?.refreshToken != nil {
+                try await discoverEndpoints()
+            }
             // 3. Under the lock, look once more: the holder we waited for may have refreshed.
             let lock = try await takeLock()
             var lockPassedOn = false
@@ -35,6 +40,8 @@ extension TokenBroker {
                     let reason = "the token store \(storage.name) holds no refresh token; \(configuration.reauthenticationRemedy)"
                     return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
                 }
+                // The store gained a refresh token between the two reads: discover now (once).
+                try await discoverEndpoints()
                 gate.callingEndpoint(for: need, now: Date())
                 observer?(.refreshing)
                 switch await endpoint.requestToken(credentials) {
