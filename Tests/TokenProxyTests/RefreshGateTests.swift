@@ -190,6 +190,27 @@ struct RefreshGateTests {
         #expect(decision == .checkForChanges)
     }
 
+    @Test func aRefusalLearnedFromTheStoreForA401DropsTheRejectedTokenHereToo() {
+        // Another process recorded the refusal; the store (as the broker read it) still names T,
+        // or no access token at all. Either way T, which the upstream refused, is not used again.
+        for remaining in [Self.fresh, nil] {
+            var gate = RefreshGate(windows: Self.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
+            gate.replaced(by: Self.fresh)
+            #expect(gate.decide(.init(need: .replacing(rejected: "T")), now: Self.t0) == .start(.replacing(rejected: "T")))
+            let watch = RefreshGate.Watch(store: nil, client: "c", storeMatters: true)
+            _ = gate.finished(.refused(Self.reauth, watch: watch, remaining: remaining), now: Self.t0, random: 0.5)
+            #expect(gate.current?.accessToken == nil)
+            #expect(gate.current?.refreshToken == "rt", "the refresh token stays")
+            var attempt = RefreshGate.Attempt(need: .usable)
+            attempt.checkedForChanges = true
+            #expect(gate.decide(attempt, now: Self.t0) == .fail(Self.reauth))
+        }
+        // A refusal for an expiry refresh leaves a still valid token in use.
+        var gate = gateWithRefreshRunning(holding: Self.advisory)
+        _ = gate.finished(.refused(Self.reauth, watch: .init(store: nil, client: "c", storeMatters: true), remaining: nil), now: Self.t0, random: 0.5)
+        #expect(gate.current == Self.advisory)
+    }
+
     @Test("a permanent failure ends when what it watches changes", arguments: [
         (true, "store", true), (true, "client", true), (true, "nothing", false),
         (false, "store", false), (false, "client", true),

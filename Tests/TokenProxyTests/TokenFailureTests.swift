@@ -339,6 +339,50 @@ struct TokenFailureTests {
         return (process, port)
     }
 
+    /// SPEC §7: `/readyz` agrees with what requests get, also when this proxy learned of the
+    /// refusal from the shared store: another process (`tokenproxy refresh`, or a second proxy
+    /// whose 401-caused refresh was refused) wrote the rejection, and this proxy still held the
+    /// access token the upstream now refuses.
+    @Test("a refusal learned from the store makes /readyz 503 while requests get 401", arguments: ["cli refresh", "other proxy"])
+    func aRefusalLearnedFromTheStoreIsReadyzToo(other: String) async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-revoked-by-the-server", refreshToken: "rt-revoked")
+        options.grantInitialRefreshToken = false
+        try await withProxyHarness(options) { harness in
+            harness.respond(Self.resourceServer(harness.issuer))
+            let admin = try await harness.startAdmin()
+            let adminPort = try #require(admin.port)
+            #expect(try await harness.admin(.GET, "/readyz", port: adminPort).status == 200, "the token looks valid by its clock")
+            let config = harness.configuration.sourcePath
+
+            switch other {
+            case "cli refresh":
+                let refresh = try await TokenProxyProcess.run(["refresh", "--config", config])
+                #expect(refresh.status == 3, "\(refresh.stderr)")
+            default:
+                let (proxy, port) = try await startProxy(config)
+                defer { proxy.signal(SIGKILL) }
+                #expect(try await get("/data", port: port).hasPrefix("HTTP/1.1 401"))
+                #expect(try TokenStore(path: harness.configuration.token.store).read().tokens?.accessToken == nil, "the other proxy dropped the token")
+            }
+            #expect(harness.issuer.callCount == 1)
+
+            // This proxy learns of the refusal at its next request (the upstream refuses its token).
+            for _ in 0..<3 {
+                let answer = try await harness.send(.GET, "/data")
+                #expect(answer.status == 401)
+                #expect(answer.headers.first(name: "X-TokenProxy-Error") == "reauthentication_required")
+                let ready = try await harness.admin(.GET, "/readyz", port: adminPort)
+                #expect(ready.status == 503, "requests get 401 reauthentication_required: \(ready.body)")
+                #expect(ready.body.contains("invalid_grant"), "\(ready.body)")
+            }
+            let status = try await TokenProxyProcess.run(["token", "--config", config])
+            #expect(status.status == 3, "the refused access token is gone from the store: \(status.stdout)")
+            #expect(harness.issuer.callCount == 1, "the refusal was read from the store, not asked again")
+            await admin.stop()
+        }
+    }
+
     @Test func aRefusedConnectionFailsAtOnceAndAWaiterGetsTheEndpointsError() async throws {
         let directory = try TemporaryDirectory()
         let endpoint = "http://127.0.0.1:\(try LoopbackPort.unused())/oauth/token"

@@ -289,6 +289,7 @@ struct RefreshGate: Sendable {
     /// and what to report.
     mutating func finished(_ outcome: Outcome, now: Date, random: Double) -> (Result<TokenSet, TokenBrokerError>, Report) {
         let calledEndpoint = runningCalledEndpoint
+        let need = running
         running = nil
         runningCalledEndpoint = false
         switch outcome {
@@ -322,6 +323,11 @@ struct RefreshGate: Sendable {
         case .refused(let error, let watch, let remaining):
             failure = .permanent(error, watch: watch)
             if let remaining { current = remaining }
+            if case .replacing(let rejected)? = need, current?.accessToken == rejected {
+                // The upstream refused this token and nothing can replace it: it is not handed out
+                // again, so requests and /readyz agree (SPEC §7), however the refusal was learned.
+                current?.dropAccessToken()
+            }
             lastRefresh = .init(at: now, succeeded: false, detail: Self.reason(error))
             return (.failure(error), .refused(error, calledEndpoint: calledEndpoint))
         }

@@ -34,7 +34,16 @@ extension TokenBroker {
                 if let rejection = tokens?.rejection, rejection.credential == credentials.fingerprint {
                     let said = rejection.errorDescription.map { " (\($0))" } ?? ""
                     let reason = "the token endpoint refused these credentials with \(rejection.error)\(said) at \(RFC3339.format(rejection.at)); \(configuration.reauthenticationRemedy)"
-                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
+                    if case .replacing(let rejected) = need, var dropped = tokens, dropped.accessToken == rejected {
+                        // A 401 for the stored token, refused for good: the token goes, from the
+                        // store too, so that `tokenproxy token` and /readyz tell the truth (SPEC §4).
+                        dropped.dropAccessToken()
+                        guard case .written(let written) = try await write(dropped, replacing: version) else {
+                            return try await superseded(need, discarding: "the refusal")
+                        }
+                        return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: dropped, storeVersion: written)
+                    }
+                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: tokens, storeVersion: version)
                 }
                 if configuration.grant == .refreshToken, credentials.refreshToken == nil {
                     let reason = "the token store \(storage.name) holds no refresh token; \(configuration.reauthenticationRemedy)"
@@ -94,9 +103,7 @@ extension TokenBroker {
                     if case .replacing(let rejected) = need, marked.accessToken == rejected {
                         // The upstream refused this access token and nothing can replace it: drop it,
                         // so that `tokenproxy token` and /readyz tell the truth (SPEC §4).
-                        marked.accessToken = nil
-                        marked.expiresAt = nil
-                        marked.obtainedAt = nil
+                        marked.dropAccessToken()
                     }
                     guard case .written(let written) = try await write(marked, replacing: version) else {
                         return try await superseded(need, discarding: "the refusal")

@@ -124,6 +124,19 @@ public actor TokenBroker {
         }
     }
 
+    /// The token a request would be sent with now, got the way the data path gets it: the
+    /// published token while it is usable, else the broker's answer for a `.usable` need (which
+    /// may refresh, or fail as a request would). `/readyz` asks this very question, so that it
+    /// always agrees with what requests get (SPEC §7).
+    public nonisolated func tokenForRequest() async throws(TokenBrokerError) -> PublishedToken {
+        if let token = publisher.usableToken() { return token }
+        _ = try await token(for: .usable)
+        // The broker published what it returned; a token it could not publish (no expiry) is
+        // refused like any unusable one.
+        guard let token = publisher.latest() else { throw .unavailable(reason: "the token has no usable expiry", retryAfter: nil) }
+        return token
+    }
+
     /// Adopts what the store holds, if it is usable, without refreshing: at startup, requests
     /// must not wait for a refresh that the token on disk makes unnecessary.
     public func loadStore() async {
