@@ -227,18 +227,6 @@ struct RefreshGateTests {
         #expect(gate.failure == (ends ? .none : .permanent(Self.reauth, watch: watch)))
     }
 
-    @Test func aCorruptStoreIsMovedAsideOnlyAfterFiveUnchangedSeconds() {
-        var gate = RefreshGate(windows: Self.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
-        let half = StorageVersion.file(TokenStore.Fingerprint(device: 1, inode: 2, size: 10, modifiedNanoseconds: 1))
-        let more = StorageVersion.file(TokenStore.Fingerprint(device: 1, inode: 2, size: 20, modifiedNanoseconds: 2))
-        let sightings = [
-            gate.sawCorruptStore(half, now: Self.t0), gate.sawCorruptStore(half, now: Self.t0 + 4.9),
-            gate.sawCorruptStore(more, now: Self.t0 + 5), gate.sawCorruptStore(more, now: Self.t0 + 9.9), gate.sawCorruptStore(more, now: Self.t0 + 10),
-        ]
-        // The third sighting is of a changed file (a writer at work): the five seconds start again.
-        #expect(sightings == [false, false, false, false, true])
-    }
-
     @Test func theScheduleFollowsEveryTokenHoweverItWasObtained() {
         var gate = RefreshGate(windows: Self.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
         gate.replaced(by: Self.fresh)

@@ -31,12 +31,6 @@ struct RefreshGate: Sendable {
     private(set) var notObtainedBefore: Date?
     /// Whether the last transient failure happened while a usable token was held.
     private(set) var failedHoldingToken = false
-    /// An unparseable store, and since when it has looked exactly like this.
-    private(set) var corruptStore: (fingerprint: StorageVersion, since: Date)?
-
-    /// How long a store must stay unparseable and unchanged before it is moved aside: a file
-    /// being written in place (`echo … > token.json`) is never taken for a corrupt one.
-    static let quarantineDelay: Double = 5
 
     init(windows: RefreshWindows, minRefreshInterval: Duration, backoff: RefreshBackoff) {
         self.windows = windows
@@ -199,16 +193,30 @@ struct RefreshGate: Sendable {
         return true
     }
 
+    /// Which tokens meet a need: the windows, and the cut-off of a reload.
+    struct Acceptance: Sendable, Equatable {
+        var windows: RefreshWindows
+        /// Tokens obtained before this instant were obtained under settings a reload replaced.
+        var notObtainedBefore: Date?
+
+        /// Whether `tokens` can be handed out for `need` at `now` without a refresh.
+        func satisfies(_ tokens: TokenSet, _ need: Need, now: Date) -> Bool {
+            if let notObtainedBefore, (tokens.obtainedAt ?? .distantPast) < notObtainedBefore { return false }
+            let freshness = windows.freshness(of: tokens, at: now)
+            switch need {
+            case .usable: return freshness >= .refreshAdvised
+            case .fresh: return freshness == .fresh
+            case .replacing(let rejected): return tokens.accessToken != rejected && freshness >= .refreshAdvised
+            case .forced: return false
+            }
+        }
+    }
+
+    var acceptance: Acceptance { Acceptance(windows: windows, notObtainedBefore: notObtainedBefore) }
+
     /// Whether `tokens` can be handed out for `need` at `now` without a refresh.
     func satisfies(_ tokens: TokenSet, _ need: Need, now: Date) -> Bool {
-        if let notObtainedBefore, (tokens.obtainedAt ?? .distantPast) < notObtainedBefore { return false }
-        let freshness = windows.freshness(of: tokens, at: now)
-        switch need {
-        case .usable: return freshness >= .refreshAdvised
-        case .fresh: return freshness == .fresh
-        case .replacing(let rejected): return tokens.accessToken != rejected && freshness >= .refreshAdvised
-        case .forced: return false
-        }
+        acceptance.satisfies(tokens, need, now: now)
     }
 
     private func isUsable(_ tokens: TokenSet, now: Date) -> Bool {
@@ -254,16 +262,6 @@ struct RefreshGate: Sendable {
     mutating func callingEndpoint(for need: Need, now: Date) {
         runningCalledEndpoint = true
         if case .replacing = need { lastReactiveCall = now }
-    }
-
-    /// The store could not be parsed and looks like `fingerprint`. Returns whether it has stayed
-    /// so long enough to be moved aside.
-    mutating func sawCorruptStore(_ fingerprint: StorageVersion, now: Date) -> Bool {
-        if let corruptStore, corruptStore.fingerprint == fingerprint {
-            return now.timeIntervalSince(corruptStore.since) >= Self.quarantineDelay
-        }
-        corruptStore = (fingerprint, now)
-        return false
     }
 
     /// The token was replaced by hand: marked expired (`POST /token/expire`) or a refresh token

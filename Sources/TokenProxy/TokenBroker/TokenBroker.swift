@@ -46,8 +46,10 @@ public actor TokenBroker {
 
     var configuration: Configuration.Token
     var storage: any TokenStorage
-    var endpoint: TokenEndpointClient
+    var endpoint: any TokenEndpoint
     let logger: Logger
+    /// The wall clock every decision reads (injected, so that tests never sleep to see a rule work).
+    let now: @Sendable () -> Date
     /// Where the data path reads the current token without asking the actor.
     public nonisolated let publisher = TokenPublisher()
     var gate: RefreshGate
@@ -56,6 +58,9 @@ public actor TokenBroker {
     /// commands must (they exit right after); the proxy writes while the first requests use it.
     let writesBeforeUse: Bool
     var pendingWrite: Task<Void, Never>?
+    /// An unparseable store seen under the lock, and since when (the refresh protocol moves it
+    /// aside only after 5 s unchanged, SPEC §3).
+    var corruptSighting: RefreshProtocol.CorruptSighting?
     private var loaded = false
     /// The last warning that the refresh token expires soon, so that it is repeated hourly only.
     var lastRefreshTokenWarning: (expiresAt: Date, at: Date)?
@@ -75,8 +80,27 @@ public actor TokenBroker {
         storage: (any TokenStorage)? = nil,
         backoff: RefreshBackoff = RefreshBackoff(),
         writesBeforeUse: Bool = true,
-        observer: (@Sendable (RefreshEvent) -> Void)? = nil
+        observer: (@Sendable (RefreshEvent) -> Void)? = nil,
+        clock: @escaping @Sendable () -> Date = { Date() }
     ) {
+        self.init(
+            configuration: configuration, tokenEndpoint: endpoint, logger: logger, storage: storage, backoff: backoff,
+            writesBeforeUse: writesBeforeUse, observer: observer, clock: clock
+        )
+    }
+
+    /// A broker over any token endpoint (a fake one in tests) and any clock.
+    init(
+        configuration: Configuration.Token,
+        tokenEndpoint endpoint: any TokenEndpoint,
+        logger: Logger,
+        storage: (any TokenStorage)? = nil,
+        backoff: RefreshBackoff = RefreshBackoff(),
+        writesBeforeUse: Bool = true,
+        observer: (@Sendable (RefreshEvent) -> Void)? = nil,
+        clock: @escaping @Sendable () -> Date = { Date() }
+    ) {
+        self.now = clock
         self.writesBeforeUse = writesBeforeUse
         self.observer = observer
         self.configuration = configuration
@@ -94,7 +118,7 @@ public actor TokenBroker {
         if !loaded { await loadStore() }
         var attempt = RefreshGate.Attempt(need: need)
         while true {
-            switch gate.decide(attempt, now: Date()) {
+            switch gate.decide(attempt, now: now()) {
             case .use(let tokens, let refreshInBackground):
                 if refreshInBackground { refreshTask = launchRefresh(.fresh) }
                 return tokens
@@ -114,7 +138,7 @@ public actor TokenBroker {
                 }
                 attempt.checkedForChanges = true
             case .lookInStore:
-                if let stored = try? await readStore().tokens, gate.offer(stored, now: Date()) {
+                if let stored = try? await readStore().tokens, gate.offer(stored, now: now()) {
                     publishCurrent()
                 }
                 attempt.lookedInStore = true
@@ -141,7 +165,7 @@ public actor TokenBroker {
     /// must not wait for a refresh that the token on disk makes unnecessary.
     public func loadStore() async {
         loaded = true
-        guard gate.current == nil, let stored = try? await readStore(authoritative: true).tokens, gate.load(stored, now: Date()) else { return }
+        guard gate.current == nil, let stored = try? await readStore(authoritative: true).tokens, gate.load(stored, now: now()) else { return }
         publishCurrent()
     }
 
@@ -149,7 +173,7 @@ public actor TokenBroker {
     /// when it is usable, and a permanent failure looks again at what changed.
     public func storageChanged() async {
         guard let stored = try? await readStore().tokens else { return }
-        if stored != gate.current, gate.offer(stored, now: Date()) {
+        if stored != gate.current, gate.offer(stored, now: now()) {
             publishCurrent()
             logger.info("token adopted from the store (refreshed by another process)", metadata: ["store": "\(storage.name)", "expiresAt": "\(stored.expiresAt.map(RFC3339.format) ?? "unknown")"])
             observer?(.adopted(expiresAt: stored.expiresAt))
@@ -167,7 +191,7 @@ public actor TokenBroker {
     private func runRefresh(_ need: Need) async -> Result<TokenSet, TokenBrokerError> {
         let started = ContinuousClock.now
         let outcome = await acquire(need)
-        let (result, report) = gate.finished(outcome, now: Date(), random: Double.random(in: 0..<1))
+        let (result, report) = gate.finished(outcome, now: now(), random: Double.random(in: 0..<1))
         refreshTask = nil
         publishCurrent()
         self.report(report, need: need, elapsed: started.duration(to: .now))
@@ -190,7 +214,7 @@ public actor TokenBroker {
     func readStoreVersion(authoritative: Bool = false) async throws(TokenBrokerError) -> StoredTokens {
         let read: StoredTokens
         do {
-            read = try await storage.read(now: Date(), authoritative: authoritative)
+            read = try await storage.read(now: now(), authoritative: authoritative)
         } catch {
             throw Self.brokerError(error)
         }
@@ -213,7 +237,7 @@ public actor TokenBroker {
     func watch(storeMatters: Bool, storeVersion: StorageVersion?? = nil) async -> RefreshGate.Watch {
         let endpoint = self.endpoint
         let version = await storage.currentVersion()
-        let client = await BlockingIO.run { try? endpoint.credentials(refreshToken: nil).fingerprint }
+        let client = await BlockingIO.run { try? endpoint.credentials(refreshToken: nil).clientFingerprint }
         return RefreshGate.Watch(store: storeVersion ?? version, client: client, storeMatters: storeMatters)
     }
 
