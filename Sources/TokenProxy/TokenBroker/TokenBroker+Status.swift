@@ -80,6 +80,11 @@ extension TokenBroker {
     /// at once and clear a failure; tokens obtained under another endpoint, client, grant or
     /// scope are dropped and the next need refreshes.
     public func reconfigure(_ next: Configuration.Token, endpoint nextEndpoint: TokenEndpointClient) async {
+        await reconfigure(next, tokenEndpoint: nextEndpoint)
+    }
+
+    /// ``reconfigure(_:endpoint:)`` over any token endpoint.
+    func reconfigure(_ next: Configuration.Token, tokenEndpoint nextEndpoint: any TokenEndpoint) async {
         let previous = configuration
         let previousEndpoint = endpoint
         let running = refreshTask

@@ -184,6 +184,15 @@ public actor TokenBroker {
 
     var isRefreshing: Bool { gate.running != nil }
 
+    /// Waits until no refresh runs and its token is in the store: the one started in the
+    /// background for a token inside its advisory window, say.
+    func refreshSettled() async {
+        while let refreshTask {
+            _ = await refreshTask.value
+        }
+        await finishWrites()
+    }
+
     private func launchRefresh(_ need: Need) -> Task<Result<TokenSet, TokenBrokerError>, Never> {
         Task { await self.runRefresh(need) }
     }
