@@ -111,10 +111,7 @@ struct CrossProcessTests {
 
         let holder = TokenProxyProcess(["refresh", "--config", config])
         try holder.start()
-        let waitStart = ContinuousClock.now
-        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        _ = await TokenFailureTests.waitUntil { issuer.receivedCount > 0 }
         #expect(issuer.receivedCount == 1, "the holder is inside its endpoint call, holding the lock")
         holder.signal(SIGKILL)
         let killed = await holder.wait()
