@@ -111,10 +111,7 @@ struct CrossProcessTests {
 
         let holder = TokenProxyProcess(["refresh", "--config", config])
         try holder.start()
-        let waitStart = ContinuousClock.now
-        while issuer.receivedCount == 0, waitStart.duration(to: .now) < .seconds(10) {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        _ = await TokenFailureTests.waitUntil { issuer.receivedCount > 0 }
         #expect(issuer.receivedCount == 1, "the holder is inside its endpoint call, holding the lock")
         holder.signal(SIGKILL)
         let killed = await holder.wait()
@@ -184,6 +181,33 @@ struct CrossProcessTests {
         let status = try await TokenProxyProcess.run(["token", "--config", config])
         #expect(status.status == 3)
         #expect(status.stdout.contains("refresh token: absent"))
+        await issuer.shutdown()
+    }
+
+    /// With no refresh token there is nothing to retry (SPEC §1): `token --print` exits 3 with the
+    /// advice plain `token` gives, whether the store is missing, blank or a bare version, and
+    /// whatever the state of the issuer it would have had to discover.
+    @Test("an empty store needs a login, not a retry", arguments: ["missing", "blank", "bare version", "issuer down"])
+    func anEmptyStoreNeedsALoginNotARetry(store: String) async throws {
+        let (issuer, config) = try await start { fixture in
+            if store == "issuer down", let port = try? LoopbackPort.unused() {
+                fixture.endpoint = ""
+                fixture.extra = ["issuer": "\"http://127.0.0.1:\(port)\""]
+            }
+        }
+        switch store {
+        case "blank": try directory.write("token.json", "\n")
+        case "bare version": try directory.write("token.json", #"{"version": 1}"#)
+        default: break
+        }
+        let printed = try await TokenProxyProcess.run(["token", "--config", config, "--print"])
+        let status = try await TokenProxyProcess.run(["token", "--config", config])
+        #expect(status.status == 3, "\(status.stderr)")
+        #expect(printed.status == 3, "\(printed.stderr)")
+        #expect(printed.stdout.isEmpty)
+        #expect(!printed.stderr.contains("will retry"), "\(printed.stderr)")
+        #expect(printed.stderr.contains("tokenproxy login"), "says how to log in: \(printed.stderr)")
+        #expect(issuer.callCount == 0 && issuer.metadataRequests == 0)
         await issuer.shutdown()
     }
 

@@ -190,6 +190,27 @@ struct RefreshGateTests {
         #expect(decision == .checkForChanges)
     }
 
+    @Test func aRefusalLearnedFromTheStoreForA401DropsTheRejectedTokenHereToo() {
+        // Another process recorded the refusal; the store (as the broker read it) still names T,
+        // or no access token at all. Either way T, which the upstream refused, is not used again.
+        for remaining in [Self.fresh, nil] {
+            var gate = RefreshGate(windows: Self.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
+            gate.replaced(by: Self.fresh)
+            #expect(gate.decide(.init(need: .replacing(rejected: "T")), now: Self.t0) == .start(.replacing(rejected: "T")))
+            let watch = RefreshGate.Watch(store: nil, client: "c", storeMatters: true)
+            _ = gate.finished(.refused(Self.reauth, watch: watch, remaining: remaining), now: Self.t0, random: 0.5)
+            #expect(gate.current?.accessToken == nil)
+            #expect(gate.current?.refreshToken == "rt", "the refresh token stays")
+            var attempt = RefreshGate.Attempt(need: .usable)
+            attempt.checkedForChanges = true
+            #expect(gate.decide(attempt, now: Self.t0) == .fail(Self.reauth))
+        }
+        // A refusal for an expiry refresh leaves a still valid token in use.
+        var gate = gateWithRefreshRunning(holding: Self.advisory)
+        _ = gate.finished(.refused(Self.reauth, watch: .init(store: nil, client: "c", storeMatters: true), remaining: nil), now: Self.t0, random: 0.5)
+        #expect(gate.current == Self.advisory)
+    }
+
     @Test("a permanent failure ends when what it watches changes", arguments: [
         (true, "store", true), (true, "client", true), (true, "nothing", false),
         (false, "store", false), (false, "client", true),
@@ -204,18 +225,6 @@ struct RefreshGateTests {
         let ended = gate.recheck(now)
         #expect(ended == ends)
         #expect(gate.failure == (ends ? .none : .permanent(Self.reauth, watch: watch)))
-    }
-
-    @Test func aCorruptStoreIsMovedAsideOnlyAfterFiveUnchangedSeconds() {
-        var gate = RefreshGate(windows: Self.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
-        let half = StorageVersion.file(TokenStore.Fingerprint(device: 1, inode: 2, size: 10, modifiedNanoseconds: 1))
-        let more = StorageVersion.file(TokenStore.Fingerprint(device: 1, inode: 2, size: 20, modifiedNanoseconds: 2))
-        let sightings = [
-            gate.sawCorruptStore(half, now: Self.t0), gate.sawCorruptStore(half, now: Self.t0 + 4.9),
-            gate.sawCorruptStore(more, now: Self.t0 + 5), gate.sawCorruptStore(more, now: Self.t0 + 9.9), gate.sawCorruptStore(more, now: Self.t0 + 10),
-        ]
-        // The third sighting is of a changed file (a writer at work): the five seconds start again.
-        #expect(sightings == [false, false, false, false, true])
     }
 
     @Test func theScheduleFollowsEveryTokenHoweverItWasObtained() {
@@ -242,5 +251,86 @@ struct RefreshGateTests {
         #expect(gate.failure == .none)
         let decision = gate.decide(.init(need: .usable), now: Self.t0)
         #expect(decision == .use(Self.newer, refreshInBackground: false))
+    }
+}
+
+/// SPEC §4: while no valid token is held, tries are at most 30 s apart whatever happened before,
+/// and `Retry-After` on `token_unavailable` is the time to the next try.
+@Suite("Backoff without a valid token")
+struct BackoffWithoutTokenTests {
+    static let t0 = RefreshGateTests.t0
+    /// Enters its mandatory window at t0 + 50 (expires at t0 + 60, minValidity 10 s).
+    static let expiring = RefreshGateTests.token("T", expiresIn: 60)
+    static let mustRefreshAt = t0 + 50
+    static let down = RefreshGateTests.down
+
+    struct Row: Sendable, CustomStringConvertible {
+        var description: String
+        /// When the failures happened, in seconds after t0.
+        var failures: [Double]
+        var holding: TokenSet?
+        /// What the endpoint said with the last failure (`Retry-After`), if anything.
+        var retryAfter: Duration? = nil
+        /// The longest the next try may be after the last failure.
+        var atMost: Duration
+        /// The shortest, when it matters (a try not sooner than this).
+        var atLeast: Duration = .zero
+    }
+
+    /// Thirteen tries crowded into the last 1.3 s before the mandatory window, 100 ms apart, as
+    /// four proxies sharing an outage once made them.
+    static let crowded = (0..<13).map { 48.7 + Double($0) * 0.1 }
+
+    static let rows: [Row] = [
+        Row(description: "13 failures inside the window, then one after expiry: next try within 30 s", failures: crowded + [50.05], holding: expiring, atMost: .seconds(30)),
+        Row(description: "13 failures inside the window, then one after expiry: the count starts again (about 1 s)", failures: crowded + [50.05], holding: expiring, atMost: .milliseconds(1200)),
+        Row(description: "no token at all, 20 failures in a row: never more than 30 s apart", failures: (0..<20).map { Double($0) * 30 }, holding: nil, atMost: .seconds(30), atLeast: .seconds(20)),
+        Row(description: "no token, the endpoint asks for 120 s: still at most 30 s", failures: [0], holding: nil, retryAfter: .seconds(120), atMost: .seconds(30)),
+        Row(description: "a valid token, the endpoint asks for 120 s: the try comes at most 30 s after the token lapses", failures: [40], holding: expiring, retryAfter: .seconds(120), atMost: .seconds(40)),
+        Row(description: "a valid token far from its window: growth as before (no 30 s cap)", failures: (0..<9).map { Double($0) }, holding: RefreshGateTests.token("T", expiresIn: 100_000, obtainedAgo: 0), atMost: .seconds(300), atLeast: .seconds(200)),
+    ]
+
+    @Test("pause after the last failure", arguments: rows)
+    func pause(row: Row) throws {
+        var gate = RefreshGate(windows: RefreshGateTests.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
+        if let holding = row.holding { gate.replaced(by: holding) }
+        var last = Self.t0
+        var result: Result<TokenSet, TokenBrokerError>?
+        for (index, offset) in row.failures.enumerated() {
+            last = Self.t0 + offset
+            _ = gate.decide(.init(need: .forced), now: last)
+            let retryAfter = index == row.failures.count - 1 ? row.retryAfter : nil
+            let error = TokenBrokerError.unavailable(reason: "HTTP 503", retryAfter: retryAfter)
+            result = gate.finished(.failed(error, retryAfter: retryAfter), now: last, random: 0.5).0
+        }
+        let pause = gate.nextCheck(now: last).timeIntervalSince(last)
+        #expect(pause <= row.atMost.timeInterval, "next try in \(pause) s")
+        #expect(pause >= row.atLeast.timeInterval, "next try in \(pause) s")
+        // Those who waited for the refresh are told when the next try is due.
+        if case .failure(.unavailable(_, let retryAfter)) = result {
+            #expect(retryAfter.map { abs($0.timeInterval - pause) < 0.001 } == true, "Retry-After \(String(describing: retryAfter)) for a try in \(pause) s")
+        } else {
+            Issue.record("the refresh did not fail as unavailable: \(String(describing: result))")
+        }
+    }
+
+    @Test func afterExpiryTheRetryAfterOfTokenUnavailableIsTheTimeToTheNextTry() {
+        var gate = RefreshGate(windows: RefreshGateTests.windows, minRefreshInterval: .seconds(1), backoff: RefreshBackoff())
+        gate.replaced(by: Self.expiring)
+        for offset in Self.crowded + [50.05] {
+            _ = gate.decide(.init(need: .fresh), now: Self.t0 + offset)
+            _ = gate.finished(.failed(Self.down, retryAfter: nil), now: Self.t0 + offset, random: 0.5)
+        }
+        let now = Self.t0 + 50.5
+        let nextTry = gate.nextCheck(now: now)
+        #expect(nextTry.timeIntervalSince(Self.t0 + 50.05) <= 30)
+        var attempt = RefreshGate.Attempt(need: .usable)
+        attempt.lookedInStore = true
+        let decision = gate.decide(attempt, now: now)
+        guard case .fail(.unavailable(_, let retryAfter?)) = decision else {
+            Issue.record("expected token_unavailable, got \(decision)")
+            return
+        }
+        #expect(abs(retryAfter.timeInterval - nextTry.timeIntervalSince(now)) < 0.001)
     }
 }

@@ -142,18 +142,35 @@ struct TokenLifetimeTests {
 
     @Test func backoffGrowsWithJitterAndNeverGivesUp() {
         let backoff = RefreshBackoff()
-        #expect(backoff.delay(afterFailures: 1, untilMandatory: nil, random: 0.5) == .seconds(1))
-        #expect(backoff.delay(afterFailures: 2, untilMandatory: nil, random: 0.5) == .seconds(2))
-        #expect(backoff.delay(afterFailures: 5, untilMandatory: nil, random: 0.5) == .seconds(16))
-        #expect(backoff.delay(afterFailures: 20, untilMandatory: nil, random: 0.5) == .seconds(300))
-        #expect(backoff.delay(afterFailures: 1000, untilMandatory: nil, random: 0.5) == .seconds(300))
-        #expect(backoff.delay(afterFailures: 1, untilMandatory: nil, random: 0) == .milliseconds(800))
-        #expect(backoff.delay(afterFailures: 1, untilMandatory: nil, random: 0.999_999) > .milliseconds(1199))
+        // A valid token held for a day yet: growth to a few minutes.
+        let day = Duration.seconds(86_400)
+        #expect(backoff.delay(afterFailures: 1, untilMandatory: day, random: 0.5) == .seconds(1))
+        #expect(backoff.delay(afterFailures: 2, untilMandatory: day, random: 0.5) == .seconds(2))
+        #expect(backoff.delay(afterFailures: 5, untilMandatory: day, random: 0.5) == .seconds(16))
+        #expect(backoff.delay(afterFailures: 20, untilMandatory: day, random: 0.5) == .seconds(300))
+        #expect(backoff.delay(afterFailures: 1000, untilMandatory: day, random: 0.5) == .seconds(300))
+        #expect(backoff.delay(afterFailures: 1, untilMandatory: day, random: 0) == .milliseconds(800))
+        #expect(backoff.delay(afterFailures: 1, untilMandatory: day, random: 0.999_999) > .milliseconds(1199))
         // Each pause is longer than the one before, whatever the jitter, up to the ceiling.
         for failures in 1..<8 {
-            #expect(backoff.delay(afterFailures: failures + 1, untilMandatory: nil, random: 0) > backoff.delay(afterFailures: failures, untilMandatory: nil, random: 0.999))
+            #expect(backoff.delay(afterFailures: failures + 1, untilMandatory: day, random: 0) > backoff.delay(afterFailures: failures, untilMandatory: day, random: 0.999))
         }
     }
+
+    @Test func withoutAValidTokenPausesNeverExceedThirtySeconds() {
+        let backoff = RefreshBackoff()
+        #expect(backoff.delay(afterFailures: 1, untilMandatory: nil, random: 0.5) == .seconds(1))
+        #expect(backoff.delay(afterFailures: 5, untilMandatory: nil, random: 0.5) == .seconds(16))
+        for failures in [6, 7, 20, 1000] {
+            #expect(backoff.delay(afterFailures: failures, untilMandatory: nil, random: 0.999) <= .seconds(30))
+        }
+        #expect(backoff.delay(afterFailures: 20, untilMandatory: .zero, random: 0.5) == .seconds(30), "a token at its mandatory window is no token")
+        #expect(backoff.pause(afterFailures: 1, untilMandatory: nil, retryAfter: .seconds(120), random: 0.5) == .seconds(30))
+        #expect(backoff.pause(afterFailures: 1, untilMandatory: .seconds(10), retryAfter: .seconds(120), random: 0.5) == .seconds(40))
+        #expect(backoff.pause(afterFailures: 1, untilMandatory: day, retryAfter: .seconds(120), random: 0.5) == .seconds(120))
+    }
+
+    private let day = Duration.seconds(86_400)
 
     @Test func backoffLeavesRoomForFourTriesBeforeTheMandatoryWindow() {
         let backoff = RefreshBackoff()

@@ -128,12 +128,10 @@ public struct AdminRoutes: Sendable {
     }
 
     private func readiness() async -> Response {
-        if broker.publisher.usableToken() == nil {
-            do {
-                _ = try await broker.token(for: .usable)
-            } catch {
-                return .json(.serviceUnavailable, ["ready": .bool(false), "reason": .string(error.description)])
-            }
+        do {
+            _ = try await broker.tokenForRequest()
+        } catch {
+            return .json(.serviceUnavailable, ["ready": .bool(false), "reason": .string(error.description)])
         }
         // Ready while a valid token is held; a fleet database that cannot be reached is said, not fatal.
         guard let problem = await broker.status().storeProblem else { return .json(.ok, ["ready": .bool(true)]) }

@@ -2,7 +2,7 @@ import FoundationEssentials
 
 /// What one token request authenticates with: the grant, the client and, for the
 /// `refresh_token` grant, the refresh token.
-struct TokenCredentials: Sendable {
+struct TokenCredentials: Sendable, Equatable {
     var grant: Configuration.Token.Grant
     var clientID: String?
     /// What the client authenticates with, as `token.clientAuth` says: the secret, the PEM
@@ -22,6 +22,14 @@ struct TokenCredentials: Sendable {
             }
         }
         return String(hash, radix: 16)
+    }
+
+    /// The fingerprint of the client's part alone (no refresh token): what a permanent refusal
+    /// watches for a changed secret.
+    var clientFingerprint: String {
+        var client = self
+        client.refreshToken = nil
+        return client.fingerprint
     }
 
     /// Reads `key`'s file (a client key or assertion), trailing white space removed.

@@ -29,12 +29,8 @@ struct RefreshGate: Sendable {
     private(set) var lastRefresh: TokenBroker.RefreshRecord?
     /// Tokens obtained before this instant were obtained under settings that a reload replaced.
     private(set) var notObtainedBefore: Date?
-    /// An unparseable store, and since when it has looked exactly like this.
-    private(set) var corruptStore: (fingerprint: StorageVersion, since: Date)?
-
-    /// How long a store must stay unparseable and unchanged before it is moved aside: a file
-    /// being written in place (`echo … > token.json`) is never taken for a corrupt one.
-    static let quarantineDelay: Double = 5
+    /// Whether the last transient failure happened while a usable token was held.
+    private(set) var failedHoldingToken = false
 
     init(windows: RefreshWindows, minRefreshInterval: Duration, backoff: RefreshBackoff) {
         self.windows = windows
@@ -197,16 +193,30 @@ struct RefreshGate: Sendable {
         return true
     }
 
+    /// Which tokens meet a need: the windows, and the cut-off of a reload.
+    struct Acceptance: Sendable, Equatable {
+        var windows: RefreshWindows
+        /// Tokens obtained before this instant were obtained under settings a reload replaced.
+        var notObtainedBefore: Date?
+
+        /// Whether `tokens` can be handed out for `need` at `now` without a refresh.
+        func satisfies(_ tokens: TokenSet, _ need: Need, now: Date) -> Bool {
+            if let notObtainedBefore, (tokens.obtainedAt ?? .distantPast) < notObtainedBefore { return false }
+            let freshness = windows.freshness(of: tokens, at: now)
+            switch need {
+            case .usable: return freshness >= .refreshAdvised
+            case .fresh: return freshness == .fresh
+            case .replacing(let rejected): return tokens.accessToken != rejected && freshness >= .refreshAdvised
+            case .forced: return false
+            }
+        }
+    }
+
+    var acceptance: Acceptance { Acceptance(windows: windows, notObtainedBefore: notObtainedBefore) }
+
     /// Whether `tokens` can be handed out for `need` at `now` without a refresh.
     func satisfies(_ tokens: TokenSet, _ need: Need, now: Date) -> Bool {
-        if let notObtainedBefore, (tokens.obtainedAt ?? .distantPast) < notObtainedBefore { return false }
-        let freshness = windows.freshness(of: tokens, at: now)
-        switch need {
-        case .usable: return freshness >= .refreshAdvised
-        case .fresh: return freshness == .fresh
-        case .replacing(let rejected): return tokens.accessToken != rejected && freshness >= .refreshAdvised
-        case .forced: return false
-        }
+        acceptance.satisfies(tokens, need, now: now)
     }
 
     private func isUsable(_ tokens: TokenSet, now: Date) -> Bool {
@@ -254,16 +264,6 @@ struct RefreshGate: Sendable {
         if case .replacing = need { lastReactiveCall = now }
     }
 
-    /// The store could not be parsed and looks like `fingerprint`. Returns whether it has stayed
-    /// so long enough to be moved aside.
-    mutating func sawCorruptStore(_ fingerprint: StorageVersion, now: Date) -> Bool {
-        if let corruptStore, corruptStore.fingerprint == fingerprint {
-            return now.timeIntervalSince(corruptStore.since) >= Self.quarantineDelay
-        }
-        corruptStore = (fingerprint, now)
-        return false
-    }
-
     /// The token was replaced by hand: marked expired (`POST /token/expire`) or a refresh token
     /// imported (`tokenproxy login`). Whatever failure there was, the next need starts afresh.
     mutating func replaced(by tokens: TokenSet) {
@@ -287,6 +287,7 @@ struct RefreshGate: Sendable {
     /// and what to report.
     mutating func finished(_ outcome: Outcome, now: Date, random: Double) -> (Result<TokenSet, TokenBrokerError>, Report) {
         let calledEndpoint = runningCalledEndpoint
+        let need = running
         running = nil
         runningCalledEndpoint = false
         switch outcome {
@@ -300,18 +301,31 @@ struct RefreshGate: Sendable {
             failure = .none
             return (.success(tokens), .adopted(tokens))
         case .failed(let error, let retryAfter):
+            let untilMandatory = current.flatMap { tokens in
+                isUsable(tokens, now: now) ? windows.deadlines(of: tokens).map { Duration(timeInterval: $0.mustRefreshAt.timeIntervalSince(now)) } : nil
+            }
+            let holdsToken = untilMandatory != nil
+            // Tries crowded into the refresh window must not lengthen the pauses once the token
+            // has lapsed (SPEC §4): the count starts again when the last valid token is gone.
             let count: Int
-            if case .transient(let previous, _, _) = failure { count = previous + 1 } else { count = 1 }
-            let untilMandatory = current.flatMap { windows.deadlines(of: $0) }.map { Duration(timeInterval: $0.mustRefreshAt.timeIntervalSince(now)) }
-            var delay = backoff.delay(afterFailures: count, untilMandatory: untilMandatory, random: random)
-            if let retryAfter, retryAfter > delay, retryAfter <= backoff.maximum { delay = retryAfter }
+            if case .transient(let previous, _, _) = failure, holdsToken || !failedHoldingToken { count = previous + 1 } else { count = 1 }
+            failedHoldingToken = holdsToken
+            let delay = backoff.pause(afterFailures: count, untilMandatory: untilMandatory, retryAfter: retryAfter, random: random)
             let reason = Self.reason(error)
             failure = .transient(count: count, retryAt: now + delay.timeInterval, reason: reason)
             lastRefresh = .init(at: now, succeeded: false, detail: reason)
-            return (.failure(error), .failed(reason: reason, failures: count, retryIn: delay, calledEndpoint: calledEndpoint))
+            // Those who waited are told when the next try is due (`Retry-After`, SPEC §4).
+            var told = error
+            if case .unavailable(let reason, _) = error { told = .unavailable(reason: reason, retryAfter: delay) }
+            return (.failure(told), .failed(reason: reason, failures: count, retryIn: delay, calledEndpoint: calledEndpoint))
         case .refused(let error, let watch, let remaining):
             failure = .permanent(error, watch: watch)
             if let remaining { current = remaining }
+            if case .replacing(let rejected)? = need, current?.accessToken == rejected {
+                // The upstream refused this token and nothing can replace it: it is not handed out
+                // again, so requests and /readyz agree (SPEC §7), however the refusal was learned.
+                current?.dropAccessToken()
+            }
             lastRefresh = .init(at: now, succeeded: false, detail: Self.reason(error))
             return (.failure(error), .refused(error, calledEndpoint: calledEndpoint))
         }

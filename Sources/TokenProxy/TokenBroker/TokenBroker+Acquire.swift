@@ -2,151 +2,126 @@ import FoundationEssentials
 import Logging
 
 extension TokenBroker {
-    /// The protocol of SPEC §3, steps 2–4, for one refresh of this process. Says which path it
-    /// took: the endpoint called (`refreshed`), a token another process stored (`adopted`), or
-    /// why it failed.
+    /// The protocol of SPEC §3, steps 2–4, for one refresh of this process: ``RefreshProtocol``
+    /// decides, this carries its actions out and feeds back what came of them. Says which path
+    /// it took: the endpoint called (`refreshed`), a token another process stored (`adopted`),
+    /// or why it failed. When the protocol goes on after its outcome (the store written after
+    /// use, under the lock), the rest runs in the background as ``pendingWrite``.
     func acquire(_ need: Need) async -> RefreshGate.Outcome {
         await finishWrites()
-        do {
-            // 2. Another process may already have refreshed.
-            if let stored = try await readStore().tokens, gate.satisfies(stored, need, now: Date()) {
-                return .adopted(stored)
+        var machine = RefreshProtocol(
+            need: need, configuration: configuration, storeName: storage.name, writesBeforeUse: writesBeforeUse || storage.fencesWrites,
+            acceptance: gate.acceptance, corruptSighting: corruptSighting
+        )
+        var lock: (any TokenStorageLock)?
+        var action = machine.start()
+        while true {
+            guard case .deliver(let outcome) = action else {
+                action = await perform(action, on: &machine, lock: &lock)
+                continue
             }
-            try await discoverEndpoints()
-            // 3. Under the lock, look once more: the holder we waited for may have refreshed.
-            let lock = try await takeLock()
-            var lockPassedOn = false
-            defer { if !lockPassedOn { lock.release() } }
-            let read = try await readStoreUnderLock()
-            var (stored, version) = (read.contents, read.version)
-            if let tokens = stored.tokens, gate.satisfies(tokens, need, now: Date()) {
-                return .adopted(tokens)
+            let rest = machine.delivered()
+            if rest == .done {
+                corruptSighting = machine.corruptSighting
+            } else {
+                pendingWrite = Task { [machine, lock] in await self.carryOn(rest, on: machine, lock: lock) }
             }
-            // 4. Call the endpoint; believe a refusal only once the store confirms it.
-            for attempt in 1...3 {
-                let tokens = stored.tokens
-                let credentials = try endpoint.credentials(refreshToken: tokens?.refreshToken)
-                if let rejection = tokens?.rejection, rejection.credential == credentials.fingerprint {
-                    let said = rejection.errorDescription.map { " (\($0))" } ?? ""
-                    let reason = "the token endpoint refused these credentials with \(rejection.error)\(said) at \(RFC3339.format(rejection.at)); \(configuration.reauthenticationRemedy)"
-                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
-                }
-                if configuration.grant == .refreshToken, credentials.refreshToken == nil {
-                    let reason = "the token store \(storage.name) holds no refresh token; \(configuration.reauthenticationRemedy)"
-                    return await refused(.reauthenticationRequired(reason: reason), storeMatters: true, remaining: nil, storeVersion: version)
-                }
-                gate.callingEndpoint(for: need, now: Date())
-                observer?(.refreshing)
-                switch await endpoint.requestToken(credentials) {
-                case .granted(var granted):
-                    // Rotation replaces the refresh token; an answer without one keeps the old one.
-                    if granted.refreshToken == nil {
-                        granted.refreshToken = tokens?.refreshToken
-                        granted.refreshExpiresAt = tokens?.refreshExpiresAt
-                    }
-                    configuration.stampRefreshExpiry(&granted, now: Date())
-                    if case .corrupt(let reason, let corrupt) = stored {
-                        // The new token replaces an unparseable file: keep that one for inspection.
-                        if await moveAside(corrupt, reason: reason) { version = nil }
-                    }
-                    if writesBeforeUse || storage.fencesWrites {
-                        guard case .written = try await write(granted, replacing: version) else {
-                            return try await superseded(need, discarding: "the token this process obtained")
-                        }
-                    } else {
-                        // Requests get the token now; the store is written while this process still
-                        // holds the lock, so other processes wait for the file, not the other way round.
-                        lockPassedOn = true
-                        pendingWrite = Task { await self.persist(granted, replacing: version, thenRelease: lock) }
-                    }
-                    return .refreshed(granted)
-                case .transient(let reason, let retryAfter):
-                    return .failed(.unavailable(reason: reason, retryAfter: retryAfter), retryAfter: retryAfter)
-                case .refused(let refusal):
-                    let message = refusal.message(configuration)
-                    if refusal.kind == .configuration {
-                        return await refused(.misconfigured(reason: message), storeMatters: false, remaining: nil)
-                    }
-                    let reread = try await readStoreVersion(authoritative: true)
-                    let (again, againVersion) = (reread.contents, reread.version)
-                    if again != stored {
-                        // Someone wrote the store meanwhile (a person handing over a new refresh
-                        // token, or a process that does not honour the lock).
-                        guard let newer = again.tokens, attempt < 3 else {
-                            // Empty or half written: a writer is at work. Leave the file alone; the
-                            // next need looks again once it has changed.
-                            return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: nil, storeVersion: againVersion)
-                        }
-                        logger.warning("the token endpoint refused the refresh token, but the store changed meanwhile; using the store", metadata: ["error": "\(refusal.error)"])
-                        if gate.satisfies(newer, need, now: Date()) { return .adopted(newer) }
-                        (stored, version) = (again, againVersion)
-                        continue
-                    }
-                    var marked = tokens ?? TokenSet()
-                    marked.rejection = .init(error: refusal.error, errorDescription: refusal.description, credential: credentials.fingerprint, at: Date())
-                    if case .replacing(let rejected) = need, marked.accessToken == rejected {
-                        // The upstream refused this access token and nothing can replace it: drop it,
-                        // so that `tokenproxy token` and /readyz tell the truth (SPEC §4).
-                        marked.accessToken = nil
-                        marked.expiresAt = nil
-                        marked.obtainedAt = nil
-                    }
-                    guard case .written(let written) = try await write(marked, replacing: version) else {
-                        return try await superseded(need, discarding: "the refusal")
-                    }
-                    return await refused(.reauthenticationRequired(reason: message), storeMatters: true, remaining: marked, storeVersion: written)
-                }
-            }
-            return .failed(.unavailable(reason: "the token store kept changing during the refresh", retryAfter: nil), retryAfter: nil)
-        } catch {
-            return .failed(error, retryAfter: nil)
+            return outcome
         }
     }
 
-    /// A permanent refusal, watching the store from `storeVersion` (the version the decision
-    /// was made on): a hand-over written a moment after that read still counts as a change.
-    private func refused(_ error: TokenBrokerError, storeMatters: Bool, remaining: TokenSet?, storeVersion: StorageVersion?? = nil) async -> RefreshGate.Outcome {
-        .refused(error, watch: await watch(storeMatters: storeMatters, storeVersion: storeVersion), remaining: remaining)
-    }
-
-    /// A fenced write was refused: while this process called the endpoint, its lock was lost and
-    /// another host stored a newer token (SPEC §3.1). The newer token wins; what this process got
-    /// is discarded, never written over it.
-    private func superseded(_ need: Need, discarding what: String) async throws(TokenBrokerError) -> RefreshGate.Outcome {
-        let newer = try await readStore(authoritative: true).tokens
-        logger.warning("the token store moved on while this process refreshed (its lock was lost); \(what) is discarded and the stored token used", metadata: ["store": "\(storage.name)"])
-        if let newer, gate.satisfies(newer, need, now: Date()) { return .adopted(newer) }
-        return .failed(.unavailable(reason: "the token store \(storage.name) moved on during the refresh; trying again", retryAfter: nil), retryAfter: nil)
-    }
-
-    /// Reads the store while holding the lock. An unparseable store is treated as empty for the
-    /// need at hand and moved aside only once it has stayed the same for a while (SPEC §3).
-    private func readStoreUnderLock() async throws(TokenBrokerError) -> StoredTokens {
-        let read = try await readStoreVersion(authoritative: true)
-        guard case .corrupt(let reason, let corrupt) = read.contents else { return read }
-        guard gate.sawCorruptStore(corrupt, now: Date()) else {
-            logger.warning("the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s)", metadata: ["store": "\(storage.name)", "reason": "\(reason)"])
-            return read
+    /// Runs the protocol to its end after its outcome was delivered.
+    private func carryOn(_ action: RefreshProtocol.Action, on machine: RefreshProtocol, lock: (any TokenStorageLock)?) async {
+        var (action, machine, lock) = (action, machine, lock)
+        while action != .done {
+            action = await perform(action, on: &machine, lock: &lock)
         }
-        return await moveAside(corrupt, reason: reason) ? StoredTokens(contents: .empty, version: nil) : read
+        corruptSighting = machine.corruptSighting
+        pendingWrite = nil
+    }
+
+    /// Carries out one action and returns what the machine says next.
+    private func perform(_ action: RefreshProtocol.Action, on machine: inout RefreshProtocol, lock: inout (any TokenStorageLock)?) async -> RefreshProtocol.Action {
+        switch action {
+        case .readStore(let authoritative):
+            do {
+                let read = try await readStoreVersion(authoritative: authoritative)
+                return machine.storeRead(read, now: now())
+            } catch {
+                return machine.failed(error)
+            }
+        case .discoverEndpoints:
+            do {
+                try await discoverEndpoints()
+                return machine.discovered(configuration)
+            } catch {
+                return machine.failed(error)
+            }
+        case .takeLock:
+            do {
+                lock = try await takeLock()
+                return machine.lockTaken()
+            } catch {
+                return machine.failed(error)
+            }
+        case .readCredentials(let refreshToken):
+            do {
+                return machine.credentialsRead(try endpoint.credentials(refreshToken: refreshToken), now: now())
+            } catch {
+                return machine.failed(error)
+            }
+        case .callEndpoint(let credentials):
+            gate.callingEndpoint(for: machine.need, now: now())
+            observer?(.refreshing)
+            let response = await endpoint.requestToken(credentials, grant: nil)
+            return machine.endpointAnswered(response, now: now())
+        case .write(let tokens, let version):
+            do {
+                switch try await write(tokens, replacing: version) {
+                case .written(let written): return machine.written(written)
+                case .superseded: return machine.superseded()
+                }
+            } catch {
+                return machine.failed(error)
+            }
+        case .quarantine(let version, let reason):
+            return machine.quarantined(moved: await moveAside(version, reason: reason))
+        case .releaseLock:
+            lock?.release()
+            lock = nil
+            return machine.lockReleased()
+        case .note(let note):
+            log(note)
+            return machine.noted()
+        case .deliver, .done:
+            preconditionFailure("\(action) is handled by the loop that runs the protocol")
+        }
+    }
+
+    private func log(_ note: RefreshProtocol.Note) {
+        switch note {
+        case .corruptStoreKept(let reason):
+            logger.warning(
+                "the token store cannot be parsed; treating it as empty for now (it is moved aside if it stays so for \(Int(RefreshProtocol.quarantineDelay)) s)",
+                metadata: ["store": "\(storage.name)", "reason": "\(reason)"]
+            )
+        case .refusedButStoreChanged(let error):
+            logger.warning("the token endpoint refused the refresh token, but the store changed meanwhile; using the store", metadata: ["error": "\(error)"])
+        case .superseded(let what):
+            logger.warning("the token store moved on while this process refreshed (its lock was lost); \(what) is discarded and the stored token used", metadata: ["store": "\(storage.name)"])
+        }
     }
 
     /// Moves an unparseable store aside, unless it changed meanwhile; returns whether it did.
     private func moveAside(_ version: StorageVersion, reason: String) async -> Bool {
         do {
-            guard let movedTo = try await storage.quarantine(ifStill: version, now: Date()) else { return false }
+            guard let movedTo = try await storage.quarantine(ifStill: version, now: now()) else { return false }
             logger.error("the token store was corrupt and has been moved aside; starting from an empty store", metadata: ["store": "\(storage.name)", "movedTo": "\(movedTo)", "reason": "\(reason)"])
             return true
         } catch {
             logger.error("the token store is corrupt and could not be moved aside", metadata: ["store": "\(storage.name)", "reason": "\(reason)", "error": "\(error)"])
             return false
         }
-    }
-
-    private func persist(_ tokens: TokenSet, replacing version: StorageVersion?, thenRelease lock: any TokenStorageLock) async {
-        _ = try? await write(tokens, replacing: version)
-        lock.release()
-        pendingWrite = nil
     }
 
     /// Waits until the last refreshed token is in the store (before exit, or the next refresh).

@@ -44,7 +44,7 @@ extension TokenBroker {
             userCode: userCode, verificationURI: verificationURI, verificationURIComplete: text("verification_uri_complete"),
             expiresIn: Duration(timeInterval: lifetime)
         ))
-        var polling = DevicePolling(interval: Duration(timeInterval: min(seconds("interval") ?? 5, 60)), expiresAt: Date() + lifetime)
+        var polling = DevicePolling(interval: Duration(timeInterval: min(seconds("interval") ?? 5, 60)), expiresAt: now() + lifetime)
         var action = polling.start()
         let grant = [("grant_type", "urn:ietf:params:oauth:grant-type:device_code"), ("device_code", deviceCode)]
         while true {
@@ -62,7 +62,7 @@ extension TokenBroker {
                 }
                 let answer = await pollDevice(grant, credentials: credentials)
                 if case .unanswered(let reason) = answer { logger.warning("device login: polling failed; trying again", metadata: ["reason": "\(reason)"]) }
-                action = polling.next(after: answer, now: Date())
+                action = polling.next(after: answer, now: now())
             }
         }
     }
@@ -73,7 +73,7 @@ extension TokenBroker {
             return .unanswered("the token endpoint \(configuration.endpoint) \(failure.reason)")
         case .success(let answer):
             if answer.status == 200 {
-                switch TokenResponse.interpret(status: 200, retryAfter: nil, body: answer.body, receivedAt: Date(), defaultLifetime: configuration.defaultLifetime) {
+                switch TokenResponse.interpret(status: 200, retryAfter: nil, body: answer.body, receivedAt: now(), defaultLifetime: configuration.defaultLifetime) {
                 case .granted(let tokens): return .granted(tokens)
                 case .transient(let reason, _): return .unanswered("the token endpoint \(configuration.endpoint) \(reason)")
                 case .refused(let refusal): return .refused(refusal.message(configuration))
@@ -117,7 +117,7 @@ extension TokenBroker {
     /// Stores what a login obtained, through the lock, in place of whatever the store held.
     func storeLogin(_ obtained: TokenSet) async throws(LoginError) {
         var tokens = obtained
-        configuration.stampRefreshExpiry(&tokens, now: Date())
+        configuration.stampRefreshExpiry(&tokens, now: now())
         await finishWrites()
         do throws(TokenBrokerError) {
             let lock = try await takeLock()
@@ -212,7 +212,7 @@ extension TokenBroker {
         defer { lock.release() }
         let stored = try await readStoreVersion(authoritative: true)
         var imported = TokenSet(refreshToken: refreshToken)
-        configuration.stampRefreshExpiry(&imported, now: Date())
+        configuration.stampRefreshExpiry(&imported, now: now())
         try await writeReplacingByHand(imported, replacing: stored.version)
         logger.info("refresh token imported into the store", metadata: ["store": "\(storage.name)"])
     }

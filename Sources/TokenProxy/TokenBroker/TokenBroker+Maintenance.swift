@@ -12,7 +12,7 @@ extension TokenBroker {
         let watcher = Task { await storage.watchChanges { [weak self] in await self?.storageChanged() } }
         defer { watcher.cancel() }
         while !Task.isCancelled {
-            let now = Date()
+            let now = self.now()
             warnIfRefreshTokenExpiresSoon(now: now)
             var due = gate.nextCheck(now: now)
             if let warning = nextRefreshTokenWarning(after: now) { due = min(due, warning) }

@@ -31,7 +31,7 @@ extension TokenBroker {
             refreshTokenExpiresAt: current?.refreshToken == nil ? nil : current?.refreshExpiresAt, refreshTokenWarning: false
         )
         if let expiresAt = status.refreshTokenExpiresAt {
-            status.refreshTokenWarning = Date() >= expiresAt - configuration.refreshTokenWarning.timeInterval
+            status.refreshTokenWarning = now() >= expiresAt - configuration.refreshTokenWarning.timeInterval
         }
         switch gate.failure {
         case .none: break
@@ -60,7 +60,7 @@ extension TokenBroker {
         let stored = try await readStoreVersion(authoritative: true)
         var tokens = stored.contents.tokens ?? gate.current ?? TokenSet()
         guard tokens.accessToken != nil else { return }
-        let now = Date()
+        let now = self.now()
         tokens.expiresAt = now
         if tokens.obtainedAt.map({ $0 > now }) ?? false { tokens.obtainedAt = now }
         try await writeReplacingByHand(tokens, replacing: stored.version)
@@ -80,6 +80,11 @@ extension TokenBroker {
     /// at once and clear a failure; tokens obtained under another endpoint, client, grant or
     /// scope are dropped and the next need refreshes.
     public func reconfigure(_ next: Configuration.Token, endpoint nextEndpoint: TokenEndpointClient) async {
+        await reconfigure(next, tokenEndpoint: nextEndpoint)
+    }
+
+    /// ``reconfigure(_:endpoint:)`` over any token endpoint.
+    func reconfigure(_ next: Configuration.Token, tokenEndpoint nextEndpoint: any TokenEndpoint) async {
         let previous = configuration
         let previousEndpoint = endpoint
         let running = refreshTask
@@ -92,7 +97,7 @@ extension TokenBroker {
         let dropTokens = !next.issuesSameTokens(as: previous)
         gate.reconfigure(
             windows: RefreshWindows(refreshBefore: next.refreshBefore, minValidity: next.minValidity),
-            minRefreshInterval: next.minRefreshInterval, dropTokens: dropTokens, now: Date()
+            minRefreshInterval: next.minRefreshInterval, dropTokens: dropTokens, now: now()
         )
         publishCurrent()
         logger.info("token settings reloaded", metadata: ["endpoint": "\(next.endpoint)", "tokensDropped": "\(dropTokens)"])

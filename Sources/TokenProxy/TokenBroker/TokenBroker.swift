@@ -46,8 +46,10 @@ public actor TokenBroker {
 
     var configuration: Configuration.Token
     var storage: any TokenStorage
-    var endpoint: TokenEndpointClient
+    var endpoint: any TokenEndpoint
     let logger: Logger
+    /// The wall clock every decision reads (injected, so that tests never sleep to see a rule work).
+    let now: @Sendable () -> Date
     /// Where the data path reads the current token without asking the actor.
     public nonisolated let publisher = TokenPublisher()
     var gate: RefreshGate
@@ -56,6 +58,9 @@ public actor TokenBroker {
     /// commands must (they exit right after); the proxy writes while the first requests use it.
     let writesBeforeUse: Bool
     var pendingWrite: Task<Void, Never>?
+    /// An unparseable store seen under the lock, and since when (the refresh protocol moves it
+    /// aside only after 5 s unchanged, SPEC §3).
+    var corruptSighting: RefreshProtocol.CorruptSighting?
     private var loaded = false
     /// The last warning that the refresh token expires soon, so that it is repeated hourly only.
     var lastRefreshTokenWarning: (expiresAt: Date, at: Date)?
@@ -75,8 +80,27 @@ public actor TokenBroker {
         storage: (any TokenStorage)? = nil,
         backoff: RefreshBackoff = RefreshBackoff(),
         writesBeforeUse: Bool = true,
-        observer: (@Sendable (RefreshEvent) -> Void)? = nil
+        observer: (@Sendable (RefreshEvent) -> Void)? = nil,
+        clock: @escaping @Sendable () -> Date = { Date() }
     ) {
+        self.init(
+            configuration: configuration, tokenEndpoint: endpoint, logger: logger, storage: storage, backoff: backoff,
+            writesBeforeUse: writesBeforeUse, observer: observer, clock: clock
+        )
+    }
+
+    /// A broker over any token endpoint (a fake one in tests) and any clock.
+    init(
+        configuration: Configuration.Token,
+        tokenEndpoint endpoint: any TokenEndpoint,
+        logger: Logger,
+        storage: (any TokenStorage)? = nil,
+        backoff: RefreshBackoff = RefreshBackoff(),
+        writesBeforeUse: Bool = true,
+        observer: (@Sendable (RefreshEvent) -> Void)? = nil,
+        clock: @escaping @Sendable () -> Date = { Date() }
+    ) {
+        self.now = clock
         self.writesBeforeUse = writesBeforeUse
         self.observer = observer
         self.configuration = configuration
@@ -94,7 +118,7 @@ public actor TokenBroker {
         if !loaded { await loadStore() }
         var attempt = RefreshGate.Attempt(need: need)
         while true {
-            switch gate.decide(attempt, now: Date()) {
+            switch gate.decide(attempt, now: now()) {
             case .use(let tokens, let refreshInBackground):
                 if refreshInBackground { refreshTask = launchRefresh(.fresh) }
                 return tokens
@@ -114,7 +138,7 @@ public actor TokenBroker {
                 }
                 attempt.checkedForChanges = true
             case .lookInStore:
-                if let stored = try? await readStore().tokens, gate.offer(stored, now: Date()) {
+                if let stored = try? await readStore().tokens, gate.offer(stored, now: now()) {
                     publishCurrent()
                 }
                 attempt.lookedInStore = true
@@ -124,11 +148,24 @@ public actor TokenBroker {
         }
     }
 
+    /// The token a request would be sent with now, got the way the data path gets it: the
+    /// published token while it is usable, else the broker's answer for a `.usable` need (which
+    /// may refresh, or fail as a request would). `/readyz` asks this very question, so that it
+    /// always agrees with what requests get (SPEC §7).
+    public nonisolated func tokenForRequest() async throws(TokenBrokerError) -> PublishedToken {
+        if let token = publisher.usableToken() { return token }
+        _ = try await token(for: .usable)
+        // The broker published what it returned; a token it could not publish (no expiry) is
+        // refused like any unusable one.
+        guard let token = publisher.latest() else { throw .unavailable(reason: "the token has no usable expiry", retryAfter: nil) }
+        return token
+    }
+
     /// Adopts what the store holds, if it is usable, without refreshing: at startup, requests
     /// must not wait for a refresh that the token on disk makes unnecessary.
     public func loadStore() async {
         loaded = true
-        guard gate.current == nil, let stored = try? await readStore(authoritative: true).tokens, gate.load(stored, now: Date()) else { return }
+        guard gate.current == nil, let stored = try? await readStore(authoritative: true).tokens, gate.load(stored, now: now()) else { return }
         publishCurrent()
     }
 
@@ -136,7 +173,7 @@ public actor TokenBroker {
     /// when it is usable, and a permanent failure looks again at what changed.
     public func storageChanged() async {
         guard let stored = try? await readStore().tokens else { return }
-        if stored != gate.current, gate.offer(stored, now: Date()) {
+        if stored != gate.current, gate.offer(stored, now: now()) {
             publishCurrent()
             logger.info("token adopted from the store (refreshed by another process)", metadata: ["store": "\(storage.name)", "expiresAt": "\(stored.expiresAt.map(RFC3339.format) ?? "unknown")"])
             observer?(.adopted(expiresAt: stored.expiresAt))
@@ -147,6 +184,15 @@ public actor TokenBroker {
 
     var isRefreshing: Bool { gate.running != nil }
 
+    /// Waits until no refresh runs and its token is in the store: the one started in the
+    /// background for a token inside its advisory window, say.
+    func refreshSettled() async {
+        while let refreshTask {
+            _ = await refreshTask.value
+        }
+        await finishWrites()
+    }
+
     private func launchRefresh(_ need: Need) -> Task<Result<TokenSet, TokenBrokerError>, Never> {
         Task { await self.runRefresh(need) }
     }
@@ -154,7 +200,7 @@ public actor TokenBroker {
     private func runRefresh(_ need: Need) async -> Result<TokenSet, TokenBrokerError> {
         let started = ContinuousClock.now
         let outcome = await acquire(need)
-        let (result, report) = gate.finished(outcome, now: Date(), random: Double.random(in: 0..<1))
+        let (result, report) = gate.finished(outcome, now: now(), random: Double.random(in: 0..<1))
         refreshTask = nil
         publishCurrent()
         self.report(report, need: need, elapsed: started.duration(to: .now))
@@ -177,7 +223,7 @@ public actor TokenBroker {
     func readStoreVersion(authoritative: Bool = false) async throws(TokenBrokerError) -> StoredTokens {
         let read: StoredTokens
         do {
-            read = try await storage.read(now: Date(), authoritative: authoritative)
+            read = try await storage.read(now: now(), authoritative: authoritative)
         } catch {
             throw Self.brokerError(error)
         }
@@ -200,7 +246,7 @@ public actor TokenBroker {
     func watch(storeMatters: Bool, storeVersion: StorageVersion?? = nil) async -> RefreshGate.Watch {
         let endpoint = self.endpoint
         let version = await storage.currentVersion()
-        let client = await BlockingIO.run { try? endpoint.credentials(refreshToken: nil).fingerprint }
+        let client = await BlockingIO.run { try? endpoint.credentials(refreshToken: nil).clientFingerprint }
         return RefreshGate.Watch(store: storeVersion ?? version, client: client, storeMatters: storeMatters)
     }
 

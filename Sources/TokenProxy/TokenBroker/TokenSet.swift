@@ -72,6 +72,14 @@ public struct TokenSet: Sendable, Equatable {
         return problem
     }
 
+    /// Forgets the access token (refused by the upstream, or by the endpoint for good); the
+    /// refresh token and a rejection stay.
+    mutating func dropAccessToken() {
+        accessToken = nil
+        expiresAt = nil
+        obtainedAt = nil
+    }
+
     /// The longest a token may be valid for: an expiry further ahead is clamped (from a token
     /// response) or refused (from a store), so that no arithmetic on it can overflow.
     static let longestLifetime: Double = 10 * 365 * 86_400

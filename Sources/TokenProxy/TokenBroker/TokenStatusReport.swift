@@ -18,7 +18,7 @@ public struct TokenStatusReport: Sendable {
             lines.append("state: empty (no token yet)")
             tokens = TokenSet()
         case .corrupt(let reason, _):
-            lines.append("state: cannot be parsed (\(reason)); a running proxy moves it aside if it stays so for \(Int(RefreshGate.quarantineDelay)) s")
+            lines.append("state: cannot be parsed (\(reason)); a running proxy moves it aside if it stays so for \(Int(RefreshProtocol.quarantineDelay)) s")
             tokens = TokenSet()
         case .tokens(let stored, let discarded):
             tokens = stored
