@@ -43,9 +43,10 @@ struct AdminRoutesTests {
         let tokenFile = harness.directory.path + "/admin-token"
         // Written as operators do (`echo s3cret > file`): the trailing newline is not part of it.
         try "s3cret\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let upstream = harness.configuration.upstream.url
         let routes = AdminRoutes(
             broker: harness.broker, faults: FaultSettings(enabled: true, upstream401Percent: 0), statistics: ProxyStatistics(),
-            upstream: harness.configuration.upstream.url, tokenFile: row.withTokenFile ? tokenFile : nil)
+            upstream: { upstream }, tokenFile: row.withTokenFile ? tokenFile : nil)
         let response = await routes.answer(.init(method: row.method, path: row.path, body: row.body, headers: HTTPHeaders(row.headers)))
         #expect(response.status.code == row.status, "\(response.body)")
         await harness.shutdown()

@@ -434,7 +434,7 @@ struct ClientProtectionTests {
     @Test func anAdminTokenFileGuardsChanges() async throws {
         let harness = try await ProxyHarness { _, _ in .json(200, "{}") }
         let tokenFile = try harness.directory.write("admin-token", "s3cret-admin\n")
-        let routes = AdminRoutes(broker: harness.broker, faults: harness.faults, statistics: harness.statistics, upstream: harness.configuration.upstream.url, tokenFile: tokenFile)
+        let routes = harness.application.adminRoutes(tokenFile: tokenFile)
         let admin = try await AdminServer.start(address: .tcp(host: "127.0.0.1", port: 0), routes: routes, group: MultiThreadedEventLoopGroup.singleton)
         let port = try #require(admin.port)
         let without = try await harness.admin(.PUT, "/faults", port: port, body: #"{"enabled": true}"#)

@@ -96,18 +96,22 @@ struct LifecycleTests {
         let issuer = try await MockTokenIssuer.start()
         let first = try await MockHTTPServer.start { _ in .json(200, #"{"upstream": "first"}"#) }
         let second = try await MockHTTPServer.start { _ in .json(200, #"{"upstream": "second"}"#) }
-        let config = try writeConfig(directory, issuer: issuer, upstream: first.baseURL)
+        let admin = #"{"listen": "127.0.0.1:0"}"#
+        let config = try writeConfig(directory, issuer: issuer, upstream: first.baseURL, admin: admin)
         let (process, port) = try await startProxy(config)
+        let adminPort = try #require(await process.listeningPort("adminPort"))
         #expect(try await get("/which", port: port).contains("first"))
+        #expect(try await get("/status", port: adminPort).contains(#""upstream":"\#(first.baseURL)"#))
 
-        _ = try writeConfig(directory, issuer: issuer, upstream: second.baseURL)
+        _ = try writeConfig(directory, issuer: issuer, upstream: second.baseURL, admin: admin)
         process.signal(SIGHUP)
-        var switched = false
-        for _ in 0..<100 where !switched {
-            switched = try await get("/which", port: port).contains("second")
-            if !switched { try await Task.sleep(for: .milliseconds(30)) }
+        let switched = await TokenFailureTests.waitUntil(timeout: .seconds(20)) {
+            (try? await get("/which", port: port))?.contains("second") == true
         }
         #expect(switched, "the new upstream took effect")
+        // The admin listener did not change, and shows what the data path uses.
+        let status = try await get("/status", port: adminPort)
+        #expect(status.contains(#""upstream":"\#(second.baseURL)"#), "\(status)")
 
         try "{ this is not json".write(toFile: config, atomically: true, encoding: .utf8)
         process.signal(SIGHUP)

@@ -7,11 +7,13 @@ public struct AdminRoutes: Sendable {
     let broker: TokenBroker
     let faults: FaultSettings
     let statistics: ProxyStatistics
-    let upstream: UpstreamURL
+    /// The upstream the data path forwards to now: read from the proxy's reloadable context
+    /// at each answer, so that a reload shows at once.
+    let upstream: @Sendable () -> UpstreamURL
     /// `admin.tokenFile`: when set, `POST` and `PUT` need its content as a bearer token.
     let tokenFile: String?
 
-    public init(broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, upstream: UpstreamURL, tokenFile: String? = nil) {
+    public init(broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, upstream: @escaping @Sendable () -> UpstreamURL, tokenFile: String? = nil) {
         self.broker = broker
         self.faults = faults
         self.statistics = statistics
@@ -168,7 +170,7 @@ public struct AdminRoutes: Sendable {
             "aborted": .number(Double(statistics.aborted)),
         ]
         return .json(.ok, [
-            "token": .object(token), "store": .object(store), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream.description),
+            "token": .object(token), "store": .object(store), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream().description),
             "version": .string(TokenProxyVersion.current),
         ])
     }

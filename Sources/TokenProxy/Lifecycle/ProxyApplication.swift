@@ -5,33 +5,38 @@ import NIOPosix
 import ServiceLifecycle
 import UnixSignals
 
-/// The one composition root: `tokenproxy run`, `tokenproxy demo` and the lifecycle tests all
-/// build the proxy, the admin listener and the token broker here, as services of one
-/// swift-service-lifecycle group. SIGTERM/SIGINT drain and stop (exit 0), SIGHUP reloads the
-/// configuration, and systemd hears about all of it (SPEC §8).
-public enum ProxyApplication {
+/// The one composition root: `tokenproxy run`, `tokenproxy demo` and the test harness all
+/// build the proxy, the admin listener and the token broker here, and run them as services of
+/// one swift-service-lifecycle group. Signals take one path, service-lifecycle's: SIGTERM/SIGINT
+/// drain and stop (exit 0), SIGHUP reloads the configuration, and systemd hears about all of it
+/// (SPEC §8).
+public struct ProxyApplication: Sendable {
     /// Where a started proxy listens (the ports actually bound, for port 0).
     public struct Listening: Sendable {
         public var proxyPort: Int?
         public var adminPort: Int?
     }
 
+    public let configuration: Configuration
+    public let broker: TokenBroker
+    public let server: ProxyServer
+    public let faults: FaultSettings
+    public let statistics: ProxyStatistics
+    let reloader: Reloader
+    let notifier: SystemdNotifier
+    let logger: Logger
+
     /// How long startup waits for the first token before telling systemd it is ready anyway.
     static let startupWait = Duration.seconds(10)
 
-    /// Runs until SIGTERM/SIGINT, or until `companion` (a service run beside the proxy, such as
-    /// the demo's traffic) returns.
-    public static func run(
+    /// Builds the parts and binds the listeners; ``run(handlingSignals:companion:)`` serves.
+    public static func start(
         configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment,
-        companion: (@Sendable (Listening) async -> Void)? = nil
-    ) async throws {
-        let startupSignals = StartupSignals()
-        let openFiles = FileDescriptorLimit.raiseToHardLimit()
-        let logger = Logger(label: "tokenproxy")
+        logger: Logger = Logger(label: "tokenproxy")
+    ) async throws -> ProxyApplication {
         let notifier = SystemdNotifier(environment: environment)
         let statistics = ProxyStatistics()
         let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
-        let endpoint = TokenEndpointClient(configuration: configuration.token, environment: environment)
         let storage: any TokenStorage
         do {
             storage = try configuration.makeTokenStorage(logger: logger)
@@ -40,7 +45,8 @@ public enum ProxyApplication {
             throw error
         }
         let broker = TokenBroker(
-            configuration: configuration.token, endpoint: endpoint, logger: logger, storage: storage, writesBeforeUse: false,
+            configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token, environment: environment), logger: logger,
+            storage: storage, writesBeforeUse: false,
             observer: { event in
                 statistics.observe(event)
                 notifier.status(TokenStatusText.describe(event))
@@ -50,44 +56,88 @@ public enum ProxyApplication {
         var admin: AdminServer?
         do {
             server = try await ProxyServer.start(
-                configuration: configuration, broker: broker, faults: faults, statistics: statistics, group: .singleton, logger: logger
-            )
-            if let address = configuration.admin?.listen {
+                configuration: configuration, broker: broker, faults: faults, statistics: statistics, group: .singleton, logger: logger)
+            if let settings = configuration.admin {
                 admin = try await AdminServer.start(
-                    address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: configuration.upstream.url, tokenFile: configuration.admin?.tokenFile),
-                    group: MultiThreadedEventLoopGroup.singleton
-                )
+                    address: settings.listen, routes: Self.adminRoutes(broker: broker, server: server, faults: faults, statistics: statistics, tokenFile: settings.tokenFile),
+                    group: MultiThreadedEventLoopGroup.singleton)
             }
         } catch {
             logger.critical("cannot listen", metadata: ["listen": "\(configuration.listen)", "admin": "\(configuration.admin?.listen.description ?? "off")", "error": "\(error)"])
             await broker.shutdown()
             throw error
         }
-        var listening: Logger.Metadata = [
+        let reloader = Reloader(
+            current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier,
+            environment: environment, logger: logger)
+        return ProxyApplication(
+            configuration: configuration, broker: broker, server: server, faults: faults, statistics: statistics, reloader: reloader, notifier: notifier,
+            logger: logger)
+    }
+
+    /// The admin API over the proxy's live state: it reads the context a reload publishes.
+    static func adminRoutes(broker: TokenBroker, server: ProxyServer, faults: FaultSettings, statistics: ProxyStatistics, tokenFile: String?) -> AdminRoutes {
+        AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: { server.upstream }, tokenFile: tokenFile)
+    }
+
+    /// The admin API of this proxy (for an admin listener of one's own, as the tests start).
+    public func adminRoutes(tokenFile: String? = nil) -> AdminRoutes {
+        Self.adminRoutes(broker: broker, server: server, faults: faults, statistics: statistics, tokenFile: tokenFile)
+    }
+
+    /// Where it listens now.
+    public func listening() async -> Listening {
+        Listening(proxyPort: server.port, adminPort: await reloader.adminPort)
+    }
+
+    /// `tokenproxy run` and `tokenproxy demo`: starts, then serves until SIGTERM/SIGINT, or
+    /// until `companion` (a service run beside the proxy, such as the demo's traffic) returns.
+    public static func run(
+        configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment,
+        companion: (@Sendable (Listening) async -> Void)? = nil
+    ) async throws {
+        // Trapped from the first moment: with the default actions, a stop or a reload asked for
+        // during startup (`systemctl stop`/`reload` right after `start`) would kill the process.
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
+        let openFiles = FileDescriptorLimit.raiseToHardLimit()
+        let application = try await start(configuration: configuration, environment: environment)
+        let listening = await application.listening()
+        var metadata: Logger.Metadata = [
             "listen": "\(configuration.listen)", "upstream": "\(configuration.upstream.url)", "admin": "\(configuration.admin?.listen.description ?? "off")",
             "openFiles": "\(openFiles)",
         ]
         // The ports actually bound, for listen addresses with port 0.
-        if let port = server.port { listening["port"] = "\(port)" }
-        if let port = admin?.port { listening["adminPort"] = "\(port)" }
-        logger.info("listening", metadata: listening)
-        notifier.ready(status: await firstToken(from: broker))
+        if let port = listening.proxyPort { metadata["port"] = "\(port)" }
+        if let port = listening.adminPort { metadata["adminPort"] = "\(port)" }
+        application.logger.info("listening", metadata: metadata)
+        application.notifier.ready(status: await firstToken(from: application.broker))
         await BlockingIO.run { ExecutableResidency.releaseStartupPages() }
+        try await application.run(signals: signals, companion: companion)
+    }
 
-        let reloader = Reloader(
-            current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier,
-            environment: environment, logger: logger
-        )
+    /// Serves until a graceful shutdown: SIGTERM/SIGINT when `signals` are given, `companion`
+    /// returning, or the cancellation of the calling task (as the tests stop it). Then the
+    /// proxy drains, and the broker closes its connections.
+    public func run(signals: UnixSignalsSequence? = nil, companion: (@Sendable (Listening) async -> Void)? = nil) async throws {
+        let (broker, server, reloader, notifier, logger) = (broker, server, reloader, notifier, logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: FunctionService { await cancelWhenGracefulShutdown { await broker.keepFresh() } }, serviceName: "token maintenance"),
+            .init(service: server, serviceName: "proxy"),
             .init(service: FunctionService {
-                let hangups = await UnixSignalsSequence(trapping: .sighup)
-                if startupSignals.takeEarlyReload() { await reloader.reload() }
-                await cancelWhenGracefulShutdown {
-                    for await _ in hangups { await reloader.reload() }
-                }
-            }, serviceName: "reload on SIGHUP"),
+                try? await gracefulShutdown()
+                notifier.stopping()
+                logger.info("stopping: draining in-flight requests", metadata: ["open": "\(server.openConnections)", "timeout": "\(server.drainTimeout.configString)"])
+            }, serviceName: "systemd"),
         ]
+        if let signals {
+            // A stop ends this service, and with it the group, gracefully; a reload is applied.
+            services.append(.init(service: FunctionService {
+                for await signal in signals.cancelOnGracefulShutdown() {
+                    guard signal == .sighup else { return }
+                    await reloader.reload()
+                }
+            }, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "signals"))
+        }
         if let interval = notifier.watchdogInterval {
             services.append(.init(service: FunctionService {
                 await cancelWhenGracefulShutdown {
@@ -99,30 +149,21 @@ public enum ProxyApplication {
             }, serviceName: "systemd watchdog"))
         }
         if let companion {
-            let listening = Listening(proxyPort: server.port, adminPort: admin?.port)
+            let listening = await listening()
             services.append(.init(
                 service: FunctionService { await cancelWhenGracefulShutdown { await companion(listening) } },
                 successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "companion"))
         }
-        services.append(.init(service: FunctionService {
-            try? await gracefulShutdown()
-            notifier.stopping()
-            logger.info("stopping: draining in-flight requests", metadata: ["open": "\(server.openConnections)", "timeout": "\(configuration.drainTimeout.configString)"])
-            await server.drain(timeout: await reloader.drainTimeout)
-            await reloader.stopAdmin()
-        }, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "proxy"))
-
-        var groupConfiguration = ServiceGroupConfiguration(services: services, logger: logger)
-        groupConfiguration.gracefulShutdownSignals = [.sigterm, .sigint]
-        let group = ServiceGroup(configuration: groupConfiguration)
-        startupSignals.forwardStops(to: group)
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger))
         do {
             try await group.run()
         } catch {
             logger.error("stopped after a service failed", metadata: ["error": "\(error)"])
+            await reloader.stopAdmin()
             await broker.shutdown()
             throw error
         }
+        await reloader.stopAdmin()
         await broker.shutdown()
         logger.info("stopped")
     }

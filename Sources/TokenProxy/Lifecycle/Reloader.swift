@@ -29,7 +29,7 @@ actor Reloader {
         self.logger = logger
     }
 
-    var drainTimeout: Duration { current.drainTimeout }
+    var adminPort: Int? { admin?.port }
 
     func reload() async {
         notifier.reloading()
@@ -56,7 +56,8 @@ actor Reloader {
             if let address = next.admin?.listen {
                 do {
                     admin = try await AdminServer.start(
-                        address: address, routes: AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: next.upstream.url, tokenFile: next.admin?.tokenFile),
+                        address: address,
+                        routes: ProxyApplication.adminRoutes(broker: broker, server: server, faults: faults, statistics: statistics, tokenFile: next.admin?.tokenFile),
                         group: MultiThreadedEventLoopGroup.singleton
                     )
                 } catch {

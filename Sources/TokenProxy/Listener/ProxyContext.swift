@@ -9,6 +9,7 @@ final class ProxyContext: AtomicReference, Sendable {
     let retryPolicy: RetryPolicy
     let replayLimit: Int
     let readTimeout: Duration
+    let drainTimeout: Duration
     let broker: TokenBroker
     let publisher: TokenPublisher
     let faults: FaultSettings
@@ -20,6 +21,7 @@ final class ProxyContext: AtomicReference, Sendable {
         retryPolicy = RetryPolicy(configuration.retry)
         replayLimit = configuration.retry.replayBuffer
         readTimeout = configuration.upstream.readTimeout
+        drainTimeout = configuration.drainTimeout
         self.broker = broker
         publisher = broker.publisher
         self.faults = faults

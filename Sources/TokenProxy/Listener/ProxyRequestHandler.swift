@@ -234,7 +234,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
         guard let context else { return nil }
         let publisher = shared.current.publisher
-        shared.current.broker.publishedToken(for: need, on: context.eventLoop).assumeIsolated().whenSuccess { result in
+        shared.current.broker.tokenForRequest(need, on: context.eventLoop).assumeIsolated().whenSuccess { result in
             self.run(self.connection.tokenArrived(result, fallback: publisher.latest(), request: number))
         }
         return nil

@@ -5,16 +5,27 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import NIOSSL
+import ServiceLifecycle
 
 /// The proxy listener: accepts client connections on `listen` and serves each with a
 /// ``ProxyRequestHandler`` that uses the upstream pool of its own event loop. A reload swaps
 /// the shared context (and rebinds when `listen` changed) without dropping open connections.
-public final class ProxyServer: Sendable {
+///
+/// As a `Service` it serves until the group's graceful shutdown, then drains: listening →
+/// draining → stopped.
+public final class ProxyServer: Service, Sendable {
+    enum State {
+        case listening(any Channel)
+        /// No longer accepting; open connections finish within `drainTimeout`.
+        case draining
+        case stopped
+    }
+
     private let group: MultiThreadedEventLoopGroup
     private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]
     private let loopStatistics: [ObjectIdentifier: LoopStatistics]
     private let context: ProxyContextBox
-    private let listener: NIOLockedValueBox<(any Channel)?>
+    private let state: NIOLockedValueBox<State?>
     private let connections = ClientConnections()
     /// One per listener bound (a reload may bind a new one): each knows the connections its
     /// listener accepted, and drains them by quiescing.
@@ -29,7 +40,7 @@ public final class ProxyServer: Sendable {
         self.pools = pools
         self.loopStatistics = loopStatistics
         self.context = ProxyContextBox(context)
-        self.listener = NIOLockedValueBox(nil)
+        self.state = NIOLockedValueBox(nil)
     }
 
     /// Binds the listener and starts serving.
@@ -112,18 +123,26 @@ public final class ProxyServer: Sendable {
         case .unix(let path):
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
-        let previous = listener.withLockedValue { listener in
-            defer { listener = channel }
-            return listener
+        let previous = state.withLockedValue { state -> (any Channel)? in
+            defer { state = .listening(channel) }
+            if case .listening(let previous)? = state { return previous }
+            return nil
         }
         try? await previous?.close()
     }
 
     /// The address actually bound (the port is chosen by the system for port 0).
-    public var localAddress: SocketAddress? { listener.withLockedValue { $0?.localAddress } }
+    public var localAddress: SocketAddress? {
+        state.withLockedValue { state in
+            if case .listening(let channel)? = state { channel.localAddress } else { nil }
+        }
+    }
 
     /// The bound TCP port, if listening on TCP.
     public var port: Int? { localAddress?.port }
+
+    /// The upstream requests are forwarded to now (after the last reload).
+    public var upstream: UpstreamURL { context.load().rules.upstream }
 
     /// Client connections now open.
     public var openConnections: Int { connections.count }
@@ -150,15 +169,33 @@ public final class ProxyServer: Sendable {
         }
     }
 
+    /// How long a graceful stop waits for requests in flight (`drainTimeout`, as last reloaded).
+    public var drainTimeout: Duration { context.load().drainTimeout }
+
+    /// Serves until the graceful shutdown of its service group, then drains. Cancelled (a test
+    /// ending), it closes at once what is still open.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await drain(timeout: Task.isCancelled ? .zero : drainTimeout)
+        state.withLockedValue { $0 = .stopped }
+    }
+
     /// Stops accepting connections; open connections are left to finish.
     public func stopAccepting() async {
-        let channel = listener.withLockedValue { $0 }
+        let channel = state.withLockedValue { state -> (any Channel)? in
+            defer { state = .draining }
+            if case .listening(let channel)? = state { return channel }
+            return nil
+        }
         try? await channel?.close()
     }
 
     /// Graceful stop: no new connections, idle ones close now, busy ones after their current
     /// response (`ChannelShouldQuiesceEvent`); whatever is still open after `timeout` is closed.
     public func drain(timeout: Duration) async {
+        state.withLockedValue { state in
+            if case .listening? = state { state = .draining }
+        }
         let eventLoop = group.next()
         let drained = quiescers.withLockedValue { $0 }.map { quiescer in
             let promise = eventLoop.makePromise(of: Void.self)

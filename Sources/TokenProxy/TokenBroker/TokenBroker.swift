@@ -152,9 +152,9 @@ public actor TokenBroker {
     /// published token while it is usable, else the broker's answer for a `.usable` need (which
     /// may refresh, or fail as a request would). `/readyz` asks this very question, so that it
     /// always agrees with what requests get (SPEC §7).
-    public nonisolated func tokenForRequest() async throws(TokenBrokerError) -> PublishedToken {
-        if let token = publisher.usableToken() { return token }
-        _ = try await token(for: .usable)
+    public nonisolated func tokenForRequest(_ need: Need = .usable) async throws(TokenBrokerError) -> PublishedToken {
+        if case .usable = need, let token = publisher.usableToken() { return token }
+        _ = try await token(for: need)
         // The broker published what it returned; a token it could not publish (no expiry) is
         // refused like any unusable one.
         guard let token = publisher.latest() else { throw .unavailable(reason: "the token has no usable expiry", retryAfter: nil) }

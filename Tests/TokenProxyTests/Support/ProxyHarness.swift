@@ -15,17 +15,18 @@ final class ProxyHarness: @unchecked Sendable {
     let directory: TemporaryDirectory
     let issuer: MockTokenIssuer
     let upstream: MockHTTPServer
-    let server: ProxyServer
-    let broker: TokenBroker
-    let endpoint: TokenEndpointClient
-    let faults: FaultSettings
-    let statistics = ProxyStatistics()
+    /// Built by the composition root that `tokenproxy run` uses, and run as its services.
+    let application: ProxyApplication
+    var server: ProxyServer { application.server }
+    var broker: TokenBroker { application.broker }
+    var faults: FaultSettings { application.faults }
+    var statistics: ProxyStatistics { application.statistics }
     let configuration: Configuration
     let logs = LogCapture()
     /// One client for all tests, never shut down (a test that fails early must not crash the run).
     static let sharedClient = HTTPClient(eventLoopGroupProvider: .shared(MultiThreadedEventLoopGroup.singleton), configuration: .init(redirectConfiguration: .disallow))
     var client: HTTPClient { Self.sharedClient }
-    private let maintenance: Task<Void, Never>
+    private let running: Task<Void, Never>
     private let isShutDown = NIOLockedValueBox(false)
     private let recorded = NIOLockedValueBox<[MockHTTPRequest]>([])
     private let responder: NIOLockedValueBox<@Sendable (MockHTTPRequest, Int) async -> MockHTTPResponse>
@@ -73,16 +74,11 @@ final class ProxyHarness: @unchecked Sendable {
         if options.grantInitialRefreshToken, let refreshToken = token.refreshToken { issuer.grantRefreshToken(refreshToken) }
         try TokenStore(path: configuration.token.store).write(token)
 
-        endpoint = TokenEndpointClient(configuration: configuration.token)
-        let statistics = self.statistics
-        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger, writesBeforeUse: false, observer: { statistics.observe($0) })
-        faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
-        server = try await ProxyServer.start(
-            configuration: configuration, broker: broker, faults: faults, statistics: statistics,
-            group: .singleton, logger: logs.logger
-        )
-        let broker = self.broker
-        maintenance = Task { await broker.keepFresh() }
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = nil
+        application = try await ProxyApplication.start(configuration: configuration, environment: environment, logger: logs.logger)
+        let application = self.application
+        running = Task { try? await application.run() }
     }
 
     deinit {
@@ -93,8 +89,7 @@ final class ProxyHarness: @unchecked Sendable {
 
     /// Starts an admin listener on a free loopback port for this proxy.
     func startAdmin() async throws -> AdminServer {
-        let routes = AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: configuration.upstream.url)
-        return try await AdminServer.start(address: .tcp(host: "127.0.0.1", port: 0), routes: routes, group: MultiThreadedEventLoopGroup.singleton)
+        try await AdminServer.start(address: .tcp(host: "127.0.0.1", port: 0), routes: application.adminRoutes(), group: MultiThreadedEventLoopGroup.singleton)
     }
 
     /// A request to `port` (the admin listener) on loopback.
@@ -146,18 +141,14 @@ final class ProxyHarness: @unchecked Sendable {
 
     func shutdown() async {
         isShutDown.withLockedValue { $0 = true }
-        await Self.shutDown(maintenance: maintenance, broker: broker, server: server, endpoint: endpoint, upstream: upstream, issuer: issuer)
+        await Self.shutDown(running: running, upstream: upstream, issuer: issuer)
     }
 
-    private static func shutDown(
-        maintenance: Task<Void, Never>, broker: TokenBroker, server: ProxyServer, endpoint: TokenEndpointClient, upstream: MockHTTPServer,
-        issuer: MockTokenIssuer
-    ) async {
-        maintenance.cancel()
-        await broker.finishWrites()
-        await server.stopAccepting()
-        await server.closeIdleUpstreamConnections()
-        await endpoint.shutdown()
+    /// Stops the application as a test ends (its services cancelled: the proxy closes what is
+    /// open, the broker writes what it holds and closes its connections), then the stand-ins.
+    private static func shutDown(running: Task<Void, Never>, upstream: MockHTTPServer, issuer: MockTokenIssuer) async {
+        running.cancel()
+        await running.value
         await upstream.shutdown()
         await issuer.shutdown()
     }
@@ -168,10 +159,8 @@ extension ProxyHarness {
     /// servers behind, nor an HTTP client whose deinit traps: the parts are shut down from here.
     static func shutDownLeftovers(of harness: ProxyHarness) {
         guard !harness.isShutDown.withLockedValue({ $0 }) else { return }
-        let (maintenance, broker, server, endpoint, upstream, issuer) = (harness.maintenance, harness.broker, harness.server, harness.endpoint, harness.upstream, harness.issuer)
-        Task {
-            await shutDown(maintenance: maintenance, broker: broker, server: server, endpoint: endpoint, upstream: upstream, issuer: issuer)
-        }
+        let (running, upstream, issuer) = (harness.running, harness.upstream, harness.issuer)
+        Task { await shutDown(running: running, upstream: upstream, issuer: issuer) }
     }
 }
 

@@ -31,6 +31,8 @@ final class TokenProxyProcess: @unchecked Sendable {
     /// The program run: the `tokenproxy` binary unless another was named.
     private let program: String
     private(set) var pid: pid_t = 0
+    /// Whether ``wait(timeout:)`` reaped it.
+    private var reaped = false
 
     /// `stdin` is a file whose content the process reads as standard input (default: nothing).
     init(_ arguments: [String], environment: [String: String] = [:], stdin: String = "/dev/null", launcher: [String] = [], program: String = TokenProxyProcess.binary) {
@@ -65,6 +67,17 @@ final class TokenProxyProcess: @unchecked Sendable {
         guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: result) ?? .EIO) }
     }
 
+    /// A test that fails before waiting for its process (a thrown `#require`) must not leave it
+    /// running beside the next tests: it is killed and reaped when the test lets go of it.
+    deinit {
+        guard pid != 0, !reaped else { return }
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        unlink(stdoutFile)
+        unlink(stderrFile)
+    }
+
     func signal(_ signal: Int32) {
         kill(pid, signal)
     }
@@ -77,6 +90,7 @@ final class TokenProxyProcess: @unchecked Sendable {
             if ContinuousClock.now > deadline { kill(pid, SIGKILL) }
             try? await Task.sleep(for: .milliseconds(5))
         }
+        reaped = true
         let signaled = (status & 0x7f) != 0
         let outcome = Outcome(
             status: signaled ? 128 + (status & 0x7f) : (status >> 8) & 0xff,
