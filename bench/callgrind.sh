@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Instructions per request under valgrind's callgrind: a steady figure on a noisy shared machine
+# (the same binary and load give the same count, whatever else runs).
+#
+#   bench/callgrind.sh [SECONDS] [CONNECTIONS] [OTHER_TOKENPROXY_BINARY]
+#
+# The release binary (deploy/build-release.sh, its debug sections stripped: valgrind cannot read
+# them) proxies to an nginx backend with a token from the store; after one warm-up request the
+# counters are zeroed, wrk sends keep-alive GETs for SECONDS, and the proxy's instructions are
+# divided by the requests served. With OTHER, a second binary is measured the same way. The
+# profile of the last one is left as callgrind.out.tokenproxy for callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}; connections=${2:-4}; other=${3:-}
+source bench/common.sh
+backend=$(free_port)
+start_nginx_backend "$work/backend" "$backend"
+python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
+wait_file "$work/token.port"
+expires=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
+
+measure() { # name binary -> "name instructions-per-request requests"
+  local dir="$work/$1" port; port=$(free_port); mkdir -p "$dir"
+  objcopy --strip-debug "$2" "$dir/tokenproxy"
+  printf '{"version": 1, "access_token": "bench-token-0123456789abcdef", "refresh_token": "rt-0", "token_type": "Bearer", "expires_at": "%s"}\n' "$expires" > "$dir/token.json"
+  chmod 600 "$dir/token.json"
+  cat > "$dir/config.json" <<CONF
+{ "listen": "127.0.0.1:$port", "upstream": { "url": "http://127.0.0.1:$backend" },
+  "token": { "endpoint": "http://127.0.0.1:$(cat "$work/token.port")/token", "grant": "refresh_token", "clientAuth": "none",
+             "clientId": "bench", "store": "token.json" },
+  "admin": null, "log": { "level": "warning" } }
+CONF
+  valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$dir/tokenproxy" run --config "$dir/config.json" 2>"$dir/log" &
+  local pid=$!; pids+=($pid)
+  for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  curl -sf -o /dev/null "http://127.0.0.1:$port/" || { echo "$1 never answered: $(tail -3 "$dir/log")" >&2; exit 1; }
+  callgrind_control -z "$pid" >/dev/null
+  local requests
+  requests=$(wrk -t1 -c"$connections" -d"${seconds}s" "http://127.0.0.1:$port/" | awk '/ requests in / {print $1}')
+  callgrind_control -d "$pid" >/dev/null
+  sleep 1
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  # The dump after the zeroing holds the load alone (the last file written before exit).
+  local dump; dump=$(ls -t "$dir"/callgrind.out* | grep -v '\.out$' | head -1)
+  local instructions; instructions=$(awk '/^summary:/ {print $2}' "$dump")
+  cp "$dump" callgrind.out.tokenproxy
+  awk -v n="$1" -v i="$instructions" -v r="$requests" 'BEGIN {printf "| %s | %d | %.0f |\n", n, r, i / r}'
+}
+echo "callgrind, $connections keep-alive connections, ${seconds}s"
+echo "| build | requests | instructions / request |"
+echo "|---|---|---|"
+[ -n "$other" ] && measure other "$other"
+measure tokenproxy "$binary"
