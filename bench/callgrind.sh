@@ -17,19 +17,11 @@ backend=$(free_port)
 start_nginx_backend "$work/backend" "$backend"
 python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
 wait_file "$work/token.port"
-expires=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
 
 measure() { # name binary -> "name instructions-per-request requests"
-  local dir="$work/$1" port; port=$(free_port); mkdir -p "$dir"
+  local dir="$work/$1" port; port=$(free_port)
+  write_tokenproxy_config "$dir" "$port" "$backend" "$work/token.port"
   objcopy --strip-debug "$2" "$dir/tokenproxy"
-  printf '{"version": 1, "access_token": "bench-token-0123456789abcdef", "refresh_token": "rt-0", "token_type": "Bearer", "expires_at": "%s"}\n' "$expires" > "$dir/token.json"
-  chmod 600 "$dir/token.json"
-  cat > "$dir/config.json" <<CONF
-{ "listen": "127.0.0.1:$port", "upstream": { "url": "http://127.0.0.1:$backend" },
-  "token": { "endpoint": "http://127.0.0.1:$(cat "$work/token.port")/token", "grant": "refresh_token", "clientAuth": "none",
-             "clientId": "bench", "store": "token.json" },
-  "admin": null, "log": { "level": "warning" } }
-CONF
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$dir/tokenproxy" run --config "$dir/config.json" 2>"$dir/log" &
   local pid=$!; pids+=($pid)
   for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done

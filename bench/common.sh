@@ -56,3 +56,19 @@ CONF
   } > "$1/nginx.conf"
   nginx -c "$1/nginx.conf" -p "$1" & pids+=($!)
 }
+
+# A tokenproxy folder for the benches: a store holding the bench token (valid two hours, so no
+# refresh happens during a run) and a config in front of `backend`, with `token.port` (written by
+# bench/token_endpoint.py) as the token endpoint.
+write_tokenproxy_config() { # dir port backend-port token-port-file
+  mkdir -p "$1"
+  local expires; expires=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
+  printf '{"version": 1, "access_token": "bench-token-0123456789abcdef", "refresh_token": "rt-0", "token_type": "Bearer", "expires_at": "%s"}\n' "$expires" > "$1/token.json"
+  chmod 600 "$1/token.json"
+  cat > "$1/config.json" <<CONF
+{ "listen": "127.0.0.1:$2", "upstream": { "url": "http://127.0.0.1:$3" },
+  "token": { "endpoint": "http://127.0.0.1:$(cat "$4")/token", "grant": "refresh_token", "clientAuth": "none",
+             "clientId": "bench", "store": "token.json" },
+  "admin": null, "log": { "level": "warning" } }
+CONF
+}

@@ -23,17 +23,9 @@ start_nginx_proxy "$work/nginx" "$nginx_port" "$backend"
 "$floor_binary" "$floor_port" "$backend" & floor_pid=$!; pids+=($floor_pid)
 python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
 wait_file "$work/token.port"
-expires=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)+datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
 start_tokenproxy() { # name binary -> sets port_<name>, pid_<name>
-  local port; port=$(free_port); mkdir -p "$work/$1"
-  printf '{"version": 1, "access_token": "bench-token-0123456789abcdef", "refresh_token": "rt-0", "token_type": "Bearer", "expires_at": "%s"}\n' "$expires" > "$work/$1/token.json"
-  chmod 600 "$work/$1/token.json"
-  cat > "$work/$1/config.json" <<CONF
-{ "listen": "127.0.0.1:$port", "upstream": { "url": "http://127.0.0.1:$backend" },
-  "token": { "endpoint": "http://127.0.0.1:$(cat "$work/token.port")/token", "grant": "refresh_token", "clientAuth": "none",
-             "clientId": "bench", "store": "token.json" },
-  "admin": null, "log": { "level": "warning" } }
-CONF
+  local port; port=$(free_port)
+  write_tokenproxy_config "$work/$1" "$port" "$backend" "$work/token.port"
   "$2" run --config "$work/$1/config.json" 2>"$work/$1.log" & pids+=($!)
   printf -v "port_$1" '%s' "$port"; printf -v "pid_$1" '%s' "$!"
 }

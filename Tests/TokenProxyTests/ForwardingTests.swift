@@ -159,14 +159,20 @@ struct ForwardingTests {
 
     @Test func noTokenAndAFailingEndpointIsAnsweredAtOnceWith503() async throws {
         let harness = try await ProxyHarness()
-        harness.issuer.update { $0.failEvery = 1 }
+        // A failing endpoint that is also slow: a request that waited on it would take 4 s.
+        harness.issuer.update {
+            $0.failEvery = 1
+            $0.delay = .seconds(4)
+        }
         _ = try await harness.send(.GET, "/warm-up")
+        let calls = harness.issuer.callCount
         let started = ContinuousClock.now
         let response = try await harness.send(.GET, "/x")
         #expect(response.status == 503)
         #expect(response.headers.first(name: "X-TokenProxy-Error") == "token_unavailable")
         #expect(Int(response.headers.first(name: "Retry-After") ?? "") ?? 0 >= 1)
-        #expect(started.duration(to: .now) < .milliseconds(300), "answered without waiting on the dead endpoint")
+        #expect(harness.issuer.callCount == calls, "answered from the backoff, without a call to the dead endpoint")
+        #expect(started.duration(to: .now) < .seconds(3), "without waiting on the endpoint")
         #expect(harness.received.isEmpty)
         await harness.shutdown()
     }

@@ -127,7 +127,6 @@ struct TokenBrokerTests {
         try harness.handOverRefreshToken()
         harness.issuer.script([.json(503, #"{"error":"temporarily_unavailable"}"#)])
         await #expect(throws: TokenBrokerError.self) { try await harness.broker.token(for: .usable) }
-        let started = ContinuousClock.now
         do {
             _ = try await harness.broker.token(for: .usable)
             Issue.record("expected a failure during the backoff")
@@ -138,8 +137,7 @@ struct TokenBrokerTests {
             }
             #expect(retryAfter > .milliseconds(500) && retryAfter <= .milliseconds(1200))
         }
-        #expect(started.duration(to: .now) < .milliseconds(100))
-        #expect(harness.issuer.callCount == 1, "no call during the backoff")
+        #expect(harness.issuer.callCount == 1, "answered from the backoff: no call during it")
         await harness.shutdown()
     }
 
