@@ -8,7 +8,7 @@
 # them) proxies to an nginx backend with a token from the store; after one warm-up request the
 # counters are zeroed, wrk sends keep-alive GETs for SECONDS, and the proxy's instructions are
 # divided by the requests served. With OTHER, a second binary is measured the same way. The
-# profile of the last one is left as callgrind.out.tokenproxy for callgrind_annotate.
+# profiles are left as callgrind.out.tokenproxy (and callgrind.out.other) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}; connections=${2:-4}; other=${3:-}
@@ -35,7 +35,7 @@ measure() { # name binary -> "name instructions-per-request requests"
   # The dump after the zeroing holds the load alone (the last file written before exit).
   local dump; dump=$(ls -t "$dir"/callgrind.out* | grep -v '\.out$' | head -1)
   local instructions; instructions=$(awk '/^summary:/ {print $2}' "$dump")
-  cp "$dump" callgrind.out.tokenproxy
+  cp "$dump" "callgrind.out.$1"
   awk -v n="$1" -v i="$instructions" -v r="$requests" 'BEGIN {printf "| %s | %d | %.0f |\n", n, r, i / r}'
 }
 echo "callgrind, $connections keep-alive connections, ${seconds}s"

@@ -280,10 +280,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func finishRecord(_ ending: RequestRecord.Ending) {
-        var ending = ending
-        record.finish(statistics: loopStatistics, logger: shared.current.logger) {
-            (ending.attempts, ending.refreshed) = (connection.currentRequest?.triesMade ?? 0, connection.currentRequest?.refreshed ?? false)
-            return ending
+        record.finish(ending, statistics: loopStatistics, logger: shared.current.logger) {
+            (connection.currentRequest?.triesMade ?? 0, connection.currentRequest?.refreshed ?? false)
         }
     }
 

@@ -37,13 +37,15 @@ struct RequestRecord {
     }
 
     /// Every ending of a request comes here: answered (by the upstream or the proxy), refused, or
-    /// aborted. `ending` is asked for only when a line is logged.
-    mutating func finish(statistics: LoopStatistics, logger: Logger, _ ending: () -> Ending) {
+    /// aborted. `tries` (attempts, and whether a refresh happened) is asked for only when a line
+    /// is logged.
+    mutating func finish(_ ending: Ending, statistics: LoopStatistics, logger: Logger, tries: () -> (attempts: Int, refreshed: Bool)) {
         isOpen = false
         let duration = NIODeadline.now() - started
         statistics.requestFinished(after: duration)
-        let ending = ending()
         guard logger.logLevel <= .info || ending.error != nil || (ending.aborted != nil && ending.aborted != .clientClosed) else { return }
+        var ending = ending
+        (ending.attempts, ending.refreshed) = tries()
         var metadata: Logger.Metadata = [
             "requestId": "\(requestID?.description ?? "-")", "method": "\(method?.rawValue ?? "-")",
             "attempts": "\(ending.attempts)", "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(ending.refreshed)",
