@@ -19,13 +19,15 @@ struct ClientProtectionTests {
 
     /// What becomes of a request head, given as its request line and fields: the parser's
     /// refusal, the rules' refusal, or the request as prepared for the upstream.
-    static func prepare(_ line: String, _ headers: [(String, String)], configuration: Configuration) -> Result<ForwardingRules.PreparedRequest, ProxyError> {
+    static func prepare(
+        _ line: String, _ headers: [(String, String)], configuration: Configuration, faultsEnabled: Bool = false
+    ) -> Result<ForwardingRules.PreparedRequest, ProxyError> {
         let rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
         var parser = ClientRequestParser(limits: rules.parserLimits)
         parser.append(ByteBuffer(string: line + "\r\n" + headers.map { "\($0.0): \($0.1)\r\n" }.joined() + "\r\n"))
         do throws(ProxyError) {
             guard case .head(let head) = try parser.next() else { return .failure(ProxyError(.badRequest, "the parser returned no head")) }
-            return rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: false)
+            return rules.prepare(head, clientAddress: "127.0.0.1", faultsEnabled: faultsEnabled)
         } catch {
             return .failure(error)
         }

@@ -70,13 +70,14 @@ struct ConnectionMachineTests {
     }
 
     /// A request head given as its request line and fields, without the blank line.
-    static func prepared(_ text: String) -> Result<RequestStateMachine, ProxyError> {
+    /// With `faults`, fault injection is on (`X-TokenProxy-Fault` is read).
+    static func prepared(_ text: String, faults: Bool = false) -> Result<RequestStateMachine, ProxyError> {
         let lines = text.components(separatedBy: "\r\n")
         let headers = lines.dropFirst().filter { !$0.isEmpty }.map { line -> (String, String) in
             let parts = line.split(separator: ":", maxSplits: 1)
             return (String(parts[0]), String(parts[1].dropFirst()))
         }
-        return ClientProtectionTests.prepare(lines[0], headers, configuration: configuration).map {
+        return ClientProtectionTests.prepare(lines[0], headers, configuration: configuration, faultsEnabled: faults).map {
             RequestStateMachine(request: $0, policy: RetryPolicy(configuration.retry), replayLimit: 65536, injectFirst401: false)
         }
     }

@@ -18,6 +18,8 @@ struct RequestMachineTests {
         case upstreamFailed
         case readTimeout
         case retryDue
+        /// The handler counted and logged an injected fault.
+        case faultReady
         case bodyPart
         case bodyEnd
 
@@ -32,6 +34,7 @@ struct RequestMachineTests {
             case .upstreamFailed: "upstream failed"
             case .readTimeout: "read timeout"
             case .retryDue: "retry due"
+            case .faultReady: "fault ready"
             case .bodyPart: "body part"
             case .bodyEnd: "body end"
             }
@@ -56,7 +59,8 @@ struct RequestMachineTests {
     }
 
     static func machine(_ request: String) -> RequestStateMachine {
-        guard case .success(let machine) = ConnectionMachineTests.prepared(request) else { fatalError("refused: \(request)") }
+        // Fault injection is on: rows that name X-TokenProxy-Fault get their faults.
+        guard case .success(let machine) = ConnectionMachineTests.prepared(request, faults: true) else { fatalError("refused: \(request)") }
         return machine
     }
 
@@ -86,6 +90,7 @@ struct RequestMachineTests {
         case .upstreamFailed: return machine.upstreamFailed(reason: "connection reset", jitter: 1)
         case .readTimeout: return machine.readTimedOut(after: .seconds(30))
         case .retryDue: return machine.retryDue()
+        case .faultReady: return machine.injectedFaultReady(jitter: 1)
         case .bodyPart: return machine.clientBodyPart(ByteBuffer(string: "x"))
         case .bodyEnd: return machine.clientBodyEnd(jitter: 1)
         }
@@ -110,7 +115,35 @@ struct RequestMachineTests {
     static let down = TokenBrokerError.unavailable(reason: "down", retryAfter: nil)
     static let refused = TokenBrokerError.reauthenticationRequired(reason: "invalid_grant")
 
-    static let rows: [Row] = [
+    // SPEC §6: injected faults are answered as if from the upstream, before anything is sent.
+    static let fault401 = get + "\r\nX-TokenProxy-Fault: 401"
+    static let fault401Twice = get + "\r\nX-TokenProxy-Fault: 401;times=2"
+    static let fault503Twice = get + "\r\nX-TokenProxy-Fault: 503;times=2"
+    static let faultReset = post + "\r\nX-TokenProxy-Fault: reset"
+    static let injected401 = UpstreamResponseHead.synthesized(
+        status: 401, headers: [("X-TokenProxy-Fault-Injected", "401"), ("WWW-Authenticate", #"Bearer error="invalid_token""#)],
+        allocator: ByteBufferAllocator())
+    static let faultRows: [Row] = [
+        Row(description: "an injected 401 is refreshed for real and replayed", request: fault401,
+            steps: [(.token, .action(.injectFault(.status(401)))), (.faultReady, .action(.refreshAndReplay(rejected: "T", discardUpstream: false))),
+                    (.token, connect), (.connected, .send(end: true))]),
+        Row(description: "an injected 401 that outlasts the one replay reaches the client, marked", request: fault401Twice,
+            steps: [(.token, .action(.injectFault(.status(401)))), (.faultReady, .action(.refreshAndReplay(rejected: "T", discardUpstream: false))),
+                    (.token, .action(.injectFault(.status(401)))), (.faultReady, .action(.respondInjected(injected401)))]),
+        Row(description: "an injected 503 on a GET is retried like a real one", request: fault503Twice,
+            steps: [(.token, .action(.injectFault(.status(503)))), (.faultReady, .action(.retry(after: .milliseconds(100), discardUpstream: false, reason: .upstream503))),
+                    (.retryDue, obtainToken), (.token, .action(.injectFault(.status(503)))),
+                    (.faultReady, .action(.retry(after: .milliseconds(200), discardUpstream: false, reason: .upstream503))), (.retryDue, obtainToken), (.token, connect)]),
+        Row(description: "an injected reset after a POST was sent: 502, marked, not retried", request: faultReset,
+            // Held until the body is complete, so that a replay could send it whole.
+            steps: [(.token, .action(.injectFault(.reset))), (.faultReady, none), (.bodyPart, none),
+                    (.bodyEnd, .action(.respond(ProxyError(
+                        .upstreamUnavailable,
+                        "the upstream could not be reached after 1 attempt: connection reset (injected fault); not retried because POST is not idempotent and has no Idempotency-Key",
+                        injectedFault: "reset"), discardUpstream: false)))]),
+    ]
+
+    static let rows: [Row] = faultRows + [
         Row(description: "an answer is streamed to the client", request: get, steps: sent + [(.response(200), .forward), (.responseEnd, .action(.forwardResponseEnd(reuseUpstream: true)))]),
         Row(description: "a 401 is refreshed and replayed once", request: get, steps: sent + [(.response(401), replay), (.token, connect), (.connected, .send(end: true)), (.response(200), .forward)]),
         Row(description: "a second 401 goes to the client", request: get, steps: sent + [(.response(401), replay), (.token, connect), (.connected, .send(end: true)), (.response(401), .forward)]),
@@ -152,7 +185,8 @@ struct RequestMachineTests {
         case .action(let action):
             return action
         case .send(let body, let end):
-            var machine = Self.machine(request)
+            // The head sent is the same with faults off: X-TokenProxy-Fault is never forwarded.
+            guard case .success(var machine) = ConnectionMachineTests.prepared(request) else { fatalError("refused: \(request)") }
             _ = machine.tokenObtained(ConnectionMachineTests.token)
             guard case .sendRequest(let head, let ending, _, _) = machine.connected() else { fatalError("not sendable: \(request)") }
             return .sendRequest(head: head, headEnding: ending, body: ArraySlice(body.map { ByteBuffer(string: $0) }), end: end)
