@@ -190,18 +190,14 @@ struct ClientProtectionTests {
 
     @Test("a chunk extension holding a NUL or a bare CR is refused", arguments: ["5;a\u{0}b\r\nhello\r\n0\r\n\r\n", "5;a\rb\r\nhello\r\n0\r\n\r\n"])
     func chunkExtensionsWithControlCharactersAreRefused(body: String) async throws {
-        let upstream = try await RawUpstream { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
-        var options = ProxyHarness.Options()
-        options.initialToken = .valid("at-live")
-        options.upstreamAddress = upstream.url
-        try await withProxyHarness(options) { harness in
-            let answer = try await RawHTTPClient(port: harness.port).exchange(
-                "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + body, timeout: .seconds(20))
-            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
-            #expect(answer.contains("chunk extension"), "\(answer)")
-            #expect(answer.contains("\"requestId\":"), "\(answer)")
-            #expect(upstream.received.isEmpty, "nothing of it went upstream")
-        }
+        let (harness, upstream) = try await UpstreamResponseTests.harness { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
+        let answer = try await RawHTTPClient(port: harness.port).exchange(
+            "POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + body, timeout: .seconds(20))
+        #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+        #expect(answer.contains("chunk extension"), "\(answer)")
+        #expect(answer.contains("\"requestId\":"), "\(answer)")
+        #expect(upstream.received.isEmpty, "nothing of it went upstream")
+        await harness.shutdown()
         await upstream.shutdown()
     }
 

@@ -108,11 +108,16 @@ struct UpstreamResponseTests {
     /// the shared event loops are starved by the rest of the suite on a 2-core machine.
     private static let closeTimeout = Duration.seconds(30)
 
-    private static func harness(_ answer: @escaping RawUpstream.Answer) async throws -> (ProxyHarness, RawUpstream) {
-        let upstream = try await RawUpstream(answer: answer)
+    /// A proxy with a valid token in front of a `RawUpstream` (its answers written `pace` apart,
+    /// byte by byte, when given); `configure` sets more options.
+    static func harness(
+        pace: TimeAmount? = nil, configure: (inout ProxyHarness.Options) -> Void = { _ in }, _ answer: @escaping RawUpstream.Answer
+    ) async throws -> (ProxyHarness, RawUpstream) {
+        let upstream = try await RawUpstream(pace: pace, answer: answer)
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-live")
         options.upstreamAddress = upstream.url
+        configure(&options)
         return (try await ProxyHarness(options), upstream)
     }
 
@@ -185,17 +190,14 @@ struct UpstreamResponseTests {
     /// nginx's proxy_read_timeout counts between reads; a response head that trickles in a byte
     /// at a time must still be whole within upstream.readTimeout, or the request is held forever.
     @Test func aResponseHeadTrickledSlowerThanTheReadTimeoutGets504() async throws {
-        let upstream = try await RawUpstream(pace: .milliseconds(200)) { _ in ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false) }
-        var options = ProxyHarness.Options()
-        options.initialToken = .valid("at-live")
-        options.upstreamAddress = upstream.url
-        options.upstreamExtra = #", "readTimeout": "1s""#
-        try await withProxyHarness(options) { harness in
-            let response = try await harness.send(.GET, "/slow")
-            // The head alone takes 8 s to trickle in; the answer is the proxy's own 504.
-            #expect(response.status == 504, "\(response.body)")
-            #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_timeout")
+        let (harness, upstream) = try await Self.harness(pace: .milliseconds(200), configure: { $0.upstreamExtra = #", "readTimeout": "1s""# }) { _ in
+            ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false)
         }
+        let response = try await harness.send(.GET, "/slow")
+        // The head alone takes 8 s to trickle in; the answer is the proxy's own 504.
+        #expect(response.status == 504, "\(response.body)")
+        #expect(response.headers.first(name: "X-TokenProxy-Error") == "upstream_timeout")
+        await harness.shutdown()
         await upstream.shutdown()
     }
 

@@ -201,12 +201,11 @@ struct ClientRequestParser {
     static func clientRequestID(in bytes: UnsafeRawBufferPointer) -> String? {
         var lines = HeadLines(bytes: bytes, end: bytes.count)
         _ = lines.next()
-        let name = Array("x-request-id:".utf8)
         while let line = lines.next(), !line.isEmpty {
-            guard line.count > name.count,
-                zip(bytes[line.lowerBound..<(line.lowerBound + name.count)], name).allSatisfy({ $0 | 0x20 == $1 | 0x20 })
+            guard let colon = HeadLines.index(of: UInt8(ascii: ":"), in: bytes, line),
+                HeaderName(bytes: UnsafeRawBufferPointer(rebasing: bytes[line.lowerBound..<colon])) == .requestID
             else { continue }
-            let value = HeadLines.trimmed(bytes, (line.lowerBound + name.count)..<line.upperBound)
+            let value = HeadLines.trimmed(bytes, (colon + 1)..<line.upperBound)
             guard !value.isEmpty, value.count <= 200, bytes[value].allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else { return nil }
             return String(decoding: bytes[value], as: UTF8.self)
         }

@@ -180,16 +180,6 @@ public final class ProxyServer: Service, Sendable {
         state.withLockedValue { $0 = .stopped }
     }
 
-    /// Stops accepting connections; open connections are left to finish.
-    public func stopAccepting() async {
-        let channel = state.withLockedValue { state -> (any Channel)? in
-            defer { state = .draining }
-            if case .listening(let channel)? = state { return channel }
-            return nil
-        }
-        try? await channel?.close()
-    }
-
     /// Graceful stop: no new connections, idle ones close now, busy ones after their current
     /// response (`ChannelShouldQuiesceEvent`); whatever is still open after `timeout` is closed.
     public func drain(timeout: Duration) async {
@@ -212,7 +202,7 @@ public final class ProxyServer: Service, Sendable {
     }
 
     /// Closes the idle upstream connections of every loop.
-    public func closeIdleUpstreamConnections() async {
+    private func closeIdleUpstreamConnections() async {
         for pool in pools.values {
             try? await pool.eventLoop.submit { pool.value.closeAll() }.get()
         }

@@ -121,8 +121,6 @@ struct ProxyConnectionStateMachine {
             limits: rules.parserLimits, headerTimeout: TimeAmount(rules.limits.headerTimeout), idleTimeout: TimeAmount(rules.limits.idleTimeout), now: now)
     }
 
-    var isTunnel: Bool { state == .tunnel }
-
     /// Whether bytes the client sends are still read (after a refusal or the last answer they
     /// are left unread).
     var readsClient: Bool { state != .closing }
