@@ -69,29 +69,39 @@ extension Configuration {
         let allowNonLoopback = root.bool("allowNonLoopback", default: false)
         let listen = listenAddress(root, "listen", default: "127.0.0.1:8787", mayBeExposed: allowNonLoopback)
 
-        let upstreamReader = root.object("upstream")
-        if upstreamReader == nil, !root.isPresent("upstream") { root.report("upstream", "is required: an object with at least \"url\"") }
-        var upstream = Upstream(
-            url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""),
-            connectTimeout: .seconds(2),
-            readTimeout: .seconds(60),
-            tls: nil
-        )
-        if let reader = upstreamReader {
-            if let text = reader.string("url", required: true) {
-                switch UpstreamURL.parse(text) {
-                case .success(let url): upstream.url = url
-                case .failure(let error): reader.report("url", "\"\(text)\" \(error.reason)")
-                }
-            }
-            upstream.connectTimeout = reader.duration("connectTimeout", default: .seconds(2), atLeast: .milliseconds(1))
-            upstream.readTimeout = reader.duration("readTimeout", default: .seconds(60), atLeast: .milliseconds(1))
-            upstream.tls = readTLS(reader, serverName: true, resolve: resolve)
-            reader.finish()
+        let hasRoutes = root.isPresent("routes")
+        let topUpstream = root.object("upstream").map { readUpstream($0, resolve: resolve) }
+        if topUpstream == nil, !root.isPresent("upstream"), !hasRoutes {
+            root.report("upstream", "is required: an object with at least \"url\" (or set routes)")
         }
-
-        let token = readToken(root, resolve: resolve)
+        var identities: [String: Token] = [:]
+        if let reader = root.object("token") {
+            identities[defaultIdentity] = readToken(reader, name: defaultIdentity, resolve: resolve)
+        } else if !root.isPresent("token"), !root.isPresent("identities") {
+            root.report("token", "is required: an object with at least \"endpoint\" (or set identities)")
+        }
+        if let reader = root.object("identities") {
+            for name in reader.keys {
+                guard let identity = reader.object(name) else { continue }
+                if !Self.isValidName(name) {
+                    identity.report("", "the identity name \"\(name)\" must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'; it names the identity's store file")
+                } else if name == defaultIdentity, identities[name] != nil {
+                    identity.report("", "the top-level token is already the identity \"default\"; set one or the other")
+                }
+                identities[name] = readToken(identity, name: name, resolve: resolve)
+            }
+        }
         let retry = readRetry(root)
+        let clients = readClients(root)
+        var routes: [Route] = []
+        if let upstream = topUpstream {
+            routes.append(Route(
+                name: defaultIdentity, listen: listen, host: nil, pathPrefix: "/", stripPrefix: false, upstream: upstream, identity: defaultIdentity,
+                retry: retry, requireHeader: clients.requireHeader))
+        }
+        let (fileRoutes, explicitListens) = readRoutes(
+            root, listen: listen, allowNonLoopback: allowNonLoopback, retry: retry, requireHeader: clients.requireHeader, resolve: resolve, listenAddress: listenAddress)
+        routes.insert(contentsOf: fileRoutes, at: 0)
 
         var admin: Admin? = Admin(listen: .tcp(host: "127.0.0.1", port: 8788), tokenFile: nil)
         if case .null? = root.value("admin") {
@@ -121,26 +131,70 @@ extension Configuration {
         }
 
         let drainTimeout = root.duration("drainTimeout", default: .seconds(10))
+        let fleet = readFleet(root, resolve: resolve)
+        checkRoutesAndIdentities(root, routes: routes, explicitListens: explicitListens, identities: identities, admin: admin, fleet: fleet)
+        if routes.isEmpty {
+            // Only after a problem was reported: a configuration always has a route.
+            routes.append(Route(
+                name: defaultIdentity, listen: listen, host: nil, pathPrefix: "/", stripPrefix: false,
+                upstream: Upstream(url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""), connectTimeout: .seconds(2), readTimeout: .seconds(60), tls: nil),
+                identity: defaultIdentity, retry: retry, requireHeader: nil))
+        }
+        if identities.isEmpty { identities[defaultIdentity] = readToken(nil, name: defaultIdentity, resolve: resolve) }
         return Configuration(
-            listen: listen, allowNonLoopback: allowNonLoopback, upstream: upstream, token: token, retry: retry,
-            admin: admin, faults: faults, log: log, clients: readClients(root), limits: readLimits(root),
-            fleet: readFleet(root, resolve: resolve), drainTimeout: drainTimeout, sourcePath: sourcePath
+            listen: listen, allowNonLoopback: allowNonLoopback, identities: identities, routes: routes, retry: retry,
+            admin: admin, faults: faults, log: log, clients: clients, limits: readLimits(root),
+            fleet: fleet, drainTimeout: drainTimeout, sourcePath: sourcePath
         )
     }
 
-    private static func readToken(_ root: ConfigurationReader, resolve: (String) -> String) -> Token {
+    /// `upstream`, top-level or a route's.
+    private static func readUpstream(_ reader: ConfigurationReader, resolve: (String) -> String) -> Upstream {
+        var upstream = Upstream(
+            url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""),
+            connectTimeout: .seconds(2),
+            readTimeout: .seconds(60),
+            tls: nil
+        )
+        if let text = reader.string("url", required: true) {
+            switch UpstreamURL.parse(text) {
+            case .success(let url): upstream.url = url
+            case .failure(let error): reader.report("url", "\"\(text)\" \(error.reason)")
+            }
+        }
+        upstream.connectTimeout = reader.duration("connectTimeout", default: .seconds(2), atLeast: .milliseconds(1))
+        upstream.readTimeout = reader.duration("readTimeout", default: .seconds(60), atLeast: .milliseconds(1))
+        upstream.tls = readTLS(reader, serverName: true, resolve: resolve)
+        reader.finish()
+        return upstream
+    }
+
+    /// Identity and route names: safe in file names, metric labels and log lines.
+    static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 64 && !name.hasPrefix(".")
+            && name.utf8.allSatisfy { byte in
+                switch byte {
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                    UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"): true
+                default: false
+                }
+            }
+    }
+
+    /// `token`, or one of `identities` (SPEC §2.4): `reader` is its object, `nil` for defaults only.
+    private static func readToken(_ reader: ConfigurationReader?, name: String, resolve: (String) -> String) -> Token {
+        let storeBase = name == defaultIdentity ? "token" : name
         var token = Token(
             endpoint: "", issuer: nil, authorizationEndpoint: nil, deviceEndpoint: nil, revocationEndpoint: nil, grant: .refreshToken, clientID: nil, clientSecret: nil, clientAuth: .basic,
             clientKeyFile: nil, clientKeyID: nil, clientAssertionFile: nil, scope: nil,
             extraParams: [:], refreshBefore: .seconds(300), minValidity: .seconds(10), defaultLifetime: .seconds(1800),
-            store: "/var/lib/tokenproxy/token.json", lockFile: "/var/lib/tokenproxy/token.lock",
+            store: "/var/lib/tokenproxy/\(storeBase).json", lockFile: "/var/lib/tokenproxy/\(storeBase).lock",
             lockTimeout: .seconds(15), minRefreshInterval: .seconds(1), refreshTokenLifetime: nil, refreshTokenWarning: .seconds(86_400),
-            proxy: nil, tls: nil, requestTimeout: .seconds(10)
+            proxy: nil, tls: nil, requestTimeout: .seconds(10), exchange: nil
         )
-        guard let reader = root.object("token") else {
-            if !root.isPresent("token") { root.report("token", "is required: an object with at least \"endpoint\"") }
-            return token
-        }
+        guard let reader else { return token }
+        /// Messages name the identity's keys as the file spells them.
+        let keys = reader.keyPath
         /// An endpoint of the issuer: https, or http to a loopback host.
         func endpointURL(_ key: String, required: Bool) -> String? {
             guard let text = reader.string(key, required: required) else { return nil }
@@ -184,7 +238,7 @@ extension Configuration {
         token.clientKeyID = reader.string("clientKeyId")
         token.clientAssertionFile = reader.string("clientAssertionFile").map(resolve)
         token.clientAuth = reader.choice("clientAuth", default: token.clientSecret == nil ? .none : .basic)
-        let auth = "token.clientAuth \"\(token.clientAuth.rawValue)\""
+        let auth = "\(keys).clientAuth \"\(token.clientAuth.rawValue)\""
         if token.clientAuth != .none, token.clientID == nil { reader.report("clientId", "is required when \(auth)") }
         switch token.clientAuth {
         case .basic, .body:
@@ -205,20 +259,21 @@ extension Configuration {
         case .none:
             break
         }
-        if token.clientAuth != .privateKeyJWT, token.clientKeyFile != nil { reader.report("clientKeyFile", "is used only with token.clientAuth \"private_key_jwt\"") }
-        if token.clientAuth != .clientAssertion, token.clientAssertionFile != nil { reader.report("clientAssertionFile", "is used only with token.clientAuth \"client_assertion\"") }
+        if token.clientAuth != .privateKeyJWT, token.clientKeyFile != nil { reader.report("clientKeyFile", "is used only with \(keys).clientAuth \"private_key_jwt\"") }
+        if token.clientAuth != .clientAssertion, token.clientAssertionFile != nil { reader.report("clientAssertionFile", "is used only with \(keys).clientAuth \"client_assertion\"") }
         if token.grant == .clientCredentials, token.clientAuth == .none {
             reader.report("clientAuth", "the client_credentials grant needs client authentication: \"basic\", \"body\", \"private_key_jwt\" or \"client_assertion\"")
         }
         token.scope = reader.string("scope")
         token.extraParams = reader.stringMap("extraParams")
-        for name in token.extraParams.keys.sorted() where Token.reservedParams.contains(name) {
-            root.report("token.extraParams.\(name)", "is set by tokenproxy itself and may not be overridden")
+        let reserved = token.grant == .tokenExchange ? Token.reservedParams.union(Token.exchangeParams) : Token.reservedParams
+        for name in token.extraParams.keys.sorted() where reserved.contains(name) {
+            reader.report("extraParams.\(name)", "is set by tokenproxy itself and may not be overridden")
         }
         token.refreshBefore = reader.duration("refreshBefore", default: token.refreshBefore, atLeast: .seconds(1))
         token.minValidity = reader.duration("minValidity", default: token.minValidity)
         if token.minValidity >= token.refreshBefore {
-            reader.report("minValidity", "(\(token.minValidity.configString)) must be shorter than token.refreshBefore (\(token.refreshBefore.configString)), or no request could be served while the token is refreshed ahead of time")
+            reader.report("minValidity", "(\(token.minValidity.configString)) must be shorter than \(keys).refreshBefore (\(token.refreshBefore.configString)), or no request could be served while the token is refreshed ahead of time")
         }
         token.defaultLifetime = reader.duration("defaultLifetime", default: token.defaultLifetime, atLeast: .seconds(1))
         if let store = reader.string("store") {
@@ -234,23 +289,182 @@ extension Configuration {
         }
         token.refreshTokenWarning = reader.duration("refreshTokenWarning", default: token.refreshTokenWarning)
         token.requestTimeout = reader.duration("requestTimeout", default: token.requestTimeout, atLeast: .milliseconds(100))
+        token.exchange = readExchange(reader, grant: token.grant, resolve: resolve)
         reader.finish()
         return token
     }
 
+    /// The keys of `grant: "token_exchange"` (RFC 8693, SPEC §2.4); an error for each of them
+    /// under another grant.
+    private static func readExchange(_ reader: ConfigurationReader, grant: Token.Grant, resolve: (String) -> String) -> Token.Exchange? {
+        let file = reader.string("subjectTokenFile").map(resolve)
+        let identity = reader.string("subjectIdentity")
+        let subjectTokenType = reader.string("subjectTokenType")
+        let requestedTokenType = reader.string("requestedTokenType")
+        let audience = reader.string("audience")
+        let resource = reader.string("resource")
+        guard grant == .tokenExchange else {
+            for key in ["subjectTokenFile", "subjectIdentity", "subjectTokenType", "requestedTokenType", "audience", "resource"] where reader.isPresent(key) {
+                reader.report(key, "is used only with grant \"token_exchange\"")
+            }
+            return nil
+        }
+        let subject: Token.Subject
+        switch (file, identity) {
+        case (let file?, nil): subject = .file(file)
+        case (nil, let identity?): subject = .identity(identity)
+        case (_?, _?):
+            reader.report("subjectIdentity", "set either subjectTokenFile or subjectIdentity, not both")
+            subject = .file(file!)
+        case (nil, nil):
+            reader.report("subjectTokenFile", "grant \"token_exchange\" needs a subject: set subjectTokenFile (read at every call) or subjectIdentity (another identity's token)")
+            subject = .file("")
+        }
+        let defaultType: String
+        if case .file = subject { defaultType = "urn:ietf:params:oauth:token-type:jwt" } else { defaultType = "urn:ietf:params:oauth:token-type:access_token" }
+        return Token.Exchange(
+            subject: subject, subjectTokenType: subjectTokenType ?? defaultType, requestedTokenType: requestedTokenType, audience: audience, resource: resource)
+    }
+
+    /// `routes` (SPEC §2.4): each names a listener (default the top-level `listen`), a host, a
+    /// prefix, an upstream, an identity, and may override `retry` and `requireHeader`.
+    private static func readRoutes(
+        _ root: ConfigurationReader, listen: ListenAddress, allowNonLoopback: Bool, retry: Retry, requireHeader: String?, resolve: (String) -> String,
+        listenAddress: (ConfigurationReader, String, String, Bool) -> ListenAddress
+    ) -> (routes: [Route], explicitListens: Set<Int>) {
+        guard let entries = root.array("routes") else { return ([], []) }
+        var explicitListens: Set<Int> = []
+        if entries.isEmpty { root.report("routes", "an empty list routes nothing; leave the key out, or add a route") }
+        var routes: [Route] = []
+        for (index, entry) in entries.enumerated() {
+            guard let reader = entry else { continue }
+            var route = Route(
+                name: reader.string("name") ?? "route-\(index + 1)", listen: listen, host: nil, pathPrefix: "/", stripPrefix: false,
+                upstream: Upstream(url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""), connectTimeout: .seconds(2), readTimeout: .seconds(60), tls: nil),
+                identity: reader.string("identity") ?? defaultIdentity, retry: retry, requireHeader: requireHeader)
+            if !isValidName(route.name) { reader.report("name", "\"\(route.name)\" must be 1 to 64 letters, digits, '.', '_' or '-'; it labels the route's metrics") }
+            if reader.isPresent("listen") {
+                route.listen = listenAddress(reader, "listen", listen.description, allowNonLoopback)
+                explicitListens.insert(index)
+            }
+            if let host = reader.string("host") {
+                var name = host.lowercased()
+                if name.hasSuffix(".") { name.removeLast() }
+                if name.isEmpty || name.contains("/") || name.contains(" ") || (name.contains(":") && !name.hasPrefix("[")) {
+                    reader.report("host", "\"\(host)\" must be a host name without scheme, port or path (it is matched without regard to port)")
+                }
+                route.host = name
+            }
+            if let prefix = reader.string("pathPrefix") {
+                if !prefix.hasPrefix("/") || prefix.contains("?") || prefix.contains("#") {
+                    reader.report("pathPrefix", "\"\(prefix)\" must be a path starting with /, without query or fragment")
+                } else if prefix.utf8.withContiguousStorageIfAvailable({ ForwardingRules.hasDotSegment(UnsafeRawBufferPointer($0)) }) == true {
+                    reader.report("pathPrefix", "\"\(prefix)\" holds a dot-segment")
+                }
+                route.pathPrefix = prefix
+            }
+            route.stripPrefix = reader.bool("stripPrefix", default: false)
+            if let upstream = reader.object("upstream") {
+                route.upstream = readUpstream(upstream, resolve: resolve)
+            } else if !reader.isPresent("upstream") {
+                reader.report("upstream", "is required: an object with at least \"url\"")
+            }
+            if let retryReader = reader.object("retry") { route.retry = readRetry(retryReader, defaults: retry) }
+            if reader.isPresent("requireHeader") { route.requireHeader = readRequireHeader(reader) }
+            reader.finish()
+            routes.append(route)
+        }
+        return (routes, explicitListens)
+    }
+
+    /// The checks across identities and routes (SPEC §2.4), each naming the key at fault.
+    private static func checkRoutesAndIdentities(
+        _ root: ConfigurationReader, routes: [Route], explicitListens: Set<Int>, identities: [String: Token], admin: Admin?, fleet: Fleet?
+    ) {
+        // The routes of `routes` come first, by position; the top-level `upstream` is the last.
+        let fileRoutes = root.isPresent("upstream") ? routes.count - 1 : routes.count
+        func routePath(_ index: Int) -> String { index < fileRoutes ? "routes[\(index)]" : "upstream" }
+        var reportedListens: Set<String> = []
+        var seenNames: [String: Int] = [:]
+        var seenPlaces: [String: Int] = [:]
+        for (index, route) in routes.enumerated() {
+            let path = routePath(index)
+            if identities[route.identity] == nil, !identities.isEmpty {
+                let key = path == "upstream" ? "token" : "\(path).identity"
+                root.report(key, "names the identity \"\(route.identity)\", which is not configured; known: \(identities.keys.sorted().joined(separator: ", "))")
+            }
+            if let other = seenNames[route.name] {
+                root.report("\(path).name", "\"\(route.name)\" is also the name of \(routePath(other)); route names label metrics and must differ")
+            }
+            seenNames[route.name] = index
+            let place = "\(route.listen)|\(route.host ?? "")|\(route.normalizedPrefix)"
+            if let other = seenPlaces[place] {
+                root.report(path, "has the same listen (\(route.listen)), host (\(route.host ?? "any")) and pathPrefix (\(route.pathPrefix)) as \(routePath(other)) (\(routes[other].name)); one of them could never be reached")
+            }
+            seenPlaces[place] = index
+            // Port 0 asks for a free port: two of them are never one listener.
+            if let admin, admin.listen == route.listen, route.listen.fixedPort {
+                // A route without a listen of its own has the top-level one: that is the key to change.
+                let key = path == "upstream" || !explicitListens.contains(index) ? "listen" : "\(path).listen"
+                if reportedListens.insert(key).inserted {
+                    root.report(key, "\(route.listen) is admin.listen; the admin API and a route cannot share a listener")
+                }
+            }
+        }
+        let names = identities.keys.sorted()
+        func identityPath(_ name: String) -> String { name == defaultIdentity && root.isPresent("token") ? "token" : "identities.\(name)" }
+        if fleet == nil {
+            var stores: [String: String] = [:]
+            for name in names {
+                let token = identities[name]!
+                for (key, file) in [("store", token.store), ("lockFile", token.lockFile)] {
+                    if let other = stores[file] {
+                        root.report("\(identityPath(name)).\(key)", "\(file) is also used by the identity \"\(other)\"; each identity needs its own store and lock file")
+                    }
+                    stores[file] = name
+                }
+            }
+        }
+        for name in names {
+            guard case .identity(let subject)? = identities[name]!.exchange?.subject else { continue }
+            guard identities[subject] != nil else {
+                root.report("\(identityPath(name)).subjectIdentity", "names the identity \"\(subject)\", which is not configured; known: \(names.joined(separator: ", "))")
+                continue
+            }
+            // Follow the chain of subjects; coming back to `name` is a loop no token could start.
+            var chain = [name]
+            var next: String? = subject
+            while let current = next, identities[current] != nil {
+                chain.append(current)
+                if current == name {
+                    root.report("\(identityPath(name)).subjectIdentity", "forms a loop: \(chain.joined(separator: " → ")); one identity of the chain must get its token another way")
+                    break
+                }
+                if chain.count > identities.count + 1 { break }
+                if case .identity(let further)? = identities[current]!.exchange?.subject { next = further } else { next = nil }
+            }
+        }
+    }
+
     private static func readClients(_ root: ConfigurationReader) -> Clients {
-        var clients = Clients(
+        let clients = Clients(
             allowedHosts: root.stringList("allowedHosts")?.map { $0.lowercased() },
             browserRequests: root.choice("browserRequests", default: .refuse),
             allowedOrigins: (root.stringList("allowedOrigins") ?? []).map { $0.lowercased() },
-            requireHeader: root.string("requireHeader")
+            requireHeader: readRequireHeader(root)
         )
-        if let name = clients.requireHeader, !name.utf8.allSatisfy({ HeaderName.isTokenCharacter($0) }) {
-            root.report("requireHeader", "\"\(name)\" is not a valid header name")
-            clients.requireHeader = nil
-        }
         if clients.allowedHosts?.isEmpty == true { root.report("allowedHosts", "an empty list would refuse every request; leave the key out for the default") }
         return clients
+    }
+
+    /// `requireHeader`, top-level or a route's: a header name.
+    private static func readRequireHeader(_ reader: ConfigurationReader) -> String? {
+        guard let name = reader.string("requireHeader") else { return nil }
+        guard name.utf8.allSatisfy({ HeaderName.isTokenCharacter($0) }) else {
+            reader.report("requireHeader", "\"\(name)\" is not a valid header name")
+            return nil
+        }
+        return name
     }
 
     private static func readLimits(_ root: ConfigurationReader) -> Limits {
@@ -339,9 +553,15 @@ extension Configuration {
     }
 
     private static func readRetry(_ root: ConfigurationReader) -> Retry {
-        var retry = Retry(attempts: 3, backoff: .milliseconds(100), maxBackoff: .seconds(2), replayBuffer: 1_048_576)
-        guard let reader = root.object("retry") else { return retry }
-        retry.attempts = reader.integer("attempts", default: 3, range: 1...10)
+        let defaults = Retry(attempts: 3, backoff: .milliseconds(100), maxBackoff: .seconds(2), replayBuffer: 1_048_576)
+        guard let reader = root.object("retry") else { return defaults }
+        return readRetry(reader, defaults: defaults)
+    }
+
+    /// A `retry` object; keys it leaves out keep `defaults` (a route's: the top-level values).
+    private static func readRetry(_ reader: ConfigurationReader, defaults: Retry) -> Retry {
+        var retry = defaults
+        retry.attempts = reader.integer("attempts", default: defaults.attempts, range: 1...10)
         retry.backoff = reader.duration("backoff", default: retry.backoff)
         retry.maxBackoff = reader.duration("maxBackoff", default: retry.maxBackoff)
         if retry.maxBackoff < retry.backoff {
@@ -370,21 +590,28 @@ extension Configuration {
     /// now (a secret file that cannot be read, a store folder that does not exist).
     public func environmentWarnings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigurationProblem] {
         var warnings: [ConfigurationProblem] = []
-        switch token.clientSecret {
-        case .file(let path)?:
-            if !FileManager.default.isReadableFile(atPath: path) {
-                warnings.append(.init(keyPath: "token.clientSecretFile", message: "\(path) cannot be read now; create it (mode 0600) before starting tokenproxy"))
+        for name in identityNames {
+            let token = identities[name]!
+            let keys = name == Self.defaultIdentity ? "token" : "identities.\(name)"
+            switch token.clientSecret {
+            case .file(let path)?:
+                if !FileManager.default.isReadableFile(atPath: path) {
+                    warnings.append(.init(keyPath: "\(keys).clientSecretFile", message: "\(path) cannot be read now; create it (mode 0600) before starting tokenproxy"))
+                }
+            case .environment(let variable)?:
+                if environment[variable] == nil {
+                    warnings.append(.init(keyPath: "\(keys).clientSecretEnv", message: "the environment variable \(variable) is not set in this shell"))
+                }
+            case nil:
+                break
             }
-        case .environment(let name)?:
-            if environment[name] == nil {
-                warnings.append(.init(keyPath: "token.clientSecretEnv", message: "the environment variable \(name) is not set in this shell"))
+            if case .file(let path)? = token.exchange?.subject, !FileManager.default.isReadableFile(atPath: path) {
+                warnings.append(.init(keyPath: "\(keys).subjectTokenFile", message: "\(path) cannot be read now; the token exchange reads it at every call"))
             }
-        case nil:
-            break
-        }
-        let storeFolder = URL(fileURLWithPath: token.store).deletingLastPathComponent().path
-        if !FileManager.default.fileExists(atPath: storeFolder) {
-            warnings.append(.init(keyPath: "token.store", message: "the folder \(storeFolder) does not exist yet; tokenproxy creates it (mode 0700) on first use"))
+            let storeFolder = URL(fileURLWithPath: token.store).deletingLastPathComponent().path
+            if !FileManager.default.fileExists(atPath: storeFolder) {
+                warnings.append(.init(keyPath: "\(keys).store", message: "the folder \(storeFolder) does not exist yet; tokenproxy creates it (mode 0700) on first use"))
+            }
         }
         return warnings
     }

@@ -2,10 +2,17 @@
 ///
 /// Paths are absolute: relative paths in the file were resolved against the file's folder.
 public struct Configuration: Sendable, Equatable {
+    /// The top-level `listen`: the listener of the route `default`, and of every route that
+    /// names none.
     public var listen: ListenAddress
     public var allowNonLoopback: Bool
-    public var upstream: Upstream
-    public var token: Token
+    /// Every identity by name (SPEC §2.4): `identities`, and the top-level `token` as `default`.
+    /// Never empty.
+    public var identities: [String: Token]
+    /// Every route, in the order of the file; the top-level `upstream` is the route `default`,
+    /// last. Never empty.
+    public var routes: [Route]
+    /// The top-level `retry`: what a route without its own uses.
     public var retry: Retry
     /// `nil` when the configuration sets `"admin": null`.
     public var admin: Admin?
@@ -20,6 +27,96 @@ public struct Configuration: Sendable, Equatable {
     public var drainTimeout: Duration
     /// The file this configuration was read from.
     public var sourcePath: String
+
+    /// The identity that the top-level `token` defines, and that routes and commands use when
+    /// they name none.
+    public static let defaultIdentity = "default"
+
+    /// The identity a command acts on (`--identity`), set by ``selecting(_:)``.
+    public private(set) var selectedIdentity: String?
+
+    /// The name of the identity ``token`` is: the selected one, else `default`, else the first.
+    public var tokenIdentity: String {
+        if let selectedIdentity, identities[selectedIdentity] != nil { return selectedIdentity }
+        return identities[Self.defaultIdentity] != nil ? Self.defaultIdentity : identityNames[0]
+    }
+
+    /// The selected identity, else `default`, else the only one (commands check with
+    /// ``identity(named:)`` that there is no doubt which).
+    public var token: Token {
+        get { identities[tokenIdentity]! }
+        set { identities[tokenIdentity] = newValue }
+    }
+
+    /// This configuration with ``token`` standing for the identity a command names (SPEC §1).
+    public func selecting(_ name: String?) -> Result<Configuration, IdentityLookupError> {
+        identity(named: name).map { found in
+            var selected = self
+            selected.selectedIdentity = found.name
+            return selected
+        }
+    }
+
+    /// Identity names, `default` first, then in alphabetical order.
+    public var identityNames: [String] {
+        identities.keys.sorted { ($0 == Self.defaultIdentity ? 0 : 1, $0) < ($1 == Self.defaultIdentity ? 0 : 1, $1) }
+    }
+
+    /// The upstream of the route `default` (the top-level `upstream`), else of the first route.
+    public var upstream: Upstream {
+        (routes.first { $0.name == Self.defaultIdentity } ?? routes[0]).upstream
+    }
+
+    /// The identity a command acts on (SPEC §1): `name`, else `default`, else the only one.
+    public func identity(named name: String?) -> Result<(name: String, token: Token), IdentityLookupError> {
+        if let name {
+            guard let token = identities[name] else { return .failure(.unknown(name, known: identityNames)) }
+            return .success((name, token))
+        }
+        if let token = identities[Self.defaultIdentity] { return .success((Self.defaultIdentity, token)) }
+        if identities.count == 1, let only = identityNames.first { return .success((only, identities[only]!)) }
+        return .failure(.ambiguous(known: identityNames))
+    }
+
+    public enum IdentityLookupError: Error, Sendable, CustomStringConvertible {
+        case unknown(String, known: [String])
+        case ambiguous(known: [String])
+
+        public var description: String {
+            switch self {
+            case .unknown(let name, let known): "no identity \"\(name)\" in the configuration; it has \(known.joined(separator: ", "))"
+            case .ambiguous(let known): "the configuration has several identities and no \"default\"; name one with --identity (\(known.joined(separator: ", ")))"
+            }
+        }
+    }
+
+    /// One API behind the proxy (SPEC §2.4): which requests it takes (listener, host, path
+    /// prefix), where they go, and with whose token.
+    public struct Route: Sendable, Equatable {
+        public var name: String
+        public var listen: ListenAddress
+        /// A `Host` name, lowercased, without port; `nil`: any host.
+        public var host: String?
+        /// Starts with `/`; matched on a segment boundary.
+        public var pathPrefix: String
+        /// Whether the prefix is removed before the path is appended to `upstream.url`.
+        public var stripPrefix: Bool
+        public var upstream: Upstream
+        /// The name of the identity whose token the requests carry.
+        public var identity: String
+        /// The route's own `retry`, or the top-level one.
+        public var retry: Retry
+        /// The route's own `requireHeader`, or the top-level one.
+        public var requireHeader: String?
+
+        /// The prefix as routes are compared and matched: without a trailing `/` (`""` for `/`),
+        /// so that `/orders` and `/orders/` are one prefix.
+        public var normalizedPrefix: String {
+            var prefix = Substring(pathPrefix)
+            while prefix.hasSuffix("/") { prefix = prefix.dropLast() }
+            return String(prefix)
+        }
+    }
 
     public struct Upstream: Sendable, Equatable {
         /// Scheme, host, port and an optional path prefix; never a query or fragment.
@@ -44,7 +141,27 @@ public struct Configuration: Sendable, Equatable {
     }
 
     public struct Token: Sendable, Equatable {
-        public enum Grant: String, Sendable, CaseIterable { case refreshToken = "refresh_token", clientCredentials = "client_credentials" }
+        public enum Grant: String, Sendable, CaseIterable {
+            case refreshToken = "refresh_token", clientCredentials = "client_credentials"
+            /// RFC 8693: a subject token (a file's, or another identity's) exchanged for this one.
+            case tokenExchange = "token_exchange"
+
+            /// The `grant_type` a token request sends.
+            public var grantType: String {
+                switch self {
+                case .refreshToken, .clientCredentials: rawValue
+                case .tokenExchange: "urn:ietf:params:oauth:grant-type:token-exchange"
+                }
+            }
+        }
+
+        /// Where a token exchange's `subject_token` comes from (SPEC §2.4).
+        public enum Subject: Sendable, Equatable {
+            /// A file read at every call (a projected service-account token, say).
+            case file(String)
+            /// Another identity's current access token, refreshed first when needed.
+            case identity(String)
+        }
         public enum ClientAuth: String, Sendable, CaseIterable {
             case basic, body, none
             /// RFC 7523 §2.2: a JWT signed with `clientKeyFile` for every call.
@@ -97,9 +214,21 @@ public struct Configuration: Sendable, Equatable {
         public var tls: TLS?
         /// How long one call to the token endpoint may take (connect included).
         public var requestTimeout: Duration
+        /// `grant: "token_exchange"` (RFC 8693): the subject and what is asked for.
+        public var exchange: Exchange?
+
+        public struct Exchange: Sendable, Equatable {
+            public var subject: Subject
+            public var subjectTokenType: String
+            public var requestedTokenType: String?
+            public var audience: String?
+            public var resource: String?
+        }
 
         /// The form fields that `extraParams` may not set, because the proxy sets them itself.
         public static let reservedParams: Set<String> = ["grant_type", "refresh_token", "client_id", "client_secret", "scope"]
+        /// The form fields a token exchange sets from its own keys.
+        public static let exchangeParams: Set<String> = ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource"]
     }
 
     public struct Retry: Sendable, Equatable {

@@ -1,7 +1,8 @@
 /// Reads one JSON object of the configuration, recording a problem for every wrong value and,
 /// on ``finish()``, for every key nobody asked for (typos must not pass silently).
 final class ConfigurationReader {
-    private let keyPath: String
+    /// Where this object is in the file (`identities.graph`, `routes[1]`); empty for the top level.
+    let keyPath: String
     private let object: [String: JSONValue]
     private var consumedKeys: Set<String> = []
     private let problems: ProblemList
@@ -17,7 +18,11 @@ final class ConfigurationReader {
         self.problems = problems
     }
 
-    func path(_ key: String) -> String { keyPath.isEmpty ? key : "\(keyPath).\(key)" }
+    /// `key`'s path; an empty `key` is this object itself.
+    func path(_ key: String) -> String { key.isEmpty ? keyPath : keyPath.isEmpty ? key : "\(keyPath).\(key)" }
+
+    /// The object's keys, sorted (for objects whose keys are names, such as `identities`).
+    var keys: [String] { object.keys.sorted() }
 
     func report(_ key: String, _ message: String) { problems.add(path(key), message) }
 
@@ -108,6 +113,25 @@ final class ConfigurationReader {
         case .object(let nested)?: return ConfigurationReader(object: nested, keyPath: path(key), problems: problems)
         case let other?:
             report(key, "expected an object, found \(other.kindDescription)")
+            return nil
+        }
+    }
+
+    /// A list of objects (`routes`), each read at `key[i]`; an entry that is not an object is
+    /// reported and `nil`. `nil` when the key is absent.
+    func array(_ key: String) -> [ConfigurationReader?]? {
+        switch value(key) {
+        case nil, .null?: return nil
+        case .array(let items)?:
+            return items.enumerated().map { index, item in
+                guard case .object(let fields) = item else {
+                    report("\(key)[\(index)]", "expected an object, found \(item.kindDescription)")
+                    return nil
+                }
+                return ConfigurationReader(object: fields, keyPath: path("\(key)[\(index)]"), problems: problems)
+            }
+        case let other?:
+            report(key, "expected a list of objects, found \(other.kindDescription)")
             return nil
         }
     }

@@ -1,5 +1,5 @@
 /// A listener address: `HOST:PORT` (IPv6 as `[::1]:PORT`) or `unix:/path/to.sock`.
-public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
+public enum ListenAddress: Sendable, Hashable, CustomStringConvertible {
     case tcp(host: String, port: Int)
     case unix(path: String)
 
@@ -32,6 +32,12 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
         return .success(.tcp(host: String(host), port: port))
     }
 
+    /// Not a TCP address with port 0 (which binds wherever the system chooses).
+    public var fixedPort: Bool {
+        if case .tcp(_, 0) = self { return false }
+        return true
+    }
+
     /// Whether only processes on this host can connect.
     public var isLoopback: Bool {
         switch self {
@@ -40,12 +46,13 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// `localhost`, `::1` (also as `[::1]`) or an IPv4 literal in 127.0.0.0/8 — exactly, so
-    /// that `127.evil.example` or `127.0.0.1.evil.example` is not taken for one.
+    /// `localhost` and its subdomains (RFC 6761: `status.localhost` resolves to loopback in curl
+    /// and browsers alike), `::1` (also as `[::1]`) or an IPv4 literal in 127.0.0.0/8 — exactly,
+    /// so that `127.evil.example` or `127.0.0.1.evil.example` is not taken for one.
     public static func isLoopbackHost(_ host: some StringProtocol) -> Bool {
         var name = host.lowercased()
         if name.hasSuffix(".") { name.removeLast() }
-        if name == "localhost" || name == "::1" || name == "[::1]" { return true }
+        if name == "localhost" || name.hasSuffix(".localhost") || name == "::1" || name == "[::1]" { return true }
         let octets = name.split(separator: ".", omittingEmptySubsequences: false)
         guard octets.count == 4, octets[0] == "127" else { return false }
         return octets.allSatisfy { $0.count <= 3 && !$0.isEmpty && $0.allSatisfy(\.isASCII) && UInt8($0) != nil }

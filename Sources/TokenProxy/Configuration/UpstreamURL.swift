@@ -1,5 +1,5 @@
 /// The backend that every request is forwarded to: `http(s)://host[:port][/prefix]`.
-public struct UpstreamURL: Sendable, Equatable, CustomStringConvertible {
+public struct UpstreamURL: Sendable, Hashable, CustomStringConvertible {
     public enum Scheme: String, Sendable { case http, https }
 
     public var scheme: Scheme
