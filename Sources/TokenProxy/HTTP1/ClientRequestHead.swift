@@ -48,6 +48,23 @@ struct ClientRequestHead: Equatable {
         bytes.getSlice(at: bytes.readerIndex + targetRange.lowerBound, length: targetRange.count) ?? ByteBuffer()
     }
 
+    /// Where the path is in the head (up to the end of the target, query included): the whole
+    /// origin-form target, or what follows the authority of an absolute-form one (possibly empty).
+    var pathRange: Range<Int> {
+        withBytes(targetRange) { target -> Range<Int> in
+            if target.first == UInt8(ascii: "/") { return targetRange }
+            var index = 0
+            // After `scheme://`, the authority runs to the first `/` or `?`.
+            while index + 2 < target.count, !(target[index] == UInt8(ascii: ":") && target[index + 1] == UInt8(ascii: "/") && target[index + 2] == UInt8(ascii: "/")) {
+                index += 1
+            }
+            guard index + 2 < target.count else { return targetRange.upperBound..<targetRange.upperBound }
+            index += 3
+            while index < target.count, target[index] != UInt8(ascii: "/"), target[index] != UInt8(ascii: "?") { index += 1 }
+            return (targetRange.lowerBound + index)..<targetRange.upperBound
+        }
+    }
+
     /// The value of a field, as text.
     func value(of field: Field) -> String {
         text(field.value)
