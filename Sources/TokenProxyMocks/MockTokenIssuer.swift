@@ -3,7 +3,8 @@ import NIOConcurrencyHelpers
 import NIOSSL
 
 /// A stand-in OAuth 2.0 token endpoint: issues access tokens of a set lifetime, rotates refresh
-/// tokens (each one is accepted once; reuse gets `invalid_grant`), and records every call.
+/// tokens (each one is accepted once; reuse gets `invalid_grant`), exchanges tokens (RFC 8693,
+/// `MockTokenIssuer+TokenExchange.swift`), and records every call.
 public final class MockTokenIssuer: Sendable {
     public struct Behavior: Sendable {
         /// `expires_in` of issued access tokens.
@@ -18,6 +19,11 @@ public final class MockTokenIssuer: Sendable {
         public var issueJWTs = false
         /// The client id and secret that client authentication must present, if any.
         public var expectedClient: (id: String, secret: String)?
+        /// Confidential clients besides ``expectedClient``, secrets by client id: a call that names
+        /// one of them (as the HTTP Basic user, else as `client_id`) must present its secret, in the
+        /// same way, or is answered `invalid_client`. Calls naming another client are judged by
+        /// ``expectedClient`` as before (with neither set, any client is accepted).
+        public var clients: [String: String] = [:]
         /// Every `failEvery`-th call is answered with 503 (0: never).
         public var failEvery = 0
         /// Invalidate every access token issued before the moment a new one is issued, as real
@@ -50,6 +56,15 @@ public final class MockTokenIssuer: Sendable {
         public var refreshTokenLifetime: Double?
         /// The scopes a request may ask for (`invalid_scope` otherwise); `nil` allows any.
         public var allowedScopes: Set<String>?
+        /// Token exchange (RFC 8693): the `subject_token_type` a subject token must have
+        /// (`invalid_request` otherwise); `nil` accepts any type.
+        public var acceptedSubjectTokenType: String? = MockTokenIssuer.accessTokenType
+        /// Token exchange: whether an access token this issuer issued, still live, is a valid
+        /// subject token. Tokens given to ``MockTokenIssuer/acceptSubjectToken(_:)`` always are.
+        public var acceptsOwnAccessTokensAsSubject = true
+        /// Token exchange: other issuers whose live access tokens are valid subject tokens (a
+        /// subject identity with an issuer of its own).
+        public var subjectTokenIssuers: [MockTokenIssuer] = []
 
         public init() {}
     }
@@ -80,6 +95,10 @@ public final class MockTokenIssuer: Sendable {
         var pendingAuthorizations: [String: PendingAuthorization] = [:]
         var authorizationCodes: [String: PendingAuthorization] = [:]
         var pkceVerified = 0
+        var acceptedSubjectTokens: Set<String> = []
+        var exchanges: [Exchange] = []
+        /// The position in `exchanges` of the exchange that issued each access token.
+        var exchangeIssuing: [String: Int] = [:]
     }
 
     /// One device authorization (RFC 8628 §3.2) and what the user decided.
@@ -179,38 +198,44 @@ public final class MockTokenIssuer: Sendable {
         if request.uri.hasPrefix("/oauth/device") {
             return state.withLockedValue { authorizeDevice(request, form: form, baseURL: "http://" + (request.header("Host") ?? ""), state: &$0) }
         }
+        let isExchange = form["grant_type"] == tokenExchangeGrant
+        // Other issuers are asked before this issuer's lock is taken: one of them may be this
+        // issuer, or may be asking this one at the same moment.
+        let subjectIssuers = isExchange ? state.withLockedValue({ $0.behavior.subjectTokenIssuers }) : []
+        let vouchedElsewhere = form["subject_token"].map { subject in subjectIssuers.contains { $0.isValid(accessToken: subject) } } ?? false
         return state.withLockedValue { state in
-            let response = respond(to: request, form: form, state: &state)
+            let (response, accessToken) = respond(to: request, form: form, subjectVouchedElsewhere: vouchedElsewhere, state: &state)
             state.calls.append(Call(at: Date(), form: form, authorization: request.header("Authorization"), status: response.status))
+            if isExchange { recordExchange(request, form: form, status: response.status, issued: accessToken, state: &state) }
             return response
         }
     }
 
-    private static func respond(to request: MockHTTPRequest, form: [String: String], state: inout State) -> MockHTTPResponse {
+    /// The answer, and the access token it carries when one was issued.
+    private static func respond(
+        to request: MockHTTPRequest, form: [String: String], subjectVouchedElsewhere: Bool, state: inout State
+    ) -> (MockHTTPResponse, accessToken: String?) {
         state.counter += 1
-        if !state.scripted.isEmpty { return state.scripted.removeFirst() }
+        if !state.scripted.isEmpty { return (state.scripted.removeFirst(), nil) }
         let behavior = state.behavior
         if behavior.failEvery > 0, state.counter % behavior.failEvery == 0 {
-            return .json(503, #"{"error":"temporarily_unavailable"}"#)
+            return (.json(503, #"{"error":"temporarily_unavailable"}"#), nil)
         }
         guard request.method == "POST", request.header("Content-Type")?.hasPrefix("application/x-www-form-urlencoded") == true else {
-            return .json(400, #"{"error":"invalid_request","error_description":"expected a form POST"}"#)
+            return (.json(400, #"{"error":"invalid_request","error_description":"expected a form POST"}"#), nil)
         }
-        if let expected = behavior.expectedClient {
-            let basic = "Basic " + Data("\(expected.id):\(expected.secret)".utf8).base64EncodedString()
-            let viaBasic = request.header("Authorization") == basic
-            let viaBody = form["client_id"] == expected.id && form["client_secret"] == expected.secret
-            guard viaBasic || viaBody else { return .json(401, #"{"error":"invalid_client"}"#) }
-        }
+        if let refusal = clientRefusal(request, form: form, behavior: behavior) { return (refusal, nil) }
         if let publicKey = behavior.expectedAssertionKey {
             if let problem = AssertionVerifier.problem(form: form, publicKeyPEM: publicKey, audience: endpointURL(request), seen: &state.seenAssertionIDs, headers: &state.assertionHeaders) {
-                return .json(401, "{\"error\":\"invalid_client\",\"error_description\":\"\(problem)\"}")
+                return (.json(401, "{\"error\":\"invalid_client\",\"error_description\":\"\(problem)\"}"), nil)
             }
         }
         if let allowed = behavior.allowedScopes, let scope = form["scope"], !allowed.contains(scope) {
-            return .json(400, #"{"error":"invalid_scope","error_description":"the requested scope is not allowed for this client"}"#)
+            return (.json(400, #"{"error":"invalid_scope","error_description":"the requested scope is not allowed for this client"}"#), nil)
         }
         var refreshToken: String?
+        // `issued_token_type` (RFC 8693 §2.2.1), for an exchange only.
+        var issuedTokenType: String?
         switch form["grant_type"] {
         case "refresh_token":
             guard let presented = form["refresh_token"], state.validRefreshTokens.contains(presented) else {
@@ -219,7 +244,7 @@ public final class MockTokenIssuer: Sendable {
                     state.issued.removeAll()
                     state.familyRevocations += 1
                 }
-                return .json(400, #"{"error":"invalid_grant","error_description":"refresh token unknown or already used"}"#)
+                return (.json(400, #"{"error":"invalid_grant","error_description":"refresh token unknown or already used"}"#), nil)
             }
             if behavior.rotateRefreshTokens {
                 state.usedRefreshTokens.insert(presented)
@@ -230,21 +255,26 @@ public final class MockTokenIssuer: Sendable {
         case "client_credentials":
             break
         case "authorization_code":
-            if let refusal = exchange(form: form, state: &state) { return refusal }
+            if let refusal = exchange(form: form, state: &state) { return (refusal, nil) }
             refreshToken = "rt-browser-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
             state.validRefreshTokens.insert(refreshToken!)
         case "urn:ietf:params:oauth:grant-type:device_code":
-            if let refusal = pollDevice(form["device_code"], state: &state) { return refusal }
+            if let refusal = pollDevice(form["device_code"], state: &state) { return (refusal, nil) }
             refreshToken = "rt-device-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
             state.validRefreshTokens.insert(refreshToken!)
+        case "urn:ietf:params:oauth:grant-type:token-exchange":
+            if let refusal = exchangeRefusal(form: form, subjectVouchedElsewhere: subjectVouchedElsewhere, state: &state) { return (refusal, nil) }
+            issuedTokenType = form["requested_token_type"] ?? accessTokenType
         default:
-            return .json(400, #"{"error":"unsupported_grant_type"}"#)
+            return (.json(400, #"{"error":"unsupported_grant_type"}"#), nil)
         }
         let seconds = Double(behavior.lifetime.components.seconds) + Double(behavior.lifetime.components.attoseconds) / 1e18
         var accessToken = "at-\(state.counter)-\(UInt32.random(in: 0...UInt32.max))"
         if behavior.issueJWTs {
             let exp = Int(Date().timeIntervalSince1970 + seconds)
-            accessToken = [#"{"alg":"none"}"#, "{\"exp\":\(exp),\"jti\":\"\(accessToken)\"}"]
+            // An exchanged token names the audience it was asked for, as issuers put it in `aud`.
+            let audience = issuedTokenType == nil ? "" : form["audience"].map { ",\"aud\":\(String(reflecting: $0))" } ?? ""
+            accessToken = [#"{"alg":"none"}"#, "{\"exp\":\(exp),\"jti\":\"\(accessToken)\"\(audience)}"]
                 .map { base64URL(Data($0.utf8)) }.joined(separator: ".") + ".sig"
         }
         if behavior.revokePreviousAccessTokens { state.issued.removeAll() }
@@ -253,8 +283,40 @@ public final class MockTokenIssuer: Sendable {
         if !behavior.omitExpiresIn { fields.append("\"expires_in\":\(seconds)") }
         if let refreshToken { fields.append("\"refresh_token\":\"\(refreshToken)\"") }
         if refreshToken != nil, let lifetime = behavior.refreshTokenLifetime { fields.append("\"refresh_expires_in\":\(lifetime)") }
+        if let issuedTokenType { fields.append("\"issued_token_type\":\(String(reflecting: issuedTokenType))") }
         if let scope = form["scope"] { fields.append("\"scope\":\"\(scope)\"") }
-        return .json(200, "{" + fields.joined(separator: ",") + "}")
+        return (.json(200, "{" + fields.joined(separator: ",") + "}"), accessToken)
+    }
+
+    /// `invalid_client` unless the call authenticates as ``Behavior/clients`` and
+    /// ``Behavior/expectedClient`` require.
+    private static func clientRefusal(_ request: MockHTTPRequest, form: [String: String], behavior: Behavior) -> MockHTTPResponse? {
+        let basic = basicCredentials(request)
+        // A registered client is held to its own secret, presented the way it named itself.
+        if let basic, let secret = behavior.clients[basic.id] {
+            return basic.secret == secret ? nil : .json(401, #"{"error":"invalid_client","error_description":"wrong client secret"}"#)
+        }
+        if basic == nil, let id = form["client_id"], let secret = behavior.clients[id] {
+            return form["client_secret"] == secret ? nil : .json(401, #"{"error":"invalid_client","error_description":"wrong client secret"}"#)
+        }
+        if let expected = behavior.expectedClient {
+            let expectedBasic = "Basic " + Data("\(expected.id):\(expected.secret)".utf8).base64EncodedString()
+            let viaBasic = request.header("Authorization") == expectedBasic
+            let viaBody = form["client_id"] == expected.id && form["client_secret"] == expected.secret
+            guard viaBasic || viaBody else { return .json(401, #"{"error":"invalid_client"}"#) }
+        }
+        return nil
+    }
+
+    /// The client id and secret of an HTTP Basic `Authorization` header (RFC 6749 §2.3.1: each
+    /// form-encoded before the pair is Base64-encoded).
+    static func basicCredentials(_ request: MockHTTPRequest) -> (id: String, secret: String)? {
+        guard let header = request.header("Authorization"), header.hasPrefix("Basic "),
+            let decoded = Data(base64Encoded: String(header.dropFirst(6)))
+        else { return nil }
+        let parts = String(decoding: decoded, as: UTF8.self).split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return nil }
+        return (percentDecoded(parts[0]) ?? String(parts[0]), percentDecoded(parts[1]) ?? String(parts[1]))
     }
 
     /// The URL the request was sent to, as a client names the token endpoint (`aud`).

@@ -9,13 +9,15 @@ struct TokenCredentials: Sendable, Equatable {
     /// private key that signs assertions, or the ready-made assertion.
     var clientSecret: String?
     var refreshToken: String?
+    /// A token exchange's `subject_token` (RFC 8693): a file's, or another identity's token.
+    var subjectToken: String? = nil
 
     /// A non-reversible tag of these credentials, stored with a permanent rejection so that other
     /// processes skip exactly the credentials that were refused, and try again once the secret or
     /// the refresh token changes.
     var fingerprint: String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for part in [grant.rawValue, clientID ?? "", clientSecret ?? "", refreshToken ?? ""] {
+        for part in [grant.rawValue, clientID ?? "", clientSecret ?? "", refreshToken ?? "", subjectToken ?? ""] {
             for byte in part.utf8 + [0] {
                 hash ^= UInt64(byte)
                 hash &*= 0x100_0000_01b3
@@ -32,7 +34,8 @@ struct TokenCredentials: Sendable, Equatable {
         return client.fingerprint
     }
 
-    /// Reads `key`'s file (a client key or assertion), trailing white space removed.
+    /// Reads `key`'s file (a client key, an assertion, a subject token), trailing white space
+    /// removed.
     static func readFile(_ path: String, key: String) throws(TokenBrokerError) -> String {
         let text: String
         do {

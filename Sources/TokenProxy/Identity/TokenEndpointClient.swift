@@ -101,12 +101,18 @@ public final class TokenEndpointClient: Sendable {
         case .clientAssertion: secret = try TokenCredentials.readFile(configuration.clientAssertionFile ?? "", key: "token.clientAssertionFile")
         case .none, .tlsClientAuth: secret = nil
         }
-        return TokenCredentials(
+        var credentials = TokenCredentials(
             grant: configuration.grant,
             clientID: configuration.clientID,
             clientSecret: secret,
             refreshToken: configuration.grant == .refreshToken ? refreshToken : nil
         )
+        // A subject token file is read at every call (a projected service-account token is
+        // rotated under the proxy); another identity's token is the broker's to get.
+        if case .file(let path)? = configuration.exchange?.subject {
+            credentials.subjectToken = try TokenCredentials.readFile(path, key: "subjectTokenFile")
+        }
+        return credentials
     }
 
     /// Sends one token request and interprets the answer. Never throws: failures are transient.
@@ -116,8 +122,16 @@ public final class TokenEndpointClient: Sendable {
         if let grant {
             form = grant
         } else {
-            form = [("grant_type", credentials.grant.rawValue)]
+            form = [("grant_type", credentials.grant.grantType)]
             if let refreshToken = credentials.refreshToken { form.append(("refresh_token", refreshToken)) }
+            if let exchange = configuration.exchange {
+                // RFC 8693 §2.1.
+                form.append(("subject_token", credentials.subjectToken ?? ""))
+                form.append(("subject_token_type", exchange.subjectTokenType))
+                if let type = exchange.requestedTokenType { form.append(("requested_token_type", type)) }
+                if let audience = exchange.audience { form.append(("audience", audience)) }
+                if let resource = exchange.resource { form.append(("resource", resource)) }
+            }
             if let scope = configuration.scope { form.append(("scope", scope)) }
         }
         for name in configuration.extraParams.keys.sorted() { form.append((name, configuration.extraParams[name]!)) }

@@ -137,6 +137,8 @@ struct TokenEndpointRefusal: Sendable, Equatable {
     private func remedy(_ configuration: Configuration.Token) -> String {
         let secret = configuration.clientSecret?.description ?? "none configured"
         switch error {
+        case "invalid_grant" where configuration.grant == .tokenExchange:
+            return configuration.reauthenticationRemedy
         case "invalid_grant" where configuration.grant == .refreshToken:
             return "the refresh token is expired, revoked or already used: log in again (`tokenproxy login --refresh-token-file FILE`, "
                 + "or write {\"version\": 1, \"refresh_token\": \"…\"} to \(configuration.store)); it is picked up without a restart"

@@ -8,6 +8,12 @@ extension Configuration.Token {
             "log in again: `tokenproxy login --device` or `tokenproxy login --refresh-token-file FILE` (or write {\"version\": 1, \"refresh_token\": \"…\"} to \(store), mode 0600); it is picked up without a restart"
         case .clientCredentials:
             "check token.clientId and the client secret (\(clientSecret?.description ?? "none configured")); a changed secret or store is picked up without a restart"
+        case .tokenExchange:
+            switch exchange?.subject {
+            case .file(let path)?: "the issuer refused the subject token of \(path) (subjectTokenFile) or the client: a new subject token in that file is picked up without a restart"
+            case .identity(let name)?: "the issuer refused the token of the identity \"\(name)\" (subjectIdentity) or the client: check that the issuer may exchange it (audience, trust policy)"
+            case nil: "check the token exchange's settings"
+            }
         }
     }
 
@@ -30,6 +36,6 @@ extension Configuration.Token {
         let sameEndpoint = endpoint == other.endpoint || (issuer != nil && issuer == other.issuer && (endpoint.isEmpty || other.endpoint.isEmpty))
         return sameEndpoint && grant == other.grant && clientID == other.clientID && clientSecret == other.clientSecret
             && clientAuth == other.clientAuth && clientKeyFile == other.clientKeyFile && clientKeyID == other.clientKeyID
-            && clientAssertionFile == other.clientAssertionFile && scope == other.scope && extraParams == other.extraParams
+            && clientAssertionFile == other.clientAssertionFile && scope == other.scope && extraParams == other.extraParams && exchange == other.exchange
     }
 }

@@ -336,7 +336,7 @@ struct RefreshProtocol: Sendable {
 
     /// Whether a call to the endpoint may follow a read that found `tokens`.
     private func mayCall(with tokens: TokenSet?) -> Bool {
-        configuration.grant == .clientCredentials || tokens?.refreshToken != nil
+        configuration.grant != .refreshToken || tokens?.refreshToken != nil
     }
 
     /// `now` is `nil` after a quarantine (an empty store satisfies no need).

@@ -65,8 +65,15 @@ extension TokenBroker {
                 return machine.failed(error)
             }
         case .readCredentials(let refreshToken):
-            do {
-                return machine.credentialsRead(try endpoint.credentials(refreshToken: refreshToken), now: now())
+            do throws(TokenBrokerError) {
+                var credentials = try endpoint.credentials(refreshToken: refreshToken)
+                if case .identity(let name)? = configuration.exchange?.subject {
+                    // The subject identity's token, refreshed first when needed (SPEC §2.4).
+                    guard let subjectToken else { throw .misconfigured(reason: "subjectIdentity \"\(name)\" is not available in this process") }
+                    credentials.subjectToken = try await subjectToken()
+                }
+                exchangedFrom = credentials.subjectToken
+                return machine.credentialsRead(credentials, now: now())
             } catch {
                 return machine.failed(error)
             }

@@ -72,6 +72,14 @@ public actor TokenBroker {
     private var lastDiscardNote: String?
     /// Told about every refresh that reached the token endpoint (metrics, systemd status).
     let observer: (@Sendable (RefreshEvent) -> Void)?
+    /// A token exchange's subject identity's current token (SPEC §2.4), got as a request gets
+    /// it: refreshed first when needed.
+    var subjectToken: (@Sendable () async throws(TokenBrokerError) -> String)?
+    /// The subject token the current token was exchanged from, by this process.
+    var exchangedFrom: String?
+    /// An access token exchanged from a subject token that has since been replaced: not handed
+    /// out again, but replaced at its next need, as a rejected one is.
+    var supersededToken: String?
 
     public init(
         configuration: Configuration.Token,
@@ -116,6 +124,14 @@ public actor TokenBroker {
     /// A token that meets `need`, refreshing it if necessary.
     public func token(for need: Need) async throws(TokenBrokerError) -> TokenSet {
         if !loaded { await loadStore() }
+        var need = need
+        if let superseded = supersededToken {
+            if gate.current?.accessToken == superseded, need == .usable || need == .fresh {
+                need = .replacing(rejected: superseded)
+            } else if gate.current?.accessToken != superseded {
+                supersededToken = nil
+            }
+        }
         var attempt = RefreshGate.Attempt(need: need)
         while true {
             switch gate.decide(attempt, now: now()) {
@@ -210,8 +226,24 @@ public actor TokenBroker {
     /// Publishes the gate's token for the data path and wakes the maintenance loop, whose
     /// schedule follows the token however it was obtained (SPEC §5).
     func publishCurrent() {
-        publisher.publish(gate.current, windows: gate.windows)
+        let superseded = supersededToken != nil && gate.current?.accessToken == supersededToken
+        publisher.publish(superseded ? nil : gate.current, windows: gate.windows)
         maintenancePause?.cancel()
+    }
+
+    /// Uses `source` for a token exchange's `subjectIdentity`.
+    func useSubject(_ source: @escaping @Sendable () async throws(TokenBrokerError) -> String) {
+        subjectToken = source
+    }
+
+    /// The subject identity has a new token (SPEC §2.4): a token exchanged from the previous one
+    /// is refreshed at its next need, not at once (nobody may need it).
+    func subjectChanged(to subject: String) {
+        guard let from = exchangedFrom, from != subject, let current = gate.current?.accessToken else { return }
+        exchangedFrom = nil
+        supersededToken = current
+        publishCurrent()
+        logger.info("the subject identity's token changed; the exchanged token is replaced at its next use")
     }
 
     func readStore(authoritative: Bool = false) async throws(TokenBrokerError) -> TokenStore.Contents {

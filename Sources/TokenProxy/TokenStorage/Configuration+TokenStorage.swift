@@ -1,11 +1,16 @@
 import Logging
 
 extension Configuration {
-    /// The storage this configuration names: the fleet's database when `fleet` is set (SPEC §2.3),
-    /// else the store file and its lock file (SPEC §3).
+    /// The storage of the identity `identity` (SPEC §2.4): the fleet's database when `fleet` is
+    /// set (SPEC §2.3; the row `fleet.name` for `default`, `fleet.name/NAME` for the others),
+    /// else the identity's store file and its lock file (SPEC §3).
     /// - Throws: ``TokenStoreError/refused(path:reason:)`` when a fleet key file cannot be used.
-    public func makeTokenStorage(logger: Logger) throws(TokenStoreError) -> any TokenStorage {
-        if let fleet { return try PostgresTokenStorage(fleet: fleet, logger: logger) }
+    public func makeTokenStorage(identity: String = Configuration.defaultIdentity, logger: Logger) throws(TokenStoreError) -> any TokenStorage {
+        if var fleet {
+            if identity != Self.defaultIdentity { fleet.name += "/\(identity)" }
+            return try PostgresTokenStorage(fleet: fleet, logger: logger)
+        }
+        let token = identities[identity] ?? self.token
         return FileTokenStorage(store: token.store, lockFile: token.lockFile)
     }
 }
