@@ -36,7 +36,7 @@ struct AdminTests {
         let metrics = try await harness.admin(.GET, "/metrics", port: admin)
         #expect(metrics.headers.first(name: "Content-Type")?.hasPrefix("text/plain; version=0.0.4") == true)
         for name in [
-            "tokenproxy_requests_total 2", #"tokenproxy_token_refreshes_total{result="success"} 1"#, #"tokenproxy_retries_total{reason="upstream_503"} 0"#,
+            #"tokenproxy_requests_total{route="default"} 2"#, #"tokenproxy_token_refreshes_total{identity="default",result="success"} 1"#, #"tokenproxy_retries_total{reason="upstream_503"} 0"#,
             "tokenproxy_faults_injected_total 0", "tokenproxy_request_duration_seconds_bucket", "tokenproxy_token_expires_in_seconds",
         ] {
             #expect(metrics.body.contains(name), "missing \(name)")

@@ -41,10 +41,10 @@ struct HotPathTests {
         #expect(String(buffer: buffer) == "Content-Length: 0, 9223372036854775807\r\n")
     }
 
-    @Test func requestCountsAndDurationsAreSummedOverTheLoops() {
+    @Test func requestCountsAndDurationsAreSummedOverTheLoopsPerRoute() {
         let statistics = ProxyStatistics()
-        let first = statistics.makeLoopStatistics()
-        let second = statistics.makeLoopStatistics()
+        let route = statistics.route("default", loops: 2)
+        let (first, second) = (route.loops[0], route.loops[1])
         first.requestStarted()
         first.requestStarted()
         second.requestStarted()
@@ -54,17 +54,17 @@ struct HotPathTests {
         #expect(statistics.requests == 3)
         let text = statistics.render()
         for line in [
-            "tokenproxy_requests_total 3",
-            #"tokenproxy_request_duration_seconds_bucket{le="0.0005"} 1"#,
-            #"tokenproxy_request_duration_seconds_bucket{le="0.001"} 2"#,
-            #"tokenproxy_request_duration_seconds_bucket{le="10.0"} 2"#,
-            #"tokenproxy_request_duration_seconds_bucket{le="+Inf"} 3"#,
-            "tokenproxy_request_duration_seconds_sum 20.0013",
-            "tokenproxy_request_duration_seconds_count 3",
+            #"tokenproxy_requests_total{route="default"} 3"#,
+            #"tokenproxy_request_duration_seconds_bucket{route="default",le="0.0005"} 1"#,
+            #"tokenproxy_request_duration_seconds_bucket{route="default",le="0.001"} 2"#,
+            #"tokenproxy_request_duration_seconds_bucket{route="default",le="10.0"} 2"#,
+            #"tokenproxy_request_duration_seconds_bucket{route="default",le="+Inf"} 3"#,
+            #"tokenproxy_request_duration_seconds_sum{route="default"} 20.0013"#,
+            #"tokenproxy_request_duration_seconds_count{route="default"} 3"#,
         ] {
             #expect(text.contains(line + "\n"), "\(line)")
         }
         // A second render publishes no count twice.
-        #expect(statistics.render().contains("tokenproxy_requests_total 3\n"))
+        #expect(statistics.render().contains(#"tokenproxy_requests_total{route="default"} 3"# + "\n"))
     }
 }

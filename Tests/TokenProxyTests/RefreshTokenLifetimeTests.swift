@@ -57,7 +57,7 @@ struct RefreshTokenLifetimeTests {
         #expect(early.contains("\"refreshTokenExpiresAt\":\"\(RFC3339.format(issued + 30).prefix(17))"), "\(early)")
         #expect(early.contains("\"refreshTokenWarning\":false"), "\(early)")
         let metrics = try await get("/metrics")
-        let gauge = metrics.components(separatedBy: "\n").first { $0.hasPrefix("tokenproxy_refresh_token_expiry_seconds ") }
+        let gauge = metrics.components(separatedBy: "\n").first { $0.hasPrefix(#"tokenproxy_refresh_token_expiry_seconds{identity="default"} "#) }
         let seconds = gauge.flatMap { Double($0.split(separator: " ").last ?? "") }
         #expect(seconds.map { $0 > 20 && $0 <= 30 } == true, "\(gauge ?? "no gauge")")
         #expect(!proxy.stderrSoFar.contains("refresh token expires soon"))

@@ -495,8 +495,8 @@ struct TokenFailureTests {
             process.signal(SIGCONT)
             let metrics = try await get("/metrics", port: admin)
             process.signal(SIGSTOP)
-            successes += Self.counter(#"tokenproxy_token_refreshes_total{result="success"}"#, in: metrics)
-            adoptions += Self.counter("tokenproxy_token_adoptions_total", in: metrics)
+            successes += Self.counter(#"tokenproxy_token_refreshes_total{identity="default",result="success"}"#, in: metrics)
+            adoptions += Self.counter(#"tokenproxy_token_adoptions_total{identity="default"}"#, in: metrics)
         }
         for (process, _, _) in processes {
             process.signal(SIGCONT)

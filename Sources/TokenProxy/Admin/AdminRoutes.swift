@@ -4,34 +4,65 @@ import NIOHTTP1
 /// What the admin API answers (SPEC §7), decided without sockets: health, readiness, status
 /// and metrics, forced refresh and expiry, and fault settings.
 public struct AdminRoutes: Sendable {
-    let broker: TokenBroker
+    /// Every identity's broker (SPEC §2.4); `default` is the one the top-level fields show.
+    let identities: IdentityBrokers
     let faults: FaultSettings
     let statistics: ProxyStatistics
     /// The upstream the data path forwards to now: read from the proxy's reloadable context
     /// at each answer, so that a reload shows at once.
     let upstream: @Sendable () -> UpstreamURL
+    /// The routes in force, read at each answer (a reload shows at once).
+    let routes: @Sendable () -> [Configuration.Route]
     /// `admin.tokenFile`: when set, `POST` and `PUT` need its content as a bearer token.
     let tokenFile: String?
 
+    /// The admin API of a proxy with one identity, `default`.
     public init(broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, upstream: @escaping @Sendable () -> UpstreamURL, tokenFile: String? = nil) {
-        self.broker = broker
+        self.init(identities: IdentityBrokers(single: broker), faults: faults, statistics: statistics, upstream: upstream, routes: { [] }, tokenFile: tokenFile)
+    }
+
+    init(
+        identities: IdentityBrokers, faults: FaultSettings, statistics: ProxyStatistics, upstream: @escaping @Sendable () -> UpstreamURL,
+        routes: @escaping @Sendable () -> [Configuration.Route], tokenFile: String?
+    ) {
+        self.identities = identities
         self.faults = faults
         self.statistics = statistics
         self.upstream = upstream
+        self.routes = routes
         self.tokenFile = tokenFile
     }
+
+    /// The identity the top-level fields describe: `default`, or the first.
+    private var primary: (name: String, broker: TokenBroker)? { identities.all.first }
 
     public struct Request: Sendable {
         public var method: HTTPMethod
         public var path: String
+        /// The query's fields (`identity=NAME`).
+        public var query: [String: String]
         public var body: String
         public var headers: HTTPHeaders
 
-        public init(method: HTTPMethod, path: String, body: String = "", headers: HTTPHeaders = ["Host": "127.0.0.1"]) {
+        public init(method: HTTPMethod, path: String, query: [String: String] = [:], body: String = "", headers: HTTPHeaders = ["Host": "127.0.0.1"]) {
             self.method = method
             self.path = path
+            self.query = query
             self.body = body
             self.headers = headers
+        }
+
+        /// The fields of `uri`'s query, percent-decoded; the first of a repeated name wins.
+        public static func query(of uri: String) -> [String: String] {
+            guard let start = uri.firstIndex(of: "?") else { return [:] }
+            var fields: [String: String] = [:]
+            for pair in uri[uri.index(after: start)...].split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = String(parts[0]).removingPercentEncoding ?? String(parts[0])
+                let value = parts.count > 1 ? (String(parts[1]).removingPercentEncoding ?? String(parts[1])) : ""
+                if fields[name] == nil { fields[name] = value }
+            }
+            return fields
         }
     }
 
@@ -64,14 +95,14 @@ public struct AdminRoutes: Sendable {
         case (.GET, "/status"):
             return await status()
         case (.GET, "/metrics"):
-            if let seconds = broker.publisher.latest().map({ Double($0.expiresAtNanoseconds) / 1e9 - Date().timeIntervalSince1970 }) {
-                statistics.tokenSecondsLeft.record(max(seconds, 0))
-            }
-            if let expiresAt = await broker.status().refreshTokenExpiresAt {
-                statistics.refreshTokenSecondsLeft.record(max(expiresAt.timeIntervalSinceNow.rounded(.down), 0))
+            for (name, broker) in identities.all {
+                let seconds = broker.publisher.latest().map { Double($0.expiresAtNanoseconds) / 1e9 - Date().timeIntervalSince1970 }
+                let refreshSeconds = await broker.status().refreshTokenExpiresAt.map { $0.timeIntervalSinceNow.rounded(.down) }
+                statistics.recordTokenExpiry(secondsLeft: seconds, refreshTokenSecondsLeft: refreshSeconds, identity: name)
             }
             return Response(status: .ok, body: statistics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         case (.POST, "/token/refresh"):
+            guard let broker = identity(request) else { return unknownIdentity(request) }
             do {
                 let tokens = try await broker.token(for: .forced)
                 return .json(.ok, ["refreshed": .bool(true), "expiresAt": tokens.expiresAt.map { .string(RFC3339.format($0)) } ?? .null])
@@ -79,6 +110,7 @@ public struct AdminRoutes: Sendable {
                 return Self.failure(error)
             }
         case (.POST, "/token/expire"):
+            guard let broker = identity(request) else { return unknownIdentity(request) }
             do {
                 try await broker.expireCurrentToken()
                 return .json(.ok, ["expired": .bool(true)])
@@ -129,19 +161,90 @@ public struct AdminRoutes: Sendable {
         return nil
     }
 
+    /// The broker `?identity=` names (default `default`); `nil` when there is no such identity.
+    private func identity(_ request: Request) -> TokenBroker? {
+        if let name = request.query["identity"] { return identities[name] }
+        return identities[Configuration.defaultIdentity] ?? primary?.broker
+    }
+
+    private func unknownIdentity(_ request: Request) -> Response {
+        .error(.notFound, "unknown_identity", "no identity \"\(request.query["identity"] ?? "")\"; the configuration has \(identities.names.joined(separator: ", "))")
+    }
+
+    /// Ready when every identity a route uses has a token or can get one (SPEC §7), asked of all
+    /// of them at once, so that one slow issuer does not add to the others' time.
     private func readiness() async -> Response {
-        do {
-            _ = try await broker.tokenForRequest()
-        } catch {
-            return .json(.serviceUnavailable, ["ready": .bool(false), "reason": .string(error.description)])
+        let used = Set(routes().map(\.identity))
+        let checked = identities.all.filter { used.isEmpty || used.contains($0.name) }
+        let failures = await withTaskGroup(of: (String, String?).self) { group in
+            for (name, broker) in checked {
+                group.addTask {
+                    do throws(TokenBrokerError) {
+                        _ = try await broker.tokenForRequest()
+                        return (name, nil)
+                    } catch {
+                        return (name, error.description)
+                    }
+                }
+            }
+            var failures: [(String, String)] = []
+            for await (name, failure) in group { if let failure { failures.append((name, failure)) } }
+            return failures.sorted { $0.0 < $1.0 }
+        }
+        if let (name, reason) = failures.first {
+            // One identity's reason as before (a single identity reads as it always did), and each named.
+            let named = checked.count > 1 ? "identity \(name): \(reason)" : reason
+            return .json(.serviceUnavailable, [
+                "ready": .bool(false), "reason": .string(named), "identity": .string(name),
+                "identities": .object(Dictionary(uniqueKeysWithValues: failures.map { ($0.0, JSONValue.string($0.1)) })),
+            ])
         }
         // Ready while a valid token is held; a fleet database that cannot be reached is said, not fatal.
-        guard let problem = await broker.status().storeProblem else { return .json(.ok, ["ready": .bool(true)]) }
+        var problems: [String] = []
+        for (_, broker) in checked { if let problem = await broker.status().storeProblem { problems.append(problem) } }
+        guard let problem = problems.first else { return .json(.ok, ["ready": .bool(true)]) }
         return .json(.ok, ["ready": .bool(true), "storeProblem": .string(problem)])
     }
 
     private func status() async -> Response {
-        let status = await broker.status()
+        guard let (_, broker) = primary else { return .error(.internalServerError, "no_identity", "no identity is configured") }
+        var fields = await Self.tokenFields(broker.status())
+        var described: [String: JSONValue] = [:]
+        for (name, broker) in identities.all {
+            var identity = await Self.tokenFields(broker.status())
+            if case .object(var token) = identity["token"] {
+                token["store"] = identity["store"]
+                identity = token
+            }
+            described[name] = .object(identity)
+        }
+        var routeFields: [String: JSONValue] = [:]
+        for route in routes() {
+            routeFields[route.name] = .object([
+                "listen": .string(route.listen.description), "host": route.host.map(JSONValue.string) ?? .null, "pathPrefix": .string(route.pathPrefix),
+                "stripPrefix": .bool(route.stripPrefix), "upstream": .string(route.upstream.url.description), "identity": .string(route.identity),
+                "requests": .number(Double(statistics.requests(route: route.name))),
+            ])
+        }
+        let counters: [String: JSONValue] = [
+            "requests": .number(Double(statistics.requests)),
+            "retries": .number(Double(statistics.retries)),
+            "replaysAfter401": .number(Double(statistics.replaysAfter401)),
+            "faultsInjected": .number(Double(statistics.faultsInjected)),
+            "proxyErrors": .number(Double(statistics.proxyErrors)),
+            "aborted": .number(Double(statistics.aborted)),
+        ]
+        fields["counters"] = .object(counters)
+        fields["faults"] = faultFields
+        fields["upstream"] = .string(upstream().description)
+        fields["version"] = .string(TokenProxyVersion.current)
+        fields["identities"] = .object(described)
+        fields["routes"] = .object(routeFields)
+        return .json(.ok, fields)
+    }
+
+    /// `token` and `store` of one identity's status.
+    private static func tokenFields(_ status: TokenBroker.Status) -> [String: JSONValue] {
         var token: [String: JSONValue] = ["refreshTokenHeld": .bool(status.hasRefreshToken), "refreshing": .bool(status.refreshing)]
         if let expiresAt = status.expiresAt {
             token["expiresAt"] = .string(RFC3339.format(expiresAt))
@@ -161,18 +264,7 @@ public struct AdminRoutes: Sendable {
         if let last = status.lastRefresh {
             token["lastRefresh"] = .object(["at": .string(RFC3339.format(last.at)), "succeeded": .bool(last.succeeded), "detail": .string(last.detail)])
         }
-        let counters: [String: JSONValue] = [
-            "requests": .number(Double(statistics.requests)),
-            "retries": .number(Double(statistics.retries)),
-            "replaysAfter401": .number(Double(statistics.replaysAfter401)),
-            "faultsInjected": .number(Double(statistics.faultsInjected)),
-            "proxyErrors": .number(Double(statistics.proxyErrors)),
-            "aborted": .number(Double(statistics.aborted)),
-        ]
-        return .json(.ok, [
-            "token": .object(token), "store": .object(store), "counters": .object(counters), "faults": faultFields, "upstream": .string(upstream().description),
-            "version": .string(TokenProxyVersion.current),
-        ])
+        return ["token": .object(token), "store": .object(store)]
     }
 
     private var faultFields: JSONValue {

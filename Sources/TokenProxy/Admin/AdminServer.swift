@@ -61,7 +61,7 @@ private final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            let request = AdminRoutes.Request(method: head.method, path: String(head.uri.prefix { $0 != "?" }), body: String(buffer: body), headers: head.headers)
+            let request = AdminRoutes.Request(method: head.method, path: String(head.uri.prefix { $0 != "?" }), query: AdminRoutes.Request.query(of: head.uri), body: String(buffer: body), headers: head.headers)
             let keepAlive = head.isKeepAlive
             let routes = self.routes
             context.eventLoop.makeFutureWithTask { await routes.answer(request) }

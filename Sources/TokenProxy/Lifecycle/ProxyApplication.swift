@@ -15,10 +15,15 @@ public struct ProxyApplication: Sendable {
     public struct Listening: Sendable {
         public var proxyPort: Int?
         public var adminPort: Int?
+        /// The port of each route's listener, by route name (SPEC §2.4).
+        public var routePorts: [String: Int] = [:]
     }
 
     public let configuration: Configuration
-    public let broker: TokenBroker
+    /// One broker per identity (SPEC §2.4).
+    public let identities: IdentityBrokers
+    /// The identity `default`'s broker (or the only one's).
+    public var broker: TokenBroker { identities[Configuration.defaultIdentity] ?? identities.all[0].broker }
     public let server: ProxyServer
     public let faults: FaultSettings
     public let statistics: ProxyStatistics
@@ -37,57 +42,54 @@ public struct ProxyApplication: Sendable {
         let notifier = SystemdNotifier(environment: environment)
         let statistics = ProxyStatistics()
         let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
-        let storage: any TokenStorage
+        let identities: IdentityBrokers
         do {
-            storage = try configuration.makeTokenStorage(logger: logger)
+            identities = try await IdentityBrokers.make(configuration: configuration, environment: environment, logger: logger) { identity, event in
+                statistics.observe(event, identity: identity)
+                let text = TokenStatusText.describe(event)
+                notifier.status(identity == Configuration.defaultIdentity ? text : "\(identity): \(text)")
+            }
         } catch {
             logger.critical("cannot use the token store", metadata: ["error": "\(error)"])
             throw error
         }
-        let broker = TokenBroker(
-            configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token, environment: environment), logger: logger,
-            storage: storage, writesBeforeUse: false,
-            observer: { event in
-                statistics.observe(event)
-                notifier.status(TokenStatusText.describe(event))
-            }
-        )
         let server: ProxyServer
         var admin: AdminServer?
         do {
             server = try await ProxyServer.start(
-                configuration: configuration, broker: broker, faults: faults, statistics: statistics, group: .singleton, logger: logger)
+                configuration: configuration, services: .init(identities: identities, faults: faults, statistics: statistics, logger: logger), group: .singleton)
             if let settings = configuration.admin {
                 admin = try await AdminServer.start(
-                    address: settings.listen, routes: Self.adminRoutes(broker: broker, server: server, faults: faults, statistics: statistics, tokenFile: settings.tokenFile),
+                    address: settings.listen,
+                    routes: Self.adminRoutes(identities: identities, server: server, faults: faults, statistics: statistics, tokenFile: settings.tokenFile),
                     group: MultiThreadedEventLoopGroup.singleton)
             }
         } catch {
             logger.critical("cannot listen", metadata: ["listen": "\(configuration.listen)", "admin": "\(configuration.admin?.listen.description ?? "off")", "error": "\(error)"])
-            await broker.shutdown()
+            await identities.shutdown()
             throw error
         }
         let reloader = Reloader(
-            current: configuration, server: server, admin: admin, broker: broker, faults: faults, statistics: statistics, notifier: notifier,
-            environment: environment, logger: logger)
-        return ProxyApplication(
-            configuration: configuration, broker: broker, server: server, faults: faults, statistics: statistics, reloader: reloader, notifier: notifier,
+            current: configuration, server: server, admin: admin, identities: identities, faults: faults, statistics: statistics, notifier: notifier,
             logger: logger)
+        return ProxyApplication(
+            configuration: configuration, identities: identities, server: server, faults: faults, statistics: statistics, reloader: reloader,
+            notifier: notifier, logger: logger)
     }
 
-    /// The admin API over the proxy's live state: it reads the context a reload publishes.
-    static func adminRoutes(broker: TokenBroker, server: ProxyServer, faults: FaultSettings, statistics: ProxyStatistics, tokenFile: String?) -> AdminRoutes {
-        AdminRoutes(broker: broker, faults: faults, statistics: statistics, upstream: { server.upstream }, tokenFile: tokenFile)
+    /// The admin API over the proxy's live state: it reads the routes a reload publishes.
+    static func adminRoutes(identities: IdentityBrokers, server: ProxyServer, faults: FaultSettings, statistics: ProxyStatistics, tokenFile: String?) -> AdminRoutes {
+        AdminRoutes(identities: identities, faults: faults, statistics: statistics, upstream: { server.upstream }, routes: { server.routes }, tokenFile: tokenFile)
     }
 
     /// The admin API of this proxy (for an admin listener of one's own, as the tests start).
     public func adminRoutes(tokenFile: String? = nil) -> AdminRoutes {
-        Self.adminRoutes(broker: broker, server: server, faults: faults, statistics: statistics, tokenFile: tokenFile)
+        Self.adminRoutes(identities: identities, server: server, faults: faults, statistics: statistics, tokenFile: tokenFile)
     }
 
     /// Where it listens now.
     public func listening() async -> Listening {
-        Listening(proxyPort: server.port, adminPort: await reloader.adminPort)
+        Listening(proxyPort: server.port, adminPort: await reloader.adminPort, routePorts: server.routePorts)
     }
 
     /// `tokenproxy run` and `tokenproxy demo`: starts, then serves until SIGTERM/SIGINT, or
@@ -104,11 +106,16 @@ public struct ProxyApplication: Sendable {
         let listening = await application.listening()
         var metadata: Logger.Metadata = [
             "listen": "\(configuration.listen)", "upstream": "\(configuration.upstream.url)", "admin": "\(configuration.admin?.listen.description ?? "off")",
-            "openFiles": "\(openFiles)",
+            "openFiles": "\(openFiles)", "routes": "\(configuration.routes.map(\.name).joined(separator: ","))",
+            "identities": "\(configuration.identityNames.joined(separator: ","))",
         ]
         // The ports actually bound, for listen addresses with port 0.
         if let port = listening.proxyPort { metadata["port"] = "\(port)" }
         if let port = listening.adminPort { metadata["adminPort"] = "\(port)" }
+        // Each route's port, for routes on listeners of their own (`b=8790,c=8791`).
+        if configuration.routes.count > 1 {
+            metadata["routePorts"] = "\(listening.routePorts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"
+        }
         application.logger.info("listening", metadata: metadata)
         application.notifier.ready(status: await firstToken(from: application.broker))
         await BlockingIO.run { ExecutableResidency.releaseStartupPages() }
@@ -119,9 +126,9 @@ public struct ProxyApplication: Sendable {
     /// returning, or the cancellation of the calling task (as the tests stop it). Then the
     /// proxy drains, and the broker closes its connections.
     public func run(signals: UnixSignalsSequence? = nil, companion: (@Sendable (Listening) async -> Void)? = nil) async throws {
-        let (broker, server, reloader, notifier, logger) = (broker, server, reloader, notifier, logger)
+        let (identities, server, reloader, notifier, logger) = (identities, server, reloader, notifier, logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: FunctionService { await cancelWhenGracefulShutdown { await broker.keepFresh() } }, serviceName: "token maintenance"),
+            .init(service: FunctionService { await cancelWhenGracefulShutdown { await identities.keepFresh() } }, serviceName: "token maintenance"),
             .init(service: server, serviceName: "proxy"),
             .init(service: FunctionService {
                 try? await gracefulShutdown()
@@ -160,11 +167,11 @@ public struct ProxyApplication: Sendable {
         } catch {
             logger.error("stopped after a service failed", metadata: ["error": "\(error)"])
             await reloader.stopAdmin()
-            await broker.shutdown()
+            await identities.shutdown()
             throw error
         }
         await reloader.stopAdmin()
-        await broker.shutdown()
+        await identities.shutdown()
         logger.info("stopped")
     }
 

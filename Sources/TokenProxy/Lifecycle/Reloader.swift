@@ -2,27 +2,26 @@ import Logging
 import NIOPosix
 
 /// Applies a new configuration on SIGHUP: a configuration that does not load is logged and the
-/// running one kept; listeners that did not change keep their connections.
+/// running one kept; listeners that did not change keep their connections, identities whose
+/// settings did not change keep their tokens (SPEC §2.4, §8).
 actor Reloader {
     private var current: Configuration
     private let server: ProxyServer
     private var admin: AdminServer?
-    private let broker: TokenBroker
+    private let identities: IdentityBrokers
     private let faults: FaultSettings
     private let statistics: ProxyStatistics
     private let notifier: SystemdNotifier
-    private let environment: [String: String]
     private let logger: Logger
 
     init(
-        current: Configuration, server: ProxyServer, admin: AdminServer?, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics,
-        notifier: SystemdNotifier, environment: [String: String], logger: Logger
+        current: Configuration, server: ProxyServer, admin: AdminServer?, identities: IdentityBrokers, faults: FaultSettings, statistics: ProxyStatistics,
+        notifier: SystemdNotifier, logger: Logger
     ) {
-        self.environment = environment
         self.current = current
         self.server = server
         self.admin = admin
-        self.broker = broker
+        self.identities = identities
         self.faults = faults
         self.statistics = statistics
         self.notifier = notifier
@@ -34,7 +33,7 @@ actor Reloader {
     func reload() async {
         notifier.reloading()
         defer { notifier.send("READY=1") }
-        let next: Configuration
+        var next: Configuration
         do {
             next = try Configuration.load(path: current.sourcePath)
         } catch {
@@ -43,8 +42,15 @@ actor Reloader {
             ])
             return
         }
+        if next.fleet != current.fleet {
+            // The storage (and its connections and listener) is chosen once, at start.
+            logger.warning("reload: fleet.* changes take effect after a restart; the running store stays in use")
+            next.fleet = current.fleet
+        }
         do {
-            try await server.apply(next, previous: current)
+            // Brokers first: the routes the server publishes name them.
+            try await identities.apply(next)
+            try await server.apply(next)
         } catch {
             logger.error("reload could not be applied; the running configuration stays in force", metadata: ["error": "\(error)"])
             return
@@ -57,7 +63,7 @@ actor Reloader {
                 do {
                     admin = try await AdminServer.start(
                         address: address,
-                        routes: ProxyApplication.adminRoutes(broker: broker, server: server, faults: faults, statistics: statistics, tokenFile: next.admin?.tokenFile),
+                        routes: ProxyApplication.adminRoutes(identities: identities, server: server, faults: faults, statistics: statistics, tokenFile: next.admin?.tokenFile),
                         group: MultiThreadedEventLoopGroup.singleton
                     )
                 } catch {
@@ -65,21 +71,16 @@ actor Reloader {
                 }
             }
         }
-        if next.token != current.token {
-            await broker.reconfigure(next.token, endpoint: TokenEndpointClient(configuration: next.token, environment: environment))
-        }
         if next.log != current.log {
             logger.warning("reload: log.* changes take effect after a restart")
         }
-        if next.fleet != current.fleet {
-            // The storage (and its connections and listener) is chosen once, at start.
-            logger.warning("reload: fleet.* changes take effect after a restart; the running store stays in use")
-        }
         var applied = next
         applied.log = current.log
-        applied.fleet = current.fleet
         current = applied
-        logger.info("configuration reloaded", metadata: ["config": "\(current.sourcePath)", "upstream": "\(current.upstream.url)", "listen": "\(current.listen)"])
+        logger.info("configuration reloaded", metadata: [
+            "config": "\(current.sourcePath)", "upstream": "\(current.upstream.url)", "listen": "\(current.listen)",
+            "routes": "\(current.routes.map(\.name).joined(separator: ","))", "identities": "\(current.identityNames.joined(separator: ","))",
+        ])
     }
 
     func stopAdmin() async {

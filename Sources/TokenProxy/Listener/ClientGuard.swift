@@ -11,8 +11,9 @@ struct ClientGuard: Sendable, Equatable {
         case loopback
         /// `names` (without port) with any port; `withPort` (`host:port`) exactly. Both are
         /// lowercased bytes, so that a request's `Host` is compared in place, without making a
-        /// string of it (this runs for every request).
-        case listed(names: [[UInt8]], withPort: [[UInt8]])
+        /// string of it (this runs for every request). `localhostNames`: also any name under
+        /// `.localhost` (RFC 6761: loopback in curl and browsers alike).
+        case listed(names: [[UInt8]], withPort: [[UInt8]], localhostNames: Bool)
     }
 
     let hosts: Hosts
@@ -57,12 +58,13 @@ struct ClientGuard: Sendable, Equatable {
             return true
         case .loopback:
             return ListenAddress.isLoopbackHost(Self.split(String(decoding: host, as: UTF8.self).lowercased()).host)
-        case .listed(let names, let withPort):
+        case .listed(let names, let withPort, let localhostNames):
             // A listed name followed by nothing or a port; ASCII case is ignored.
             for name in names where host.count >= name.count && Self.startsIgnoringCase(host, with: name) {
                 if host.count == name.count || host[name.count] == UInt8(ascii: ":") { return true }
             }
-            return withPort.contains { $0.count == host.count && Self.startsIgnoringCase(host, with: $0) }
+            if withPort.contains(where: { $0.count == host.count && Self.startsIgnoringCase(host, with: $0) }) { return true }
+            return localhostNames && ListenAddress.isLoopbackHost(Self.split(String(decoding: host, as: UTF8.self)).host)
         }
     }
 
@@ -97,23 +99,36 @@ struct ClientGuard: Sendable, Equatable {
 }
 
 extension ClientGuard {
-    /// The proxy listener's guard, from the configuration (SPEC §2.2).
-    init(_ configuration: Configuration) {
+    /// The guard of a route on the listener `listen` (SPEC §2.2, §2.4): the default hosts are
+    /// the loopback names, the listener's host, any `*.localhost` name and the hosts the
+    /// listener's routes name; a configured `allowedHosts` replaces them.
+    init(_ configuration: Configuration, listen: ListenAddress, requiredHeader: String?) {
         let hosts: Hosts
-        if case .unix = configuration.listen {
+        if case .unix = listen {
             hosts = .any
         } else if let configured = configuration.clients.allowedHosts {
             let split = configured.map { ($0, Self.split($0)) }
-            hosts = .listed(names: Self.lowercasedBytes(split.filter { $0.1.port == nil }.map(\.1.host)), withPort: Self.lowercasedBytes(split.filter { $0.1.port != nil }.map(\.0)))
+            hosts = .listed(
+                names: Self.lowercasedBytes(split.filter { $0.1.port == nil }.map(\.1.host)), withPort: Self.lowercasedBytes(split.filter { $0.1.port != nil }.map(\.0)),
+                localhostNames: false)
         } else {
             var names: Set<String> = ["localhost", "127.0.0.1", "[::1]"]
-            if case .tcp(let host, _) = configuration.listen { names.insert(host.contains(":") ? "[\(host.lowercased())]" : host.lowercased()) }
-            hosts = .listed(names: Self.lowercasedBytes(names), withPort: [])
+            if case .tcp(let host, _) = listen { names.insert(host.contains(":") ? "[\(host.lowercased())]" : host.lowercased()) }
+            // A host a route of this listener names is the operator's own.
+            for route in configuration.routes where route.listen == listen {
+                if let host = route.host { names.insert(host) }
+            }
+            hosts = .listed(names: Self.lowercasedBytes(names), withPort: [], localhostNames: true)
         }
         self.init(
             hosts: hosts, refusesBrowserRequests: configuration.clients.browserRequests == .refuse,
-            allowedOrigins: Set(configuration.clients.allowedOrigins), requiredHeader: configuration.clients.requireHeader
+            allowedOrigins: Set(configuration.clients.allowedOrigins), requiredHeader: requiredHeader
         )
+    }
+
+    /// The guard of the top-level `listen`, with the top-level `requireHeader`.
+    init(_ configuration: Configuration) {
+        self.init(configuration, listen: configuration.listen, requiredHeader: configuration.clients.requireHeader)
     }
 
     /// Distinct, lowercased, in a fixed order (so that equal configurations make equal guards).

@@ -2,55 +2,116 @@ import Atomics
 import Logging
 import NIOCore
 
-/// What every connection handler of one proxy shares: immutable rules and thread-safe services.
-/// A reload publishes a new one; each request reads the current one once.
+/// What every connection of one listener shares: its routes (SPEC §2.4), immutable rules and
+/// thread-safe services. A reload publishes a new one; each request reads the current one once.
 final class ProxyContext: AtomicReference, Sendable {
+    /// The listener's routes; ``table`` resolves a request to one of them.
+    let routes: [RouteContext]
+    let table: RouteTable
+    /// What a request that no route takes is checked against before it is told `no_route`, so
+    /// that a refused `Host` or a browser's request still gets its 403 first.
+    let listenerGuard: ClientGuard
+    let limits: Configuration.Limits
+    let drainTimeout: Duration
+    let faults: FaultSettings
+    let statistics: ProxyStatistics
+    /// The counts of requests no route took (refused heads, `no_route`).
+    let unrouted: RouteStatistics
+    let logger: Logger
+
+    init(
+        listen: ListenAddress, configuration: Configuration, routes: [RouteContext], faults: FaultSettings, statistics: ProxyStatistics,
+        loops: Int, logger: Logger
+    ) {
+        self.routes = routes
+        table = RouteTable(routes.enumerated().map { RouteTable.entry(host: $1.route.host, pathPrefix: $1.route.pathPrefix, route: $0) })
+        listenerGuard = ClientGuard(configuration, listen: listen, requiredHeader: nil)
+        limits = configuration.limits
+        drainTimeout = configuration.drainTimeout
+        self.faults = faults
+        self.statistics = statistics
+        unrouted = statistics.route("none", loops: loops)
+        self.logger = logger
+    }
+
+    /// The limits the request parser enforces (SPEC §2.2 `limits`).
+    var parserLimits: ClientRequestParser.Limits {
+        ClientRequestParser.Limits(maxHeaderBytes: limits.maxHeaderBytes, maxURIBytes: limits.maxUriBytes)
+    }
+}
+
+/// One route as the data path uses it: its rules, retries, upstream and identity (SPEC §2.4).
+final class RouteContext: Sendable {
+    let route: Configuration.Route
     let rules: ForwardingRules
     let retryPolicy: RetryPolicy
     let replayLimit: Int
     let readTimeout: Duration
-    let drainTimeout: Duration
     let broker: TokenBroker
     let publisher: TokenPublisher
-    let faults: FaultSettings
-    let statistics: ProxyStatistics
-    let logger: Logger
+    let upstream: UpstreamTarget
+    let statistics: RouteStatistics
 
-    init(configuration: Configuration, broker: TokenBroker, faults: FaultSettings, statistics: ProxyStatistics, logger: Logger) {
-        rules = ForwardingRules(upstream: configuration.upstream.url, clientGuard: ClientGuard(configuration), limits: configuration.limits)
-        retryPolicy = RetryPolicy(configuration.retry)
-        replayLimit = configuration.retry.replayBuffer
-        readTimeout = configuration.upstream.readTimeout
-        drainTimeout = configuration.drainTimeout
+    init(route: Configuration.Route, configuration: Configuration, broker: TokenBroker, upstream: UpstreamTarget, statistics: RouteStatistics) {
+        self.route = route
+        rules = ForwardingRules(
+            upstream: route.upstream.url, clientGuard: ClientGuard(configuration, listen: route.listen, requiredHeader: route.requireHeader),
+            limits: configuration.limits, stripPrefix: route.stripPrefix ? route.normalizedPrefix.utf8.count : 0)
+        retryPolicy = RetryPolicy(route.retry)
+        replayLimit = route.retry.replayBuffer
+        readTimeout = route.upstream.readTimeout
         self.broker = broker
         publisher = broker.publisher
-        self.faults = faults
+        self.upstream = upstream
         self.statistics = statistics
-        self.logger = logger
     }
+
+    var name: String { route.name }
 }
 
 extension ProxyContext {
-    /// A request head through the forwarding rules, as a connection takes it up.
+    /// A request head through the routes and the forwarding rules, as a connection takes it up.
     struct PreparedHead {
         /// The machine that carries the request, or why the rules refused it.
         var machine: Result<RequestStateMachine, ProxyError>
         /// The client's `X-Request-Id`, or the one generated for it (also for a refusal).
         var requestID: RequestID
+        /// The route that took it; `nil` when none did.
+        var route: RouteContext?
     }
 
     /// `random` draws the injected 401s of `faults.upstream401Percent`.
     func prepare(_ head: ClientRequestHead, clientAddress: String, random: inout SplitMix64) -> PreparedHead {
+        guard let route = self.route(for: head) else {
+            let id = head.first(.requestID).map(RequestID.client) ?? .generate()
+            let refusal = head.bytes.withUnsafeReadableBytes { raw in
+                listenerGuard.refusal(
+                    host: head.fields.first { $0.kind == .host }.map { UnsafeRawBufferPointer(rebasing: raw[$0.value]) },
+                    origin: head.first(.origin), fetchSite: head.first(.secFetchSite), carries: { _ in true })
+            }
+            let error = refusal ?? ProxyError(.noRoute, "no route of this listener takes host \"\((head.first(.host) ?? "").prefix(100))\" and path \"\(RequestRecord.pathOnly(head.target).prefix(200))\"; see routes in the configuration")
+            return PreparedHead(machine: .failure(error), requestID: id, route: nil)
+        }
         let faultsEnabled = faults.enabled
-        switch rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
+        switch route.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
         case .success(let request):
             let machine = RequestStateMachine(
-                request: request, policy: retryPolicy, replayLimit: replayLimit,
+                request: request, policy: route.retryPolicy, replayLimit: route.replayLimit,
                 injectFirst401: faultsEnabled && faults.drawUpstream401(using: &random))
-            return PreparedHead(machine: .success(machine), requestID: request.requestID)
+            return PreparedHead(machine: .success(machine), requestID: request.requestID, route: route)
         case .failure(let error):
             let id = head.first(.requestID).map(RequestID.client) ?? .generate()
-            return PreparedHead(machine: .failure(error), requestID: id)
+            return PreparedHead(machine: .failure(error), requestID: id, route: route)
+        }
+    }
+
+    /// The route that takes `head`: by its `Host` and path (SPEC §2.4).
+    private func route(for head: ClientRequestHead) -> RouteContext? {
+        if table.takesEverything { return routes[0] }
+        return head.bytes.withUnsafeReadableBytes { raw -> RouteContext? in
+            let host = head.fields.first { $0.kind == .host }.map { UnsafeRawBufferPointer(rebasing: raw[$0.value]) }
+            let path = UnsafeRawBufferPointer(rebasing: raw[head.pathRange])
+            return table.resolve(host: host, path: path).map { routes[$0] }
         }
     }
 }

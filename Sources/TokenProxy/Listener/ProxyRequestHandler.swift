@@ -14,10 +14,15 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     typealias OutboundOut = ByteBuffer
     typealias Action = ProxyConnectionStateMachine.Action
 
-    /// The context of the current request (a reload swaps the box; a request keeps its own).
+    /// The listener's context (a reload swaps the box; a request keeps its own route).
     private var shared: ProxyContextView
-    private let pool: UpstreamConnectionPool
-    private let loopStatistics: LoopStatistics
+    /// This event loop's upstream pools, and its position in the group (for per-loop counts).
+    private let pools: UpstreamPools
+    private let loop: Int
+    /// The current request's route (SPEC §2.4): its identity, upstream and counts.
+    private var route: RouteContext?
+    /// Where the current request is counted: its route's counts for this loop.
+    private var requestStatistics: LoopStatistics
     private var context: ChannelHandlerContext?
     private var connection: ProxyConnectionStateMachine
     private var upstream: UpstreamConnection?
@@ -27,11 +32,12 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var schedule = ConnectionSchedule()
     private var record = RequestRecord()
 
-    init(context: ProxyContextBox, pool: UpstreamConnectionPool, statistics: LoopStatistics) {
+    init(context: ProxyContextBox, pools: UpstreamPools, loop: Int) {
         shared = ProxyContextView(context)
-        self.pool = pool
-        self.loopStatistics = statistics
-        connection = ProxyConnectionStateMachine(rules: shared.current.rules, now: .now())
+        self.pools = pools
+        self.loop = loop
+        requestStatistics = shared.current.unrouted.loops[loop]
+        connection = ProxyConnectionStateMachine(listener: shared.current, now: .now())
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -132,10 +138,13 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         switch action {
         case .prepare(let head):
             shared.refresh()
-            loopStatistics.requestStarted()
             let prepared = shared.current.prepare(head, clientAddress: record.clientAddress, random: &connection.random)
-            record.start(target: head.targetBytes, requestID: prepared.requestID, method: head.method)
-            return connection.requestHead(prepared.machine, expectsContinue: head.expectsContinue, readTimeout: shared.current.readTimeout)
+            route = prepared.route
+            requestStatistics = (prepared.route?.statistics ?? shared.current.unrouted).loops[loop]
+            requestStatistics.requestStarted()
+            record.start(target: head.targetBytes, requestID: prepared.requestID, method: head.method, route: prepared.route?.name)
+            return connection.requestHead(
+                prepared.machine, expectsContinue: head.expectsContinue, readTimeout: prepared.route?.readTimeout ?? Self.unroutedReadTimeout)
         case .startRequest(let sendContinue):
             if sendContinue { context?.writeAndFlush(wrapOutboundOut(Self.continueResponse), promise: nil) }
             return obtainToken(.usable)
@@ -196,7 +205,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             respond(with: error, keepAlive: keepAlive)
         case .refuse(let error):
             discardUpstream()
-            if !record.isOpen { record.start(target: nil, requestID: .generate(), method: nil) }
+            if !record.isOpen {
+                requestStatistics = shared.current.unrouted.loops[loop]
+                record.start(target: nil, requestID: .generate(), method: nil, route: nil)
+            }
             respond(with: error, keepAlive: false)
         case .retry(let delay, let discard, let reason):
             if discard { discardUpstream() }
@@ -226,21 +238,24 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     // MARK: Carrying out
 
-    /// The published token when it is usable now; else the broker's answer, later.
+    /// The route identity's published token when it is usable now; else its broker's answer, later.
     private func obtainToken(_ need: TokenBroker.Need) -> Action? {
         let number = connection.requestNumber
-        if case .usable = need, let token = shared.current.publisher.usableToken() {
+        guard let route else { preconditionFailure("a token was asked for a request without a route") }
+        if case .usable = need, let token = route.publisher.usableToken() {
             return connection.tokenObtained(token, request: number)
         }
         guard let context else { return nil }
-        let publisher = shared.current.publisher
-        shared.current.broker.tokenForRequest(need, on: context.eventLoop).assumeIsolated().whenSuccess { result in
+        let publisher = route.publisher
+        route.broker.tokenForRequest(need, on: context.eventLoop).assumeIsolated().whenSuccess { result in
             self.run(self.connection.tokenArrived(result, fallback: publisher.latest(), request: number))
         }
         return nil
     }
 
     private func connect() -> Action? {
+        guard let route else { preconditionFailure("a connection was asked for a request without a route") }
+        let pool = pools.pool(for: route.upstream)
         if let leased = pool.lease() {
             attach(leased)
             return connection.connected(now: .now())
@@ -249,7 +264,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         pool.connect().assumeIsolated().whenComplete { result in
             switch result {
             case .success(let opened):
-                guard self.connection.acceptsConnection(request: number) else { return self.pool.release(opened) }
+                guard self.connection.acceptsConnection(request: number) else { return pool.release(opened) }
                 self.attach(opened)
                 self.run(self.connection.connected(now: .now()))
             case .failure(let error):
@@ -264,11 +279,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         connection.receiver = self
     }
 
-    /// Lets go of the upstream connection: back to the pool when `reuse`, else closed.
+    /// Lets go of the upstream connection: back to its route's pool when `reuse`, else closed.
     private func discardUpstream(reuse: Bool = false) {
         guard let upstream else { return }
         self.upstream = nil
-        if reuse { pool.release(upstream) } else { upstream.close() }
+        if reuse, let route { pools.pool(for: route.upstream).release(upstream) } else { upstream.close() }
     }
 
     /// Closes both connections, after recording how the request ended, if it had not.
@@ -280,7 +295,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func finishRecord(_ ending: RequestRecord.Ending) {
-        record.finish(ending, statistics: loopStatistics, logger: shared.current.logger) {
+        record.finish(ending, statistics: requestStatistics, logger: shared.current.logger) {
             (connection.currentRequest?.triesMade ?? 0, connection.currentRequest?.refreshed ?? false)
         }
     }
@@ -293,7 +308,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             self.schedule.checkFired()
             let now = NIODeadline.now()
             self.shared.refresh()
-            let limits = self.shared.current.rules.limits
+            let limits = self.shared.current.limits
             self.run(self.connection.timerFired(now: now, headerTimeout: limits.headerTimeout, idleTimeout: limits.idleTimeout))
             self.armCheck(now: now)
         }
@@ -302,6 +317,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     // MARK: Wire format
 
     private static let nothing = ByteBuffer()
+    /// A request no route took is answered by the proxy at once; this bounds nothing real.
+    private static let unroutedReadTimeout = Duration.seconds(60)
     private static let continueResponse = ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")
 
     /// Ends the request body upstream. With `confirm` the machine hears when the socket took it

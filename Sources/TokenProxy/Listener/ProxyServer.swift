@@ -7,84 +7,127 @@ import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 
-/// The proxy listener: accepts client connections on `listen` and serves each with a
-/// ``ProxyRequestHandler`` that uses the upstream pool of its own event loop. A reload swaps
-/// the shared context (and rebinds when `listen` changed) without dropping open connections.
+/// The proxy's listeners (SPEC §2.4: one per distinct `listen` of the routes): each accepts
+/// client connections and serves each with a ``ProxyRequestHandler``, which takes the upstream
+/// pools of its own event loop. A reload publishes new routes to the listeners that stay, opens
+/// the listeners that appear and drains those that go, without dropping open connections.
 ///
 /// As a `Service` it serves until the group's graceful shutdown, then drains: listening →
 /// draining → stopped.
 public final class ProxyServer: Service, Sendable {
     enum State {
-        case listening(any Channel)
+        case listening
         /// No longer accepting; open connections finish within `drainTimeout`.
         case draining
         case stopped
     }
 
-    private let group: MultiThreadedEventLoopGroup
-    private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]
-    private let loopStatistics: [ObjectIdentifier: LoopStatistics]
-    private let context: ProxyContextBox
-    private let state: NIOLockedValueBox<State?>
-    private let connections = ClientConnections()
-    /// One per listener bound (a reload may bind a new one): each knows the connections its
-    /// listener accepted, and drains them by quiescing.
-    private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
-    private let trimmer = MemoryTrimmer()
-
-    private init(
-        group: MultiThreadedEventLoopGroup, pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>],
-        loopStatistics: [ObjectIdentifier: LoopStatistics], context: ProxyContext
-    ) {
-        self.group = group
-        self.pools = pools
-        self.loopStatistics = loopStatistics
-        self.context = ProxyContextBox(context)
-        self.state = NIOLockedValueBox(nil)
+    /// One bound address: its channel, the context its connections read, and its quiescer.
+    private struct Listener: Sendable {
+        let channel: any Channel
+        let context: ProxyContextBox
+        let quiescer: ServerQuiescingHelper
     }
 
-    /// Binds the listener and starts serving.
-    public static func start(
-        configuration: Configuration,
-        broker: TokenBroker,
-        faults: FaultSettings,
-        statistics: ProxyStatistics,
-        group: MultiThreadedEventLoopGroup,
-        logger: Logger
-    ) async throws -> ProxyServer {
-        let shared = ProxyContext(configuration: configuration, broker: broker, faults: faults, statistics: statistics, logger: logger)
-        let tls = try makeTLSSettings(for: configuration.upstream)
-        var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
-        var loopStatistics: [ObjectIdentifier: LoopStatistics] = [:]
-        for eventLoop in group.makeIterator() {
-            loopStatistics[ObjectIdentifier(eventLoop)] = statistics.makeLoopStatistics()
-            let pool = try await eventLoop.submit {
-                NIOLoopBound(
-                    UpstreamConnectionPool(eventLoop: eventLoop, target: configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tls: tls),
-                    eventLoop: eventLoop
-                )
-            }.get()
-            pools[ObjectIdentifier(eventLoop)] = pool
+    /// What one configuration makes of the routes: per listener, its context.
+    private struct Plan {
+        var contexts: [ListenAddress: ProxyContext]
+        var targets: [UpstreamTarget]
+    }
+
+    private let group: MultiThreadedEventLoopGroup
+    /// The loops, in a fixed order: a loop's position indexes its pools and per-loop counts.
+    private let loops: [any EventLoop]
+    private let pools: [NIOLoopBound<UpstreamPools>]
+    private let listeners = NIOLockedValueBox<[ListenAddress: Listener]>([:])
+    /// The upstream targets the current routes use (kept, so that equal settings keep a pool).
+    private let targets = NIOLockedValueBox<[UpstreamTarget]>([])
+    private let state = NIOLockedValueBox<State>(.listening)
+    private let connections = ClientConnections()
+    /// Every listener ever bound: a removed one still drains its connections on shutdown.
+    private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
+    private let trimmer = MemoryTrimmer()
+    private let services: Services
+    /// The configuration in force (for `drainTimeout`, ports and status).
+    private let current: NIOLockedValueBox<Configuration>
+
+    /// What every context is built from besides the configuration.
+    struct Services: Sendable {
+        let identities: IdentityBrokers
+        let faults: FaultSettings
+        let statistics: ProxyStatistics
+        let logger: Logger
+    }
+
+    private init(group: MultiThreadedEventLoopGroup, loops: [any EventLoop], pools: [NIOLoopBound<UpstreamPools>], services: Services, configuration: Configuration) {
+        self.group = group
+        self.loops = loops
+        self.pools = pools
+        self.services = services
+        self.current = NIOLockedValueBox(configuration)
+    }
+
+    /// Binds every listener and starts serving.
+    static func start(configuration: Configuration, services: Services, group: MultiThreadedEventLoopGroup) async throws -> ProxyServer {
+        let loops = Array(group.makeIterator())
+        var pools: [NIOLoopBound<UpstreamPools>] = []
+        for eventLoop in loops {
+            pools.append(try await eventLoop.submit { NIOLoopBound(UpstreamPools(eventLoop: eventLoop), eventLoop: eventLoop) }.get())
         }
-        let server = ProxyServer(group: group, pools: pools, loopStatistics: loopStatistics, context: shared)
-        try await server.bind(configuration.listen)
+        let server = ProxyServer(group: group, loops: loops, pools: pools, services: services, configuration: configuration)
+        let plan = try server.plan(configuration)
+        do {
+            for (address, context) in plan.contexts.sorted(by: { $0.key.description < $1.key.description }) {
+                try await server.bind(address, context: context)
+            }
+        } catch {
+            await server.closeListeners()
+            throw error
+        }
+        server.targets.withLockedValue { $0 = plan.targets }
         return server
     }
 
-    private static func makeTLSSettings(for upstream: Configuration.Upstream) throws -> UpstreamConnectionPool.TLSSettings? {
-        guard upstream.url.scheme == .https else { return nil }
-        return .init(context: try NIOSSLContext(configuration: upstream.tls.clientConfiguration()), serverName: upstream.tls?.serverName)
+    /// The contexts of `configuration`'s listeners, with upstream targets reused where the
+    /// settings did not change.
+    private func plan(_ configuration: Configuration) throws -> Plan {
+        var targets: [UpstreamTarget] = []
+        let known = self.targets.withLockedValue { $0 }
+        func target(for settings: Configuration.Upstream) throws -> UpstreamTarget {
+            if let existing = targets.first(where: { $0.settings == settings }) ?? known.first(where: { $0.settings == settings }) {
+                if !targets.contains(where: { $0 === existing }) { targets.append(existing) }
+                return existing
+            }
+            let made = try UpstreamTarget(settings)
+            targets.append(made)
+            return made
+        }
+        var routesByListener: [ListenAddress: [RouteContext]] = [:]
+        for route in configuration.routes {
+            guard let broker = services.identities[route.identity] else {
+                throw ProxyServerError(message: "route \(route.name): the identity \(route.identity) has no broker")
+            }
+            let context = RouteContext(
+                route: route, configuration: configuration, broker: broker, upstream: try target(for: route.upstream),
+                statistics: services.statistics.route(route.name, loops: loops.count))
+            routesByListener[route.listen, default: []].append(context)
+        }
+        let contexts = routesByListener.mapValues { routes in
+            ProxyContext(
+                listen: routes[0].route.listen, configuration: configuration, routes: routes, faults: services.faults, statistics: services.statistics,
+                loops: loops.count, logger: services.logger)
+        }
+        return Plan(contexts: contexts, targets: targets)
     }
 
-    private func bind(_ address: ListenAddress) async throws {
+    private func bind(_ address: ListenAddress, context: ProxyContext) async throws {
         let pools = self.pools
-        let loopStatistics = self.loopStatistics
-        let contextBox = self.context
+        let loopIndex = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
+        let contextBox = ProxyContextBox(context)
         let connections = self.connections
         let trimmer = self.trimmer
         let budget = FileDescriptorLimit.clientConnectionBudget()
         let quiescer = ServerQuiescingHelper(group: group)
-        quiescers.withLockedValue { $0.append(quiescer) }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -95,7 +138,7 @@ public final class ProxyServer: Service, Sendable {
                     try channel.pipeline.syncOperations.addHandler(quiescer.makeServerChannelHandler(channel: channel))
                     try channel.pipeline.syncOperations.addHandler(
                         ConnectionLimiter(
-                            connections: connections, limit: { min(contextBox.load().rules.limits.maxConnections, budget) },
+                            connections: connections, limit: { min(contextBox.load().limits.maxConnections, budget) },
                             changed: { trimmer.connectionsChanged(open: $0) }))
                 }
             }
@@ -108,12 +151,10 @@ public final class ProxyServer: Service, Sendable {
                 // closed at once, without an answer.
                 if connections.wasRefused(channel) { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    let loop = ObjectIdentifier(channel.eventLoop)
-                    let pool = pools[loop]!.value
-                    let operations = channel.pipeline.syncOperations
+                    let loop = loopIndex[ObjectIdentifier(channel.eventLoop)]!
                     // Requests are parsed and responses written by the handler itself, as bytes:
                     // heads are forwarded with edits in place instead of decoded and encoded again.
-                    try operations.addHandler(ProxyRequestHandler(context: contextBox, pool: pool, statistics: loopStatistics[loop]!))
+                    try channel.pipeline.syncOperations.addHandler(ProxyRequestHandler(context: contextBox, pools: pools[loop].value, loop: loop))
                 }
             }
         let channel: any Channel
@@ -123,54 +164,85 @@ public final class ProxyServer: Service, Sendable {
         case .unix(let path):
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
-        let previous = state.withLockedValue { state -> (any Channel)? in
-            defer { state = .listening(channel) }
-            if case .listening(let previous)? = state { return previous }
-            return nil
-        }
-        try? await previous?.close()
+        quiescers.withLockedValue { $0.append(quiescer) }
+        listeners.withLockedValue { $0[address] = Listener(channel: channel, context: contextBox, quiescer: quiescer) }
     }
 
-    /// The address actually bound (the port is chosen by the system for port 0).
+    /// The address actually bound for the top-level `listen` (or the first listener), with the
+    /// port the system chose for port 0.
     public var localAddress: SocketAddress? {
-        state.withLockedValue { state in
-            if case .listening(let channel)? = state { channel.localAddress } else { nil }
+        let listen = current.withLockedValue { $0.listen }
+        return listeners.withLockedValue { listeners in
+            (listeners[listen] ?? listeners.sorted { $0.key.description < $1.key.description }.first?.value)?.channel.localAddress
         }
     }
 
-    /// The bound TCP port, if listening on TCP.
+    /// The bound TCP port of the top-level `listen`, if listening on TCP.
     public var port: Int? { localAddress?.port }
 
-    /// The upstream requests are forwarded to now (after the last reload).
-    public var upstream: UpstreamURL { context.load().rules.upstream }
+    /// The bound TCP port of each route's listener, by route name.
+    public var routePorts: [String: Int] {
+        let routes = current.withLockedValue { $0.routes }
+        let bound = listeners.withLockedValue { $0.mapValues { $0.channel.localAddress?.port } }
+        var ports: [String: Int] = [:]
+        for route in routes {
+            if let port = bound[route.listen] ?? nil { ports[route.name] = port }
+        }
+        return ports
+    }
+
+    /// The upstream of the route `default` (or the first), as the last reload left it.
+    public var upstream: UpstreamURL { current.withLockedValue { $0.upstream.url } }
+
+    /// The routes in force.
+    public var routes: [Configuration.Route] { current.withLockedValue { $0.routes } }
 
     /// Client connections now open.
     public var openConnections: Int { connections.count }
 
-    /// Applies a reloaded configuration: new rules for new requests, the pools pointed at a
-    /// changed upstream, and a new listener when `listen` changed (open connections stay).
-    public func apply(_ configuration: Configuration, previous: Configuration) async throws {
-        let current = context.load()
-        let next = ProxyContext(
-            configuration: configuration, broker: current.broker, faults: current.faults, statistics: current.statistics,
-            logger: current.logger
-        )
-        if configuration.upstream != previous.upstream {
-            let tls = try Self.makeTLSSettings(for: configuration.upstream)
-            for pool in pools.values {
-                try? await pool.eventLoop.submit {
-                    pool.value.retarget(configuration.upstream.url, connectTimeout: configuration.upstream.connectTimeout, tls: tls)
-                }.get()
+    /// Applies a reloaded configuration (SPEC §2.4, §8): listeners that appear are opened (first,
+    /// so that one that cannot be bound leaves everything as it was), those that stay take the
+    /// new routes for new requests, those that go drain; pools of upstreams no route uses close.
+    func apply(_ configuration: Configuration) async throws {
+        let plan = try plan(configuration)
+        let existing = listeners.withLockedValue { $0 }
+        var opened: [ListenAddress] = []
+        do {
+            for (address, context) in plan.contexts where existing[address] == nil {
+                try await bind(address, context: context)
+                opened.append(address)
             }
+        } catch {
+            for address in opened { await close(address, drain: false) }
+            throw error
         }
-        context.store(next)
-        if configuration.listen != previous.listen {
-            try await bind(configuration.listen)
+        for (address, listener) in existing {
+            if let context = plan.contexts[address] { listener.context.store(context) } else { await close(address, drain: true) }
+        }
+        current.withLockedValue { $0 = configuration }
+        targets.withLockedValue { $0 = plan.targets }
+        for pool in pools {
+            try? await pool.eventLoop.submit { pool.value.retain(only: plan.targets) }.get()
         }
     }
 
+    /// Stops accepting on `address`; with `drain`, its connections close once idle or after
+    /// their current response (`ChannelShouldQuiesceEvent`).
+    private func close(_ address: ListenAddress, drain: Bool) async {
+        guard let listener = listeners.withLockedValue({ $0.removeValue(forKey: address) }) else { return }
+        if drain {
+            listener.quiescer.initiateShutdown(promise: nil)
+        } else {
+            try? await listener.channel.close()
+        }
+    }
+
+    private func closeListeners() async {
+        for address in listeners.withLockedValue({ Array($0.keys) }) { await close(address, drain: false) }
+    }
+
     /// How long a graceful stop waits for requests in flight (`drainTimeout`, as last reloaded).
-    public var drainTimeout: Duration { context.load().drainTimeout }
+    public var drainTimeout: Duration { current.withLockedValue { $0.drainTimeout } }
 
     /// Serves until the graceful shutdown of its service group, then drains. Cancelled (a test
     /// ending), it closes at once what is still open.
@@ -184,8 +256,9 @@ public final class ProxyServer: Service, Sendable {
     /// response (`ChannelShouldQuiesceEvent`); whatever is still open after `timeout` is closed.
     public func drain(timeout: Duration) async {
         state.withLockedValue { state in
-            if case .listening? = state { state = .draining }
+            if case .listening = state { state = .draining }
         }
+        listeners.withLockedValue { $0.removeAll() }
         let eventLoop = group.next()
         let drained = quiescers.withLockedValue { $0 }.map { quiescer in
             let promise = eventLoop.makePromise(of: Void.self)
@@ -203,8 +276,13 @@ public final class ProxyServer: Service, Sendable {
 
     /// Closes the idle upstream connections of every loop.
     private func closeIdleUpstreamConnections() async {
-        for pool in pools.values {
+        for pool in pools {
             try? await pool.eventLoop.submit { pool.value.closeAll() }.get()
         }
     }
+}
+
+struct ProxyServerError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }

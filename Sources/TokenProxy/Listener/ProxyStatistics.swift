@@ -12,18 +12,15 @@ public final class ProxyStatistics: Sendable {
     /// The registry `/metrics` renders.
     public let registry: PrometheusCollectorRegistry
 
-    private let requestsTotal: Count
+    private let factory: PrometheusMetricsFactory
     private let faultsTotal: Count
     private let retriesByReason: [RetryReason: Count]
     private let errorsByCode: [ProxyError.Code: Count]
     private let abortsByReason: [AbortReason: Count]
-    private let refreshesByResult: [RefreshResult: Count]
-    private let adoptionsTotal: Count
-    private let loops = NIOLockedValueBox<[LoopStatistics]>([])
-    /// Seconds left on the access token, set when `/metrics` is rendered.
-    public let tokenSecondsLeft: CoreMetrics.Gauge
-    /// Seconds until the refresh token expires, when that is known (SPEC §2.1).
-    public let refreshTokenSecondsLeft: CoreMetrics.Gauge
+    /// Per identity (SPEC §2.4): its refreshes, adoptions and token gauges, labelled `identity`.
+    private let identities = NIOLockedValueBox<[String: IdentityCounts]>([:])
+    /// Per route: its requests and their durations, labelled `route`; kept across reloads.
+    private let routes = NIOLockedValueBox<[String: RouteStatistics]>([:])
     /// Serialises renders: each brings the counters up to the atomics once.
     private let renderLock = NIOLock()
 
@@ -47,27 +44,43 @@ public final class ProxyStatistics: Sendable {
         let registry = PrometheusCollectorRegistry()
         let factory = PrometheusMetricsFactory(registry: registry)
         self.registry = registry
+        self.factory = factory
         func counts<Key: RawRepresentable & CaseIterable & Hashable>(_ label: String, _ dimension: String, _: Key.Type) -> [Key: Count] where Key.RawValue == String {
-            Dictionary(uniqueKeysWithValues: Key.allCases.map { ($0, Count(label, dimensions: [(dimension, $0.rawValue)], factory: factory)) })
+            Self.counts(label, dimension, Key.self, factory: factory)
         }
-        requestsTotal = Count("tokenproxy_requests_total", factory: factory)
         faultsTotal = Count("tokenproxy_faults_injected_total", factory: factory)
         retriesByReason = counts("tokenproxy_retries_total", "reason", RetryReason.self)
         errorsByCode = counts("tokenproxy_proxy_errors_total", "code", ProxyError.Code.self)
         abortsByReason = counts("tokenproxy_requests_aborted_total", "reason", AbortReason.self)
-        refreshesByResult = counts("tokenproxy_token_refreshes_total", "result", RefreshResult.self)
-        adoptionsTotal = Count("tokenproxy_token_adoptions_total", factory: factory)
-        tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", factory: factory)
-        refreshTokenSecondsLeft = Gauge(label: "tokenproxy_refresh_token_expiry_seconds", factory: factory)
+    }
+
+    static func counts<Key: RawRepresentable & CaseIterable & Hashable>(
+        _ label: String, _ dimension: String, _: Key.Type, labels: [(String, String)] = [], factory: PrometheusMetricsFactory
+    ) -> [Key: Count] where Key.RawValue == String {
+        Dictionary(uniqueKeysWithValues: Key.allCases.map { ($0, Count(label, dimensions: labels + [(dimension, $0.rawValue)], factory: factory)) })
     }
 
     // MARK: Counting (the data path)
 
-    /// The counts of one more event loop's requests; use it on that loop only.
-    func makeLoopStatistics() -> LoopStatistics {
-        let loop = LoopStatistics()
-        loops.withLockedValue { $0.append(loop) }
-        return loop
+    /// The counts of the route `name` (SPEC §2.4), one ``LoopStatistics`` per event loop; the
+    /// same object for the same name, so that a reload keeps the counts.
+    func route(_ name: String, loops: Int) -> RouteStatistics {
+        routes.withLockedValue { routes in
+            if let known = routes[name], known.loops.count == loops { return known }
+            let made = RouteStatistics(name: name, loops: loops)
+            routes[name] = made
+            return made
+        }
+    }
+
+    /// The counts of the identity `name`.
+    private func identity(_ name: String) -> IdentityCounts {
+        identities.withLockedValue { identities in
+            if let known = identities[name] { return known }
+            let made = IdentityCounts(name: name, factory: factory)
+            identities[name] = made
+            return made
+        }
     }
 
     func retried(_ reason: RetryReason) { retriesByReason[reason]?.increment() }
@@ -80,7 +93,10 @@ public final class ProxyStatistics: Sendable {
 
     /// Counts the broker's calls to the token endpoint by outcome, and the tokens it adopted from
     /// other processes apart from them; pass it as the broker's observer.
-    public func observe(_ event: TokenBroker.RefreshEvent) {
+    public func observe(_ event: TokenBroker.RefreshEvent, identity name: String = Configuration.defaultIdentity) {
+        let counts = identity(name)
+        let refreshesByResult = counts.refreshes
+        let adoptionsTotal = counts.adoptions
         switch event {
         case .refreshing: break
         case .refreshed: refreshesByResult[.success]?.increment()
@@ -94,7 +110,17 @@ public final class ProxyStatistics: Sendable {
 
     // MARK: Reading (`/status`, `/metrics`)
 
-    public var requests: Int { loops.withLockedValue { $0.reduce(0) { $0 + $1.requests } } }
+    public var requests: Int { routes.withLockedValue { $0.values.reduce(0) { $0 + $1.requests } } }
+
+    /// Requests of the route `name` so far.
+    public func requests(route name: String) -> Int { routes.withLockedValue { $0[name]?.requests ?? 0 } }
+
+    /// Sets the token gauges of `identity` (done when `/metrics` is rendered).
+    public func recordTokenExpiry(secondsLeft: Double?, refreshTokenSecondsLeft: Double?, identity name: String) {
+        let counts = identity(name)
+        if let secondsLeft { counts.tokenSecondsLeft.record(max(secondsLeft, 0)) }
+        if let refreshTokenSecondsLeft { counts.refreshTokenSecondsLeft.record(max(refreshTokenSecondsLeft, 0)) }
+    }
     /// Retries other than the 401 replay.
     public var retries: Int { retriesByReason.filter { $0.key != .upstream401 }.values.reduce(0) { $0 + $1.value } }
     public var replaysAfter401: Int { retriesByReason[.upstream401]?.value ?? 0 }
@@ -105,21 +131,67 @@ public final class ProxyStatistics: Sendable {
     /// The Prometheus text exposition of every metric.
     public func render() -> String {
         renderLock.withLock {
-            requestsTotal.publish(total: requests)
             for count in allCounts { count.publish() }
-            return registry.emitToString() + LoopStatistics.renderDurations(loops.withLockedValue { $0 })
+            let routes = self.routes.withLockedValue { $0.values.sorted { $0.name < $1.name } }
+            return registry.emitToString() + RouteStatistics.render(routes)
         }
     }
 
     private var allCounts: [Count] {
-        [requestsTotal, faultsTotal, adoptionsTotal] + Array(retriesByReason.values) + Array(errorsByCode.values)
-            + Array(abortsByReason.values) + Array(refreshesByResult.values)
+        let identities = self.identities.withLockedValue { Array($0.values) }
+        return [faultsTotal] + Array(retriesByReason.values) + Array(errorsByCode.values) + Array(abortsByReason.values)
+            + identities.flatMap { Array($0.refreshes.values) + [$0.adoptions] }
+    }
+}
+
+/// One identity's token metrics, labelled `identity` (SPEC §7).
+private final class IdentityCounts: Sendable {
+    let refreshes: [ProxyStatistics.RefreshResult: Count]
+    let adoptions: Count
+    /// Seconds left on the access token, set when `/metrics` is rendered.
+    let tokenSecondsLeft: CoreMetrics.Gauge
+    /// Seconds until the refresh token expires, when that is known (SPEC §2.1).
+    let refreshTokenSecondsLeft: CoreMetrics.Gauge
+
+    init(name: String, factory: PrometheusMetricsFactory) {
+        let label = [("identity", name)]
+        refreshes = ProxyStatistics.counts("tokenproxy_token_refreshes_total", "result", ProxyStatistics.RefreshResult.self, labels: label, factory: factory)
+        adoptions = Count("tokenproxy_token_adoptions_total", dimensions: label, factory: factory)
+        tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", dimensions: label, factory: factory)
+        refreshTokenSecondsLeft = Gauge(label: "tokenproxy_refresh_token_expiry_seconds", dimensions: label, factory: factory)
+    }
+}
+
+/// One route's requests: a ``LoopStatistics`` per event loop, rendered with a `route` label.
+final class RouteStatistics: Sendable {
+    let name: String
+    /// Indexed by the event loop's position in the group.
+    let loops: [LoopStatistics]
+
+    init(name: String, loops: Int) {
+        self.name = name
+        self.loops = (0..<loops).map { _ in LoopStatistics() }
+    }
+
+    var requests: Int { loops.reduce(0) { $0 + $1.requests } }
+
+    /// `tokenproxy_requests_total` and `tokenproxy_request_duration_seconds`, a series per route.
+    static func render(_ routes: [RouteStatistics]) -> String {
+        var text = "# TYPE tokenproxy_requests_total counter\n"
+        for route in routes {
+            text += "tokenproxy_requests_total{route=\"\(route.name)\"} \(route.requests)\n"
+        }
+        text += "# TYPE \(LoopStatistics.durationName) histogram\n"
+        for route in routes {
+            text += LoopStatistics.renderDurations(route.loops, labels: "route=\"\(route.name)\"")
+        }
+        return text
     }
 }
 
 /// One count: an atomic the data path increments, and the Prometheus counter that `/metrics`
 /// brings up to it when it renders.
-private final class Count: Sendable {
+final class Count: Sendable {
     private let atomic = ManagedAtomic<Int>(0)
     /// What the Prometheus counter holds (only touched under the render lock).
     private let published = ManagedAtomic<Int>(0)
@@ -132,12 +204,6 @@ private final class Count: Sendable {
     func increment() { atomic.wrappingIncrement(ordering: .relaxed) }
 
     var value: Int { atomic.load(ordering: .relaxed) }
-
-    /// Brings the Prometheus counter up to `total`, a count kept elsewhere.
-    func publish(total: Int) {
-        atomic.store(total, ordering: .relaxed)
-        publish()
-    }
 
     func publish() {
         let now = value
@@ -179,25 +245,28 @@ final class LoopStatistics: Sendable {
         sumNanoseconds.store(sumNanoseconds.load(ordering: .relaxed) &+ nanoseconds, ordering: .relaxed)
     }
 
-    /// `tokenproxy_request_duration_seconds` in the Prometheus text format, summed over `loops`.
-    static func renderDurations(_ loops: [LoopStatistics]) -> String {
-        let name = "tokenproxy_request_duration_seconds"
+    static let durationName = "tokenproxy_request_duration_seconds"
+
+    /// `tokenproxy_request_duration_seconds` in the Prometheus text format, summed over `loops`,
+    /// each series with `labels` (`route="…"`).
+    static func renderDurations(_ loops: [LoopStatistics], labels: String) -> String {
+        let name = durationName
         var counts = [Int](repeating: 0, count: bounds.count + 1)
         var sum: Int64 = 0
         for loop in loops {
             for index in counts.indices { counts[index] += loop.buckets[index].load(ordering: .relaxed) }
             sum += loop.sumNanoseconds.load(ordering: .relaxed)
         }
-        var text = "# TYPE \(name) histogram\n"
+        var text = ""
         var cumulative = 0
         for (index, bound) in bounds.enumerated() {
             cumulative += counts[index]
-            text += "\(name)_bucket{le=\"\(Double(bound) / 1e9)\"} \(cumulative)\n"
+            text += "\(name)_bucket{\(labels),le=\"\(Double(bound) / 1e9)\"} \(cumulative)\n"
         }
         cumulative += counts[bounds.count]
-        text += "\(name)_bucket{le=\"+Inf\"} \(cumulative)\n"
-        text += "\(name)_sum \(Double(sum) / 1e9)\n"
-        text += "\(name)_count \(cumulative)\n"
+        text += "\(name)_bucket{\(labels),le=\"+Inf\"} \(cumulative)\n"
+        text += "\(name)_sum{\(labels)} \(Double(sum) / 1e9)\n"
+        text += "\(name)_count{\(labels)} \(cumulative)\n"
         return text
     }
 }

@@ -16,8 +16,11 @@ struct RequestRecord {
     private(set) var method: HTTPMethod?
     /// The status the client got from the upstream (0: none yet).
     var status: UInt = 0
+    /// The route that took the request (SPEC §2.4), for the log line.
+    private var route: String?
 
-    mutating func start(target: ByteBuffer?, requestID: RequestID, method: HTTPMethod?) {
+    mutating func start(target: ByteBuffer?, requestID: RequestID, method: HTTPMethod?, route: String?) {
+        self.route = route
         isOpen = true
         started = .now()
         status = 0
@@ -51,6 +54,7 @@ struct RequestRecord {
             "attempts": "\(ending.attempts)", "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(ending.refreshed)",
         ]
         if let status = ending.status, status > 0 { metadata["status"] = "\(status)" }
+        if let route { metadata["route"] = "\(route)" }
         if let target, target.readableBytes > 0 { metadata["path"] = "\(Self.pathOnly(String(buffer: target)))" }
         if let error = ending.error {
             metadata["error"] = "\(error.code.rawValue)"

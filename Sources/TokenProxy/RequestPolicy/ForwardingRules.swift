@@ -14,11 +14,15 @@ final class ForwardingRules: Sendable {
     let upstreamAuthorities: Set<String>
     /// `Host` and `X-Forwarded-Proto`, the same on every request: written once.
     private let fixedLines: ByteBuffer
+    /// How many bytes of the path the route's `stripPrefix` removes (its prefix without the
+    /// trailing `/`); 0 when the path goes upstream whole.
+    let stripPrefix: Int
 
-    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits) {
+    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits, stripPrefix: Int = 0) {
         self.upstream = upstream
         self.clientGuard = clientGuard
         self.limits = limits
+        self.stripPrefix = stripPrefix
         upstreamAuthorities = [upstream.hostHeader.lowercased(), "\(upstream.host.lowercased()):\(upstream.port)"]
         var fixedLines = ByteBuffer()
         fixedLines.writeHeaderLine("Host", upstream.hostHeader)
@@ -117,6 +121,12 @@ final class ForwardingRules: Sendable {
         }
         if head.withBytes(pathRange, Self.hasDotSegment) {
             return .failure(.badRequest("the path holds a dot-segment (/./ or /../, also percent-encoded); it could leave the upstream's path prefix"))
+        }
+        if stripPrefix > 0 {
+            // The route matched this prefix on a segment boundary: what is left starts with `/`
+            // or `?`, or is empty, and keeps (or gets) its leading `/` (SPEC §2.4).
+            pathRange = min(pathRange.lowerBound + stripPrefix, pathRange.upperBound)..<pathRange.upperBound
+            needsSlash = head.withBytes(pathRange) { $0.first != UInt8(ascii: "/") }
         }
 
         // One pass over the fields: note where the values the rules need are.

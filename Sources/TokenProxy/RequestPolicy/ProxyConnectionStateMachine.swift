@@ -121,6 +121,12 @@ struct ProxyConnectionStateMachine {
             limits: rules.parserLimits, headerTimeout: TimeAmount(rules.limits.headerTimeout), idleTimeout: TimeAmount(rules.limits.idleTimeout), now: now)
     }
 
+    /// A connection of a listener (its `limits`), starting `now`.
+    init(listener: ProxyContext, now: NIODeadline) {
+        self.init(
+            limits: listener.parserLimits, headerTimeout: TimeAmount(listener.limits.headerTimeout), idleTimeout: TimeAmount(listener.limits.idleTimeout), now: now)
+    }
+
     /// Whether bytes the client sends are still read (after a refusal or the last answer they
     /// are left unread).
     var readsClient: Bool { state != .closing }

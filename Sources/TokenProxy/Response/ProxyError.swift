@@ -15,6 +15,8 @@ public struct ProxyError: Error, Sendable, Equatable {
         case requestTimeout = "request_timeout"
         case uriTooLong = "uri_too_long"
         case requestHeaderTooLarge = "request_header_too_large"
+        /// No route of the listener takes the request's host and path (SPEC §2.4).
+        case noRoute = "no_route"
 
         public var status: HTTPResponseStatus {
             switch self {
@@ -28,6 +30,7 @@ public struct ProxyError: Error, Sendable, Equatable {
             case .requestTimeout: .requestTimeout
             case .uriTooLong: .uriTooLong
             case .requestHeaderTooLarge: .requestHeaderFieldsTooLarge
+            case .noRoute: .notFound
             }
         }
     }

@@ -6,9 +6,9 @@ import NIOSSL
 /// needs no lock, and a request finds its connection on its own thread.
 final class UpstreamConnectionPool {
     let eventLoop: any EventLoop
-    private(set) var target: UpstreamURL
-    private var connectTimeout: TimeAmount
-    private var tls: TLSSettings?
+    let target: UpstreamURL
+    private let connectTimeout: TimeAmount
+    private let tls: TLSSettings?
     private var idle: [UpstreamConnection] = []
     /// Idle connections kept per loop; it must cover the expected concurrency, or every request
     /// beyond it opens and closes a connection.
@@ -17,10 +17,11 @@ final class UpstreamConnectionPool {
     /// timeout (nginx: 75 s) can close one just as a request is sent on it.
     let idleTimeout: TimeAmount
     private var sweeper: RepeatedTask?
+    private var retired = false
 
     /// TLS to an https upstream: the context (trust, client certificate) and the name the
     /// server's certificate must carry when it is not the URL's host (`upstream.tls.serverName`).
-    struct TLSSettings {
+    struct TLSSettings: Sendable {
         let context: NIOSSLContext
         let serverName: String?
     }
@@ -44,12 +45,10 @@ final class UpstreamConnectionPool {
         return nil
     }
 
-    /// Points the pool at a new upstream (after a reload); idle connections to the old one close,
-    /// leased ones close when they come back.
-    func retarget(_ target: UpstreamURL, connectTimeout: Duration, tls: TLSSettings?) {
-        self.target = target
-        self.connectTimeout = .nanoseconds(Int64(connectTimeout.timeInterval * 1e9))
-        self.tls = tls
+    /// No route uses this upstream any more (after a reload): idle connections close now,
+    /// leased ones when they come back.
+    func retire() {
+        retired = true
         closeAll()
     }
 
@@ -80,7 +79,7 @@ final class UpstreamConnectionPool {
     /// Takes a connection back after a complete exchange, or closes it when the pool is full.
     func release(_ connection: UpstreamConnection) {
         connection.receiver = nil
-        guard connection.isActive, idle.count < maximumIdle, connection.target == target else {
+        guard connection.isActive, !retired, idle.count < maximumIdle else {
             connection.close()
             return
         }

@@ -5,14 +5,16 @@ import Glibc
 /// (smuggling attempts, CONNECT, pipelining) and for timing streamed bytes as they arrive.
 struct RawHTTPClient {
     let port: Int
+    /// The loopback address to connect to (a second listener may be on 127.0.0.2).
+    var host = "127.0.0.1"
 
     /// Sends `request` verbatim and returns everything the server sent until it closed the
     /// connection or `timeout` passed.
     /// With `halfClose`, the client shuts its sending side after the request (as `nc -N` does).
     func exchange(_ request: String, timeout: Duration = .seconds(5), halfClose: Bool = false) async throws -> String {
-        let port = self.port
+        let (port, host) = (self.port, self.host)
         return try await onOwnThread {
-            let socket = try Self.connect(port: port)
+            let socket = try Self.connect(port: port, host: host)
             defer { close(socket) }
             try Self.send(request, on: socket)
             if halfClose { shutdown(socket, Int32(SHUT_WR)) }
@@ -29,9 +31,9 @@ struct RawHTTPClient {
 
     /// Sends `request` and reports each chunk of bytes with the moment it arrived.
     func stream(_ request: String, until done: @escaping @Sendable (String) -> Bool, timeout: Duration = .seconds(10)) async throws -> [(at: Date, text: String)] {
-        let port = self.port
+        let (port, host) = (self.port, self.host)
         return try await onOwnThread {
-            let socket = try Self.connect(port: port)
+            let socket = try Self.connect(port: port, host: host)
             defer { close(socket) }
             try Self.send(request, on: socket)
             var chunks: [(Date, String)] = []
@@ -48,13 +50,13 @@ struct RawHTTPClient {
         }
     }
 
-    static func connect(port: Int) throws -> Int32 {
+    static func connect(port: Int, host: String = "127.0.0.1") throws -> Int32 {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard socket >= 0 else { throw POSIXError(.EIO) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         let result = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }

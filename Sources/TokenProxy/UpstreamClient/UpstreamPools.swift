@@ -1,0 +1,52 @@
+import NIOCore
+import NIOSSL
+
+/// One upstream as routes name it (SPEC §2.4): its settings and, for https, its TLS context,
+/// made once. Routes with equal `upstream` settings share one target, and so one pool per loop.
+final class UpstreamTarget: Sendable {
+    let settings: Configuration.Upstream
+    let tls: UpstreamConnectionPool.TLSSettings?
+
+    init(_ settings: Configuration.Upstream) throws {
+        self.settings = settings
+        if settings.url.scheme == .https {
+            tls = .init(context: try NIOSSLContext(configuration: settings.tls.clientConfiguration()), serverName: settings.tls?.serverName)
+        } else {
+            tls = nil
+        }
+    }
+}
+
+/// The keep-alive pools of one event loop, one per upstream target. Used only on that loop.
+final class UpstreamPools {
+    let eventLoop: any EventLoop
+    /// By target; the target is held so that its identity is not reused while its pool lives.
+    private var pools: [ObjectIdentifier: (target: UpstreamTarget, pool: UpstreamConnectionPool)] = [:]
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// The pool of `target`, made on first use.
+    func pool(for target: UpstreamTarget) -> UpstreamConnectionPool {
+        let key = ObjectIdentifier(target)
+        if let known = pools[key] { return known.pool }
+        let pool = UpstreamConnectionPool(eventLoop: eventLoop, target: target.settings.url, connectTimeout: target.settings.connectTimeout, tls: target.tls)
+        pools[key] = (target, pool)
+        return pool
+    }
+
+    /// Closes the pools of targets no route uses any more (after a reload).
+    func retain(only targets: [UpstreamTarget]) {
+        let kept = Set(targets.map(ObjectIdentifier.init))
+        for (key, entry) in pools where !kept.contains(key) {
+            entry.pool.retire()
+            pools[key] = nil
+        }
+    }
+
+    /// Closes every idle connection (a drain's last step).
+    func closeAll() {
+        for entry in pools.values { entry.pool.closeAll() }
+    }
+}
