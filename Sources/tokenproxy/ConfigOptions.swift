@@ -21,6 +21,22 @@ struct ConfigOptions: ParsableArguments {
     }
 }
 
+/// `--identity` of the commands that act on one identity's token (SPEC §1, §2.4).
+struct IdentityOption: ParsableArguments {
+    @Option(help: ArgumentHelp("The identity to act on (a name under identities, or default).", discussion: "Defaults to default (the top-level token), or the only identity.", valueName: "name"))
+    var identity: String?
+
+    /// `configuration` acting on the named identity; an unknown or missing name exits 2.
+    func select(in configuration: Configuration) throws -> Configuration {
+        switch configuration.selecting(identity) {
+        case .success(let selected): return selected
+        case .failure(let problem):
+            printError("tokenproxy: \(problem)")
+            throw ExitStatus.configurationError
+        }
+    }
+}
+
 /// Exit codes of SPEC §1.
 enum ExitStatus {
     static let runtimeFailure = ExitCode(1)
@@ -40,26 +56,27 @@ func printError(_ message: String) {
     StderrLogHandler.writeToStandardError(message + "\n")
 }
 
-/// Runs `body` with a broker for `configuration`, shutting it down afterwards.
+/// Runs `body` with the broker of `configuration`'s selected identity (the brokers of the
+/// others beside it, for a token exchange's subject), shutting them down afterwards.
 func withTokenBroker<T: Sendable>(
     _ configuration: Configuration, _ body: (TokenBroker) async throws -> T
 ) async throws -> T {
     StderrLogHandler.bootstrap(level: configuration.log.level, format: configuration.log.format)
     let logger = Logger(label: "tokenproxy")
-    let storage: any TokenStorage
+    let brokers: IdentityBrokers
     do {
-        storage = try configuration.makeTokenStorage(logger: logger)
+        brokers = try await IdentityBrokers.make(configuration: configuration, environment: ProcessInfo.processInfo.environment, logger: logger, writesBeforeUse: true)
     } catch {
         printError("tokenproxy: \(error)")
         throw ExitStatus.configurationError
     }
-    let broker = TokenBroker(configuration: configuration.token, endpoint: TokenEndpointClient(configuration: configuration.token), logger: logger, storage: storage)
+    let broker = brokers[configuration.tokenIdentity]!
     do {
         let result = try await body(broker)
-        await broker.shutdown()
+        await brokers.shutdown()
         return result
     } catch {
-        await broker.shutdown()
+        await brokers.shutdown()
         throw error
     }
 }

@@ -18,6 +18,7 @@ struct LoginCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: ConfigOptions
+    @OptionGroup var identityOption: IdentityOption
 
     @Option(name: .customLong("refresh-token-file"), help: ArgumentHelp("Import the refresh token in this file (- reads standard input).", valueName: "file"))
     var refreshTokenFile: String?
@@ -32,7 +33,7 @@ struct LoginCommand: AsyncParsableCommand {
     var timeout: Int = 300
 
     func run() async throws {
-        let configuration = try options.load()
+        let configuration = try identityOption.select(in: options.load())
         guard let refreshTokenFile else {
             // Neither flag: the browser where there is a display, else the device flow (a
             // server's shell has no browser that could reach its 127.0.0.1).

@@ -14,9 +14,10 @@ struct LogoutCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: ConfigOptions
+    @OptionGroup var identityOption: IdentityOption
 
     func run() async throws {
-        let configuration = try options.load()
+        let configuration = try identityOption.select(in: options.load())
         try await withTokenBroker(configuration) { broker in
             let problem: String?
             do throws(TokenBrokerError) {

@@ -10,9 +10,10 @@ struct RefreshCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: ConfigOptions
+    @OptionGroup var identityOption: IdentityOption
 
     func run() async throws {
-        let configuration = try options.load()
+        let configuration = try identityOption.select(in: options.load())
         try await withTokenBroker(configuration) { broker in
             do throws(TokenBrokerError) {
                 let tokens = try await broker.token(for: .forced)

@@ -11,12 +11,13 @@ struct TokenCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: ConfigOptions
+    @OptionGroup var identityOption: IdentityOption
 
     @Flag(help: "Make sure the access token is fresh (refreshing through the shared lock if needed) and print only it.")
     var print = false
 
     func run() async throws {
-        let configuration = try options.load()
+        let configuration = try identityOption.select(in: options.load())
         if print {
             try await printFreshToken(configuration)
         } else {
