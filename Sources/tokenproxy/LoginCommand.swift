@@ -50,7 +50,7 @@ struct LoginCommand: AsyncParsableCommand {
         try await withTokenBroker(configuration) { broker in
             do throws(TokenBrokerError) {
                 try await broker.importRefreshToken(refreshToken)
-                print("refresh token stored in \(configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store)")
+                print("refresh token stored in \(configuration.storeDescription)")
             } catch {
                 printError("tokenproxy login: \(error)")
                 throw ExitStatus.forBrokerError(error)
@@ -59,7 +59,7 @@ struct LoginCommand: AsyncParsableCommand {
     }
 
     private func browserLogin(_ configuration: Configuration) async throws {
-        let store = configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store
+        let store = configuration.storeDescription
         try await withTokenBroker(configuration) { broker in
             do throws(LoginError) {
                 _ = try await broker.loginWithBrowser(timeout: .seconds(max(timeout, 1))) { url in
@@ -84,7 +84,7 @@ struct LoginCommand: AsyncParsableCommand {
     }
 
     private func deviceLogin(_ configuration: Configuration) async throws {
-        let store = configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store
+        let store = configuration.storeDescription
         try await withTokenBroker(configuration) { broker in
             do throws(LoginError) {
                 let tokens = try await broker.loginWithDevice { authorization in

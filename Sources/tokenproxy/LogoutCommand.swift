@@ -26,7 +26,7 @@ struct LogoutCommand: AsyncParsableCommand {
                 printError("tokenproxy logout: \(error)")
                 throw ExitStatus.forBrokerError(error)
             }
-            let store = configuration.fleet.map { "fleet \"\($0.name)\"" } ?? configuration.token.store
+            let store = configuration.storeDescription
             if let problem {
                 printError("tokenproxy logout: \(problem); the tokens were removed from \(store)")
                 throw ExitStatus.runtimeFailure

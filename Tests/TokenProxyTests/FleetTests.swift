@@ -103,6 +103,34 @@ struct FleetTests {
         await server.destroy()
     }
 
+    @Test func eachIdentityHasARowOfItsOwnAndTwoHostsCallEachIssuerOnce() async throws {
+        let server = try await PostgresServer.start()
+        let issuer = try await MockTokenIssuer.start()
+        let issuerB = try await MockTokenIssuer.start()
+        let hosts = try Self.hosts(2, server: server, issuer: issuer) { fixture in
+            fixture.topLevel["identities"] = """
+                {"b": {"endpoint": "\(issuerB.url)", "grant": "client_credentials", "clientId": "b-client", "clientSecretFile": "client-secret"}}
+                """
+        }
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: hosts[0])
+        let printedB = try await hosts[0].run(["token", "--print", "--identity", "b"])
+        #expect(printedB.status == 0, "\(printedB.stderr)")
+        let againB = try await hosts[1].run(["token", "--print", "--identity", "b"])
+        #expect(Self.printed(againB) == Self.printed(printedB), "the second host uses the first's token of b")
+        let printedDefault = try await hosts[1].run(["token", "--print"])
+        #expect(printedDefault.status == 0, "\(printedDefault.stderr)")
+        #expect(Self.printed(printedDefault) != Self.printed(printedB))
+        #expect(issuer.callCount == 1 && issuerB.callCount == 1)
+        // `fleet.name` for default, `fleet.name/NAME` for the others (SPEC §2.4).
+        let rows = try await server.superuser("SELECT name FROM tokenproxy_tokens ORDER BY name")
+        #expect(rows.contains("billing-api") && rows.contains("billing-api/b"), "\(rows)")
+        let status = try await hosts[1].run(["token", "--identity", "b"])
+        #expect(status.stdout.contains("fleet \"billing-api/b\""), "\(status.stdout)")
+        await issuer.shutdown()
+        await issuerB.shutdown()
+        await server.destroy()
+    }
+
     @Test func aWrongKeyIsReportedAsSuchAndTheRowIsLeftAlone() async throws {
         let server = try await PostgresServer.start()
         let issuer = try await MockTokenIssuer.start()

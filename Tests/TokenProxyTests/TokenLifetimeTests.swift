@@ -29,6 +29,12 @@ struct TokenLifetimeTests {
         #expect(granted(#"{"access_token": "a", "expires_in": "60"}"#)?.expiresAt == received + 60)
     }
 
+    @Test func aTokenExchangesNATokenTypeIsSentAsABearerToken() {
+        // RFC 8693 §2.2.1: "N_A" is no scheme; the token still goes upstream as a bearer token.
+        let tokens = granted(#"{"access_token": "a", "token_type": "N_A", "issued_token_type": "urn:ietf:params:oauth:token-type:jwt", "expires_in": 60}"#)
+        #expect(tokens?.authorizationValue == "Bearer a")
+    }
+
     @Test func expiryFallsBackToTheJWTExpClaimThenTheDefaultLifetime() {
         let token = Self.jwt(exp: received.timeIntervalSince1970 + 900)
         #expect(granted("{\"access_token\": \"\(token)\"}")?.expiresAt == received + 900)

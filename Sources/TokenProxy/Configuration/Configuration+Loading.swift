@@ -99,7 +99,7 @@ extension Configuration {
                 name: defaultIdentity, listen: listen, host: nil, pathPrefix: "/", stripPrefix: false, upstream: upstream, identity: defaultIdentity,
                 retry: retry, requireHeader: clients.requireHeader))
         }
-        let (fileRoutes, explicitListens) = readRoutes(
+        let (fileRoutes, positions, explicitListens) = readRoutes(
             root, listen: listen, allowNonLoopback: allowNonLoopback, retry: retry, requireHeader: clients.requireHeader, resolve: resolve, listenAddress: listenAddress)
         routes.insert(contentsOf: fileRoutes, at: 0)
 
@@ -132,7 +132,7 @@ extension Configuration {
 
         let drainTimeout = root.duration("drainTimeout", default: .seconds(10))
         let fleet = readFleet(root, resolve: resolve)
-        checkRoutesAndIdentities(root, routes: routes, explicitListens: explicitListens, identities: identities, admin: admin, fleet: fleet)
+        checkRoutesAndIdentities(root, routes: routes, positions: positions, explicitListens: explicitListens, identities: identities, admin: admin, fleet: fleet)
         if routes.isEmpty {
             // Only after a problem was reported: a configuration always has a route.
             routes.append(Route(
@@ -331,9 +331,10 @@ extension Configuration {
     private static func readRoutes(
         _ root: ConfigurationReader, listen: ListenAddress, allowNonLoopback: Bool, retry: Retry, requireHeader: String?, resolve: (String) -> String,
         listenAddress: (ConfigurationReader, String, String, Bool) -> ListenAddress
-    ) -> (routes: [Route], explicitListens: Set<Int>) {
-        guard let entries = root.array("routes") else { return ([], []) }
+    ) -> (routes: [Route], positions: [Int], explicitListens: Set<Int>) {
+        guard let entries = root.array("routes") else { return ([], [], []) }
         var explicitListens: Set<Int> = []
+        var positions: [Int] = []
         if entries.isEmpty { root.report("routes", "an empty list routes nothing; leave the key out, or add a route") }
         var routes: [Route] = []
         for (index, entry) in entries.enumerated() {
@@ -373,17 +374,18 @@ extension Configuration {
             if reader.isPresent("requireHeader") { route.requireHeader = readRequireHeader(reader) }
             reader.finish()
             routes.append(route)
+            positions.append(index)
         }
-        return (routes, explicitListens)
+        return (routes, positions, explicitListens)
     }
 
     /// The checks across identities and routes (SPEC §2.4), each naming the key at fault.
     private static func checkRoutesAndIdentities(
-        _ root: ConfigurationReader, routes: [Route], explicitListens: Set<Int>, identities: [String: Token], admin: Admin?, fleet: Fleet?
+        _ root: ConfigurationReader, routes: [Route], positions: [Int], explicitListens: Set<Int>, identities: [String: Token], admin: Admin?, fleet: Fleet?
     ) {
-        // The routes of `routes` come first, by position; the top-level `upstream` is the last.
-        let fileRoutes = root.isPresent("upstream") ? routes.count - 1 : routes.count
-        func routePath(_ index: Int) -> String { index < fileRoutes ? "routes[\(index)]" : "upstream" }
+        // The routes of `routes` come first (`positions`: each one's place in the file, where an
+        // entry that was not an object is skipped); the top-level `upstream` is the last.
+        func routePath(_ index: Int) -> String { index < positions.count ? "routes[\(positions[index])]" : "upstream" }
         var reportedListens: Set<String> = []
         var seenNames: [String: Int] = [:]
         var seenPlaces: [String: Int] = [:]
@@ -405,7 +407,7 @@ extension Configuration {
             // Port 0 asks for a free port: two of them are never one listener.
             if let admin, admin.listen == route.listen, route.listen.fixedPort {
                 // A route without a listen of its own has the top-level one: that is the key to change.
-                let key = path == "upstream" || !explicitListens.contains(index) ? "listen" : "\(path).listen"
+                let key = index >= positions.count || !explicitListens.contains(positions[index]) ? "listen" : "\(path).listen"
                 if reportedListens.insert(key).inserted {
                     root.report(key, "\(route.listen) is admin.listen; the admin API and a route cannot share a listener")
                 }

@@ -33,7 +33,9 @@ enum TokenResponse: Sendable, Equatable {
         var tokenType = "Bearer"
         switch object["token_type"] {
         case nil, .null?: break
-        case .string(let text)? where text.lowercased() == "bearer": break
+        // RFC 8693 §2.2.1: `N_A` says the issued token is not an access token of a kind the
+        // answer names; it is presented as a bearer token, never as the scheme `N_A`.
+        case .string(let text)? where text.lowercased() == "bearer" || text.uppercased() == "N_A": break
         case .string(let text)? where TokenSet.isHeaderSafe(text): tokenType = text
         default: return .transient(reason: "answered 200 with a malformed token_type", retryAfter: nil)
         }
