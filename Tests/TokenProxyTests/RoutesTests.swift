@@ -378,6 +378,17 @@ struct RoutesLifecycleTests {
                 if !refused { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(refused, "the listener of the removed route still accepts")
+
+            // c's settings change (another scope): its token is dropped, the next request
+            // refreshes it; default's still stands.
+            let changed = try String(contentsOfFile: path, encoding: .utf8)
+                .replacingOccurrences(of: #""store": "c.json""#, with: #""store": "c.json", "scope": "orders.read""#)
+            try changed.write(toFile: path, atomically: true, encoding: .utf8)
+            await harness.application.reloader.reload()
+            #expect(try await viaC.exchange("GET /z HTTP/1.1\r\nHost: 127.0.0.3\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+            #expect(issuerC.callCount == 2)
+            #expect(issuerC.calls.last?.form["scope"] == "orders.read")
+            #expect(harness.issuer.callCount == callsA)
             await issuerC.shutdown()
         }
         await pair.shutdown()
