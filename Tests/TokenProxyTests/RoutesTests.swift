@@ -247,6 +247,8 @@ struct TokenExchangeTests {
 
     @Test func aSubjectIdentitysTokenIsExchangedAndAChangedSubjectIsExchangedAgainAtTheNextNeed() async throws {
         var options = ProxyHarness.Options()
+        // The subject is refreshed by hand twice in a row here.
+        options.token = { $0.minRefreshInterval = "0s" }
         options.topLevel["identities"] = """
             {"y": {"endpoint": "ENDPOINT", "grant": "token_exchange", "subjectIdentity": "default", "audience": "api-y", "store": "y.json"}}
             """
@@ -275,6 +277,15 @@ struct TokenExchangeTests {
             #expect(harness.issuer.exchanges.last?.subjectToken == newSubject)
             let sent = harness.received.suffix(2).compactMap { $0.header("Authorization") }
             #expect(Set(sent) == ["Bearer \(harness.issuer.exchanges.last?.issuedToken ?? "-")"])
+
+            // The subject changes again and the issuer fails the exchange: requests go on with
+            // the exchanged token still held, which is valid, rather than failing.
+            let held = try #require(harness.issuer.exchanges.last?.issuedToken)
+            #expect(try await harness.admin(.POST, "/token/refresh", port: admin.port ?? 0).status == 200)
+            harness.issuer.script([MockHTTPResponse(status: 503, body: "down")])
+            let during = try await harness.send(.GET, "/y/e")
+            #expect(during.status == 200, "\(during.body)")
+            #expect(harness.received.last?.header("Authorization") == "Bearer \(held)")
             await admin.stop()
         }
     }

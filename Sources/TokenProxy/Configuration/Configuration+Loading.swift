@@ -81,6 +81,9 @@ extension Configuration {
             root.report("token", "is required: an object with at least \"endpoint\" (or set identities)")
         }
         if let reader = root.object("identities") {
+            if reader.keys.isEmpty, !root.isPresent("token") {
+                root.report("identities", "is empty and there is no token: no request could get a token; add an identity")
+            }
             for name in reader.keys {
                 guard let identity = reader.object(name) else { continue }
                 if !Self.isValidName(name) {

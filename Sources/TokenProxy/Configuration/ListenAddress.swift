@@ -46,16 +46,25 @@ public enum ListenAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// `localhost` and its subdomains (RFC 6761: `status.localhost` resolves to loopback in curl
-    /// and browsers alike), `::1` (also as `[::1]`) or an IPv4 literal in 127.0.0.0/8 — exactly,
-    /// so that `127.evil.example` or `127.0.0.1.evil.example` is not taken for one.
+    /// `localhost`, `::1` (also as `[::1]`) or an IPv4 literal in 127.0.0.0/8 — exactly, so
+    /// that `127.evil.example` or `127.0.0.1.evil.example` is not taken for one. For addresses
+    /// that are bound or connected to (a resolver may send any other name off the host).
     public static func isLoopbackHost(_ host: some StringProtocol) -> Bool {
         var name = host.lowercased()
         if name.hasSuffix(".") { name.removeLast() }
-        if name == "localhost" || name.hasSuffix(".localhost") || name == "::1" || name == "[::1]" { return true }
+        if name == "localhost" || name == "::1" || name == "[::1]" { return true }
         let octets = name.split(separator: ".", omittingEmptySubsequences: false)
         guard octets.count == 4, octets[0] == "127" else { return false }
         return octets.allSatisfy { $0.count <= 3 && !$0.isEmpty && $0.allSatisfy(\.isASCII) && UInt8($0) != nil }
+    }
+
+    /// A loopback host, or a name under `.localhost` (RFC 6761: curl and browsers resolve
+    /// `status.localhost` to loopback themselves): for the `Host` a client sent, never for an
+    /// address the proxy resolves.
+    public static func isLoopbackName(_ host: some StringProtocol) -> Bool {
+        var name = host.lowercased()
+        if name.hasSuffix(".") { name.removeLast() }
+        return name.hasSuffix(".localhost") || isLoopbackHost(name)
     }
 
     public var description: String {

@@ -47,14 +47,23 @@ actor Reloader {
             logger.warning("reload: fleet.* changes take effect after a restart; the running store stays in use")
             next.fleet = current.fleet
         }
+        // New identities' brokers first (the routes name them), then the routes; only when both
+        // took does anything running change: reconfigured and removed identities.
+        let added: [String]
         do {
-            // Brokers first: the routes the server publishes name them.
-            try await identities.apply(next)
-            try await server.apply(next)
+            added = try await identities.prepare(next)
         } catch {
             logger.error("reload could not be applied; the running configuration stays in force", metadata: ["error": "\(error)"])
             return
         }
+        do {
+            try await server.apply(next)
+        } catch {
+            await identities.rollback(added)
+            logger.error("reload could not be applied; the running configuration stays in force", metadata: ["error": "\(error)"])
+            return
+        }
+        await identities.commit(next)
         faults.update(enabled: next.faults.enabled, upstream401Percent: next.faults.upstream401Percent)
         if next.admin != current.admin {
             await admin?.stop()

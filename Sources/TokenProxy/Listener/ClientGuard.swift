@@ -57,14 +57,14 @@ struct ClientGuard: Sendable, Equatable {
         case .any:
             return true
         case .loopback:
-            return ListenAddress.isLoopbackHost(Self.split(String(decoding: host, as: UTF8.self).lowercased()).host)
+            return ListenAddress.isLoopbackName(Self.split(String(decoding: host, as: UTF8.self).lowercased()).host)
         case .listed(let names, let withPort, let localhostNames):
             // A listed name followed by nothing or a port; ASCII case is ignored.
             for name in names where host.count >= name.count && Self.startsIgnoringCase(host, with: name) {
                 if host.count == name.count || host[name.count] == UInt8(ascii: ":") { return true }
             }
             if withPort.contains(where: { $0.count == host.count && Self.startsIgnoringCase(host, with: $0) }) { return true }
-            return localhostNames && ListenAddress.isLoopbackHost(Self.split(String(decoding: host, as: UTF8.self)).host)
+            return localhostNames && ListenAddress.isLoopbackName(Self.split(String(decoding: host, as: UTF8.self)).host)
         }
     }
 

@@ -30,7 +30,8 @@ final class ProxyContext: AtomicReference, Sendable {
         drainTimeout = configuration.drainTimeout
         self.faults = faults
         self.statistics = statistics
-        unrouted = statistics.route("none", loops: loops)
+        // Not a valid route name, so never one route's counts.
+        unrouted = statistics.route("(none)", loops: loops)
         self.logger = logger
     }
 

@@ -37,7 +37,7 @@ final class ForwardingRules: Sendable {
         // `http://127.0.0.1@evil.example/` names evil.example: user information is never accepted.
         if lowered.contains("@") { return false }
         if upstreamAuthorities.contains(lowered) { return true }
-        return ListenAddress.isLoopbackHost(ClientGuard.split(lowered).host)
+        return ListenAddress.isLoopbackName(ClientGuard.split(lowered).host)
     }
 
     /// The limits the request parser enforces (SPEC §2.2 `limits`).

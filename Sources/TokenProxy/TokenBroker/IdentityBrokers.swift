@@ -69,7 +69,7 @@ public final class IdentityBrokers: Sendable {
         return state.withLockedValue { state in names.compactMap { name in state.brokers[name].map { (name, $0) } } }
     }
 
-    private func add(_ configuration: Configuration, names: [String]) async throws {
+    private func add(_ configuration: Configuration, names: [String], maintain: Bool = true) async throws {
         var added: [String: TokenBroker] = [:]
         for name in names {
             let settings = configuration.identities[name]!
@@ -95,7 +95,7 @@ public final class IdentityBrokers: Sendable {
         }
         for (name, broker) in added {
             if case .identity(let subject)? = wanted[name]?.exchange?.subject { await connect(broker, toSubject: subject) }
-            if maintaining { startMaintenance(name, broker) }
+            if maintaining, maintain { startMaintenance(name, broker) }
         }
     }
 
@@ -115,12 +115,33 @@ public final class IdentityBrokers: Sendable {
         return logger
     }
 
-    /// Applies a reloaded configuration: new identities get a broker, removed ones stop, changed
-    /// ones are reconfigured (their token dropped when it came from other settings, SPEC §8).
-    func apply(_ configuration: Configuration) async throws {
+    /// The first step of a reload: brokers for the identities `configuration` adds, so that the
+    /// routes being prepared can name them; nothing running changes yet. Returns their names,
+    /// for ``rollback(_:)`` when the reload cannot be applied.
+    func prepare(_ configuration: Configuration) async throws -> [String] {
+        let previous = state.withLockedValue { $0.settings }
+        let added = configuration.identities.keys.filter { previous[$0] == nil }.sorted()
+        try await add(configuration, names: added, maintain: false)
+        return added
+    }
+
+    /// Drops the brokers ``prepare(_:)`` added for a reload that was not applied.
+    func rollback(_ added: [String]) async {
+        let brokers = state.withLockedValue { state in
+            added.compactMap { name -> TokenBroker? in
+                state.settings[name] = nil
+                return state.brokers.removeValue(forKey: name)
+            }
+        }
+        for broker in brokers { await broker.shutdown() }
+    }
+
+    /// The last step of a reload, once the routes are in force: added identities are kept
+    /// fresh, changed ones reconfigured (their token dropped when it came from other settings,
+    /// SPEC §8), removed ones stopped.
+    func commit(_ configuration: Configuration) async {
         let (previous, brokers) = state.withLockedValue { ($0.settings, $0.brokers) }
         let next = configuration.identities
-        try await add(configuration, names: next.keys.filter { previous[$0] == nil }.sorted())
         for (name, settings) in next where previous[name] != nil && previous[name] != settings {
             guard let broker = brokers[name] else { continue }
             await broker.reconfigure(settings, endpoint: TokenEndpointClient(configuration: settings, environment: made.environment))
@@ -133,10 +154,11 @@ public final class IdentityBrokers: Sendable {
                 return (state.brokers.removeValue(forKey: name), state.maintenance.removeValue(forKey: name))
             }
             task?.cancel()
-            // Requests in flight keep their broker; its connections close once they are done.
+            // Requests in flight keep their broker; its connections close once its refresh is done.
             if let broker { Task { await broker.refreshSettled(); await broker.shutdown() } }
         }
         state.withLockedValue { $0.configuration = configuration }
+        for (name, broker) in all { startMaintenance(name, broker) }
     }
 
     /// A broker's token changed: exchanges made from it are replaced at their next need.
@@ -156,33 +178,37 @@ public final class IdentityBrokers: Sendable {
     }
 
     /// Keeps every identity's token fresh until cancelled (a broker added by a reload starts
-    /// its own loop; a removed one's stops).
+    /// its own loop; a removed one's stops); returns once every loop has ended, a refresh under
+    /// way included (its rotated refresh token must reach the store before the process exits).
     public func keepFresh() async {
         let brokers = state.withLockedValue { state in
             state.maintaining = true
             return state.brokers
         }
         for (name, broker) in brokers { startMaintenance(name, broker) }
-        await withTaskCancellationHandler {
-            // Parked until cancelled.
-            while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-        } onCancel: {
-            let tasks = state.withLockedValue { state in
-                state.maintaining = false
-                defer { state.maintenance.removeAll() }
-                return Array(state.maintenance.values)
-            }
-            for task in tasks { task.cancel() }
+        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        let tasks = state.withLockedValue { state in
+            state.maintaining = false
+            defer { state.maintenance.removeAll() }
+            return Array(state.maintenance.values)
         }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
     }
 
+    /// Starts `name`'s maintenance loop, unless maintenance is not running or it has one.
     private func startMaintenance(_ name: String, _ broker: TokenBroker) {
-        let task = Task { await broker.keepFresh() }
-        state.withLockedValue { $0.maintenance[name] = task }
+        state.withLockedValue { state in
+            guard state.maintaining, state.maintenance[name] == nil else { return }
+            state.maintenance[name] = Task { await broker.keepFresh() }
+        }
     }
 
     /// Closes every broker's connections; call once before the process exits.
     public func shutdown() async {
-        for (_, broker) in all { await broker.shutdown() }
+        for (_, broker) in all {
+            await broker.refreshSettled()
+            await broker.shutdown()
+        }
     }
 }

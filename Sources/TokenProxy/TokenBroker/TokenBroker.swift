@@ -75,8 +75,11 @@ public actor TokenBroker {
     /// A token exchange's subject identity's current token (SPEC §2.4), got as a request gets
     /// it: refreshed first when needed.
     var subjectToken: (@Sendable () async throws(TokenBrokerError) -> String)?
-    /// The subject token the current token was exchanged from, by this process.
+    /// The subject token the current token was exchanged from, by this process (`nil`: a token
+    /// loaded or adopted, of unknown origin).
     var exchangedFrom: String?
+    /// The subject identity's latest token, as its changes were announced.
+    var latestSubject: String?
     /// An access token exchanged from a subject token that has since been replaced: not handed
     /// out again, but replaced at its next need, as a rejected one is.
     var supersededToken: String?
@@ -218,6 +221,10 @@ public actor TokenBroker {
         let outcome = await acquire(need)
         let (result, report) = gate.finished(outcome, now: now(), random: Double.random(in: 0..<1))
         refreshTask = nil
+        // The subject changed while this exchange was under way: its token is already old.
+        if let latestSubject, let from = exchangedFrom, from != latestSubject, let current = gate.current?.accessToken {
+            supersede(current)
+        }
         publishCurrent()
         self.report(report, need: need, elapsed: started.duration(to: .now))
         return result
@@ -227,7 +234,7 @@ public actor TokenBroker {
     /// schedule follows the token however it was obtained (SPEC §5).
     func publishCurrent() {
         let superseded = supersededToken != nil && gate.current?.accessToken == supersededToken
-        publisher.publish(superseded ? nil : gate.current, windows: gate.windows)
+        publisher.publish(gate.current, windows: gate.windows, superseded: superseded)
         maintenancePause?.cancel()
     }
 
@@ -239,10 +246,17 @@ public actor TokenBroker {
     /// The subject identity has a new token (SPEC §2.4): a token exchanged from the previous one
     /// is refreshed at its next need, not at once (nobody may need it).
     func subjectChanged(to subject: String) {
-        guard let from = exchangedFrom, from != subject, let current = gate.current?.accessToken else { return }
-        exchangedFrom = nil
-        supersededToken = current
+        latestSubject = subject
+        // An exchange under way is checked when it delivers (it may have used either token).
+        guard exchangedFrom != subject, !isRefreshing, let current = gate.current?.accessToken else { return }
+        supersede(current)
         publishCurrent()
+    }
+
+    private func supersede(_ accessToken: String) {
+        guard supersededToken != accessToken else { return }
+        exchangedFrom = nil
+        supersededToken = accessToken
         logger.info("the subject identity's token changed; the exchanged token is replaced at its next use")
     }
 

@@ -65,13 +65,16 @@ public final class TokenPublisher: Sendable {
     }
 
     /// Publishes `tokens`, or nothing when they hold no access token with a known expiry.
-    func publish(_ tokens: TokenSet?, windows: RefreshWindows) {
+    /// A `superseded` token is published as not usable: requests ask the broker for another,
+    /// and fall back to it while none can be had.
+    func publish(_ tokens: TokenSet?, windows: RefreshWindows, superseded: Bool = false) {
         guard let tokens, let authorization = tokens.authorizationValue, let accessToken = tokens.accessToken,
-            let deadlines = windows.deadlines(of: tokens)
+            var deadlines = windows.deadlines(of: tokens)
         else {
             current.store(nil, ordering: .releasing)
             return
         }
+        if superseded { deadlines.mustRefreshAt = Date(timeIntervalSince1970: 0) }
         let published = current.load(ordering: .acquiring)
         if published?.accessToken == accessToken,
             published?.mustRefreshAtNanoseconds == PublishedToken.nanosecondsSinceEpoch(deadlines.mustRefreshAt)
