@@ -21,6 +21,10 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private let loop: Int
     /// The current request's route (SPEC §2.4): its identity, upstream and counts.
     private var route: RouteContext?
+    /// The pool of the last upstream this connection used: a connection's requests mostly go
+    /// to one route, so the lookup by target is skipped. The target is held, so that its
+    /// identity cannot be taken by another while cached.
+    private var lastPool: (target: UpstreamTarget, pool: UpstreamConnectionPool)?
     /// Where the current request is counted: its route's counts for this loop.
     private var requestStatistics: LoopStatistics
     private var context: ChannelHandlerContext?
@@ -255,7 +259,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
 
     private func connect() -> Action? {
         guard let route else { preconditionFailure("a connection was asked for a request without a route") }
-        let pool = pools.pool(for: route.upstream)
+        let pool = pool(for: route.upstream)
         if let leased = pool.lease() {
             attach(leased)
             return connection.connected(now: .now())
@@ -283,7 +287,14 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private func discardUpstream(reuse: Bool = false) {
         guard let upstream else { return }
         self.upstream = nil
-        if reuse, let route { pools.pool(for: route.upstream).release(upstream) } else { upstream.close() }
+        if reuse, let route { pool(for: route.upstream).release(upstream) } else { upstream.close() }
+    }
+
+    private func pool(for target: UpstreamTarget) -> UpstreamConnectionPool {
+        if let lastPool, lastPool.target === target { return lastPool.pool }
+        let pool = pools.pool(for: target)
+        lastPool = (target, pool)
+        return pool
     }
 
     /// Closes both connections, after recording how the request ended, if it had not.

@@ -1,3 +1,4 @@
+import Atomics
 import NIOCore
 import NIOSSL
 
@@ -6,6 +7,12 @@ import NIOSSL
 final class UpstreamTarget: Sendable {
     let settings: Configuration.Upstream
     let tls: UpstreamConnectionPool.TLSSettings?
+    /// No route uses it any more (after a reload): a request still carrying it gets a pool that
+    /// keeps no connection.
+    private let retiredFlag = ManagedAtomic(false)
+
+    var isRetired: Bool { retiredFlag.load(ordering: .relaxed) }
+    func retire() { retiredFlag.store(true, ordering: .relaxed) }
 
     init(_ settings: Configuration.Upstream) throws {
         self.settings = settings
@@ -32,7 +39,12 @@ final class UpstreamPools {
         let key = ObjectIdentifier(target)
         if let known = pools[key] { return known.pool }
         let pool = UpstreamConnectionPool(eventLoop: eventLoop, target: target.settings.url, connectTimeout: target.settings.connectTimeout, tls: target.tls)
-        pools[key] = (target, pool)
+        if target.isRetired {
+            // A request that began before the reload: served, but nothing is kept for it.
+            pool.retire()
+        } else {
+            pools[key] = (target, pool)
+        }
         return pool
     }
 
@@ -40,6 +52,7 @@ final class UpstreamPools {
     func retain(only targets: [UpstreamTarget]) {
         let kept = Set(targets.map(ObjectIdentifier.init))
         for (key, entry) in pools where !kept.contains(key) {
+            entry.target.retire()
             entry.pool.retire()
             pools[key] = nil
         }
