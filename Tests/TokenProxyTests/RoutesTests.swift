@@ -405,6 +405,33 @@ struct RoutesLifecycleTests {
         await pair.shutdown()
     }
 
+    @Test func aRemovedListenersLongStreamIsClosedOnceDrainTimeoutHasPassed() async throws {
+        let events = try await MockHTTPServer.start { _ in
+            .streaming(headers: [("Content-Type", "text/event-stream")]) { writer in
+                try? await writer.write("data: 1\n\n")
+                try? await Task.sleep(for: .seconds(20))
+            }
+        }
+        let routes = #"[{"name": "events", "listen": "127.0.0.2:0", "upstream": {"url": "http://127.0.0.1:\#(events.port)"}}]"#
+        var options = ProxyHarness.Options()
+        options.topLevel["drainTimeout"] = #""300ms""#
+        options.topLevel["routes"] = routes
+        try await withProxyHarness(options) { harness in
+            let port = try #require(harness.server.routePorts["events"])
+            let stream = try RawConnection(port: port, host: "127.0.0.2")
+            try await stream.send("GET /events HTTP/1.1\r\nHost: 127.0.0.2\r\n\r\n")
+            #expect(try await stream.receive(until: { String(decoding: $0, as: UTF8.self).contains("data: 1") }))
+            let path = harness.configuration.sourcePath
+            let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: ",\n  \"routes\": \(routes)", with: "")
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            await harness.application.reloader.reload()
+            #expect(harness.server.routes.map(\.name) == ["default"], "\(harness.logs.text.suffix(1500))")
+            // Quiesced, the stream would stay open for as long as the upstream streams.
+            #expect(try await stream.waitForClose(timeout: .seconds(5)), "the removed listener's stream is still open")
+        }
+        await events.shutdown()
+    }
+
     @Test func processesSharingEachIdentitysStoreCallEachIssuerOncePerExpiry() async throws {
         let directory = try TemporaryDirectory()
         var behavior = MockTokenIssuer.Behavior()

@@ -227,13 +227,18 @@ public final class ProxyServer: Service, Sendable {
     }
 
     /// Stops accepting on `address`; with `drain`, its connections close once idle or after
-    /// their current response (`ChannelShouldQuiesceEvent`).
+    /// their current response (`ChannelShouldQuiesceEvent`), and whatever is still open after
+    /// `drainTimeout` (a long event stream, a tunnel) is closed then.
     private func close(_ address: ListenAddress, drain: Bool) async {
         guard let listener = listeners.withLockedValue({ $0.removeValue(forKey: address) }) else { return }
-        if drain {
-            listener.quiescer.initiateShutdown(promise: nil)
-        } else {
+        guard drain else {
             try? await listener.channel.close()
+            return
+        }
+        listener.quiescer.initiateShutdown(promise: nil)
+        let (connections, server) = (self.connections, listener.channel)
+        listener.channel.eventLoop.scheduleTask(in: TimeAmount(drainTimeout)) {
+            for channel in connections.all where channel.parent === server { channel.close(promise: nil) }
         }
     }
 

@@ -9,6 +9,11 @@ extension TokenBroker {
     /// use, under the lock), the rest runs in the background as ``pendingWrite``.
     func acquire(_ need: Need) async -> RefreshGate.Outcome {
         await finishWrites()
+        // A subject identity's token is got before the lock is taken: getting it may run that
+        // identity's own refresh, which must not hold this identity's lock (other processes
+        // wait on it with lockTimeout). A failure is met again, and reported, under the lock.
+        prefetchedSubject = nil
+        if case .identity? = configuration.exchange?.subject, let subjectToken { prefetchedSubject = try? await subjectToken() }
         var machine = RefreshProtocol(
             need: need, configuration: configuration, storeName: storage.name, writesBeforeUse: writesBeforeUse || storage.fencesWrites,
             acceptance: gate.acceptance, corruptSighting: corruptSighting
@@ -70,7 +75,11 @@ extension TokenBroker {
                 if case .identity(let name)? = configuration.exchange?.subject {
                     // The subject identity's token, refreshed first when needed (SPEC §2.4).
                     guard let subjectToken else { throw .misconfigured(reason: "subjectIdentity \"\(name)\" is not available in this process") }
-                    credentials.subjectToken = try await subjectToken()
+                    if let prefetchedSubject {
+                        credentials.subjectToken = prefetchedSubject
+                    } else {
+                        credentials.subjectToken = try await subjectToken()
+                    }
                 }
                 exchangedFrom = credentials.subjectToken
                 return machine.credentialsRead(credentials, now: now())

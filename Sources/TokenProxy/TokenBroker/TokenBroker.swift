@@ -80,6 +80,8 @@ public actor TokenBroker {
     var exchangedFrom: String?
     /// The subject identity's latest token, as its changes were announced.
     var latestSubject: String?
+    /// The subject token got for the refresh under way, before its lock was taken.
+    var prefetchedSubject: String?
     /// An access token exchanged from a subject token that has since been replaced: not handed
     /// out again, but replaced at its next need, as a rejected one is.
     var supersededToken: String?

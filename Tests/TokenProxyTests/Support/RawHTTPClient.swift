@@ -102,8 +102,8 @@ final class RawConnection: @unchecked Sendable {
     private(set) var received: [UInt8] = []
     private(set) var closedByPeer = false
 
-    init(port: Int) throws {
-        socket = try RawHTTPClient.connect(port: port)
+    init(port: Int, host: String = "127.0.0.1") throws {
+        socket = try RawHTTPClient.connect(port: port, host: host)
     }
 
     deinit { close(socket) }
