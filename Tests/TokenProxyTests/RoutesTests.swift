@@ -405,6 +405,39 @@ struct RoutesLifecycleTests {
         await pair.shutdown()
     }
 
+    @Test func aReloadWhoseNewListenerCannotBeBoundChangesNothing() async throws {
+        let pair = try await RoutesTests.Pair()
+        try await withProxyHarness(pair.options()) { harness in
+            pair.issuerA.withLockedValue { $0 = harness.issuer }
+            #expect(try await harness.send(.GET, "/b/x").status == 200)
+            let callsB = pair.issuerB.callCount
+            // A port someone else holds.
+            let taken = try await RawUpstream { _ in ("", true) }
+            let issuerC = try await MockTokenIssuer.start()
+            let path = harness.configuration.sourcePath
+            let before = try String(contentsOfFile: path, encoding: .utf8)
+            let text = before
+                .replacingOccurrences(of: #"{"b": {"#, with: #"{"c": {"endpoint": "\#(issuerC.url)", "grant": "client_credentials", "clientId": "c", "clientSecretFile": "client-secret", "store": "c.json"}, "b": {"#)
+                .replacingOccurrences(of: #"[{"name": "a","#, with: #"[{"name": "c", "listen": "127.0.0.1:\#(taken.port)", "upstream": {"url": "http://127.0.0.1:9"}, "identity": "c"}, {"name": "a","#)
+                .replacingOccurrences(of: #""scope": "api.read""#, with: #""scope": "api.write""#)
+            #expect(text != before)
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            await harness.application.reloader.reload()
+            #expect(harness.logs.text.contains("reload could not be applied"), "\(harness.logs.text.suffix(1500))")
+            #expect(harness.application.identities.names == ["default", "b"], "the identity the refused reload added is gone")
+            #expect(Set(harness.server.routes.map(\.name)) == ["a", "b", "default"])
+            // Nothing of it took: b keeps its token, default its scope.
+            #expect(try await harness.send(.GET, "/b/x").status == 200)
+            #expect(pair.issuerB.callCount == callsB)
+            #expect(try await harness.send(.GET, "/a/x").status == 200)
+            #expect(harness.issuer.calls.allSatisfy { $0.form["scope"] == "api.read" })
+            #expect(issuerC.callCount == 0)
+            await taken.shutdown()
+            await issuerC.shutdown()
+        }
+        await pair.shutdown()
+    }
+
     @Test func aRemovedListenersLongStreamIsClosedOnceDrainTimeoutHasPassed() async throws {
         let events = try await MockHTTPServer.start { _ in
             .streaming(headers: [("Content-Type", "text/event-stream")]) { writer in
