@@ -236,6 +236,8 @@ public final class ProxyServer: Service, Sendable {
             return
         }
         listener.quiescer.initiateShutdown(promise: nil)
+        // The reload is done once the address no longer accepts.
+        try? await listener.channel.closeFuture.get()
         let (connections, server) = (self.connections, listener.channel)
         listener.channel.eventLoop.scheduleTask(in: TimeAmount(drainTimeout)) {
             for channel in connections.all where channel.parent === server { channel.close(promise: nil) }
