@@ -369,9 +369,8 @@ struct ClientProtectionTests {
         fixture.grant = "client_credentials"
         fixture.upstream = upstream.baseURL
         let config = try fixture.write(to: directory)
-        // The child inherits this process's open descriptors; leave it about 100 of its own.
-        let inherited = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
-        let limit = inherited + 100
+        // The child inherits no descriptor but its standard streams; 128 leave it about 100 of its own.
+        let limit = 128
         let process = TokenProxyProcess(["run", "--config", config], launcher: ["/usr/bin/prlimit", "--nofile=\(limit):\(limit)"])
         try process.start()
         let port = try #require(await process.listeningPort(), "\(process.stderrSoFar)")
