@@ -112,7 +112,13 @@ struct LoginCommand: AsyncParsableCommand {
             let words: [String] = ["xdg-open", url]
             let argv = words.map { strdup($0) } + [nil]
             defer { argv.forEach { free($0) } }
-            _ = posix_spawnp(&pid, "xdg-open", nil, nil, argv, environ)
+            // The browser it starts may live on: it gets none of this process's descriptors (the
+            // redirect listener, the connections to the issuer), only the standard streams.
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            SpawnActions.closeDescriptors(from: 3, in: &actions)
+            _ = posix_spawnp(&pid, "xdg-open", &actions, nil, argv, environ)
         }
     }
 

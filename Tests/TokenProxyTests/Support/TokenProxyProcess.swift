@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TokenProxy
 
 /// Runs the built `tokenproxy` binary as a separate process, as a user or a script would.
 ///
@@ -50,13 +51,6 @@ final class TokenProxyProcess: @unchecked Sendable {
         stderrFile = NSTemporaryDirectory() + "/tokenproxy-err-\(id)"
     }
 
-    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), which Swift's Glibc
-    /// module does not declare.
-    private static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
-        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
-    }()
-
     func start() throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -66,7 +60,7 @@ final class TokenProxyProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 2, stderrFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         // Nothing else of this test process: a child holding a copy of an in-process listener's
         // socket would keep that address accepting after the listener closed.
-        if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
+        SpawnActions.closeDescriptors(from: 3, in: &actions)
         let argv = (launcher + [program] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
