@@ -5,6 +5,13 @@ import FoundationEssentials
 /// The store is shared by processes that may run under different `TZ` settings; nothing here
 /// consults the local time zone.
 public enum RFC3339 {
+    /// `2026-11-22T10:00:00Z`: the whole second `date` is in (rounded down), for tools that
+    /// read the plainest RFC 3339 (Kubernetes' `metav1.Time`).
+    public static func formatSeconds(_ date: Date) -> String {
+        let text = format(date)
+        return String(text.prefix(text.count - 5)) + "Z"
+    }
+
     /// `2026-11-22T10:00:00.123Z`.
     public static func format(_ date: Date) -> String {
         let millisecondsSinceEpoch = (date.timeIntervalSince1970 * 1000).rounded(.down)
