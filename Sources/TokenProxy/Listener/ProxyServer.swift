@@ -12,16 +12,10 @@ import ServiceLifecycle
 /// pools of its own event loop. A reload publishes new routes to the listeners that stay, opens
 /// the listeners that appear and drains those that go, without dropping open connections.
 ///
-/// As a `Service` it serves until the group's graceful shutdown, then drains: listening →
-/// draining → stopped.
+/// As a `Service` it serves until the group's graceful shutdown, then drains: the listeners
+/// close, open connections finish within `drainTimeout`. The listener table is the state: no
+/// listener left, nothing is accepted.
 public final class ProxyServer: Service, Sendable {
-    enum State {
-        case listening
-        /// No longer accepting; open connections finish within `drainTimeout`.
-        case draining
-        case stopped
-    }
-
     /// One bound address: its channel, the context its connections read, and its quiescer.
     private struct Listener: Sendable {
         let channel: any Channel
@@ -42,7 +36,6 @@ public final class ProxyServer: Service, Sendable {
     private let listeners = NIOLockedValueBox<[ListenAddress: Listener]>([:])
     /// The upstream targets the current routes use (kept, so that equal settings keep a pool).
     private let targets = NIOLockedValueBox<[UpstreamTarget]>([])
-    private let state = NIOLockedValueBox<State>(.listening)
     private let connections = ClientConnections()
     /// Every listener ever bound: a removed one still drains its connections on shutdown.
     private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
@@ -256,15 +249,11 @@ public final class ProxyServer: Service, Sendable {
     public func run() async throws {
         try? await gracefulShutdown()
         await drain(timeout: Task.isCancelled ? .zero : drainTimeout)
-        state.withLockedValue { $0 = .stopped }
     }
 
     /// Graceful stop: no new connections, idle ones close now, busy ones after their current
     /// response (`ChannelShouldQuiesceEvent`); whatever is still open after `timeout` is closed.
     public func drain(timeout: Duration) async {
-        state.withLockedValue { state in
-            if case .listening = state { state = .draining }
-        }
         listeners.withLockedValue { $0.removeAll() }
         let eventLoop = group.next()
         let drained = quiescers.withLockedValue { $0 }.map { quiescer in
