@@ -26,25 +26,8 @@ struct TokenCommand: AsyncParsableCommand {
     }
 
     private func printFreshToken(_ configuration: Configuration) async throws {
-        try await withTokenBroker(configuration) { broker in
-            do throws(TokenBrokerError) {
-                let tokens = try await broker.token(for: .fresh)
-                Swift.print(tokens.accessToken ?? "")
-            } catch .unavailable(let reason, _) {
-                // A token that is still usable beats no token while the endpoint is down.
-                let stored = try? await broker.storedContents().tokens
-                let windows = RefreshWindows(refreshBefore: configuration.token.refreshBefore, minValidity: configuration.token.minValidity)
-                guard let stored, windows.freshness(of: stored, at: Date()) >= .refreshAdvised, let accessToken = stored.accessToken else {
-                    printError("tokenproxy token: no token available: \(reason)")
-                    throw ExitStatus.runtimeFailure
-                }
-                printError("tokenproxy token: warning: could not refresh (\(reason)); printing the current token, valid until \(RFC3339.format(stored.expiresAt!))")
-                Swift.print(accessToken)
-            } catch {
-                printError("tokenproxy token: \(error)")
-                throw ExitStatus.forBrokerError(error)
-            }
-        }
+        let tokens = try await freshToken(configuration, command: "tokenproxy token")
+        Swift.print(tokens.accessToken ?? "")
     }
 
     private func showStatus(_ configuration: Configuration) async throws {

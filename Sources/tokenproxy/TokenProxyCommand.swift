@@ -12,7 +12,7 @@ struct TokenProxyCommand: AsyncParsableCommand {
             --config defaults to $TOKENPROXY_CONFIG, then /etc/tokenproxy/config.json.
             """,
         version: TokenProxyVersion.current,
-        subcommands: [RunCommand.self, CheckConfigCommand.self, TokenCommand.self, RefreshCommand.self, LoginCommand.self, LogoutCommand.self, DemoCommand.self],
+        subcommands: [RunCommand.self, CheckConfigCommand.self, TokenCommand.self, RefreshCommand.self, LoginCommand.self, LogoutCommand.self, CredentialCommand.self, DemoCommand.self],
         defaultSubcommand: RunCommand.self
     )
 }

@@ -23,19 +23,36 @@ struct CredentialFormatsTests {
         ExecRow(execInfo: nil, apiVersion: "client.authentication.k8s.io/v1"),
         ExecRow(execInfo: #"{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","spec":{"interactive":false}}"#, apiVersion: "client.authentication.k8s.io/v1beta1"),
         ExecRow(execInfo: #"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{"interactive":true}}"#, apiVersion: "client.authentication.k8s.io/v1"),
-        // A version client-go does not speak, or no JSON at all: the current one.
-        ExecRow(execInfo: #"{"apiVersion":"client.authentication.k8s.io/v1alpha1"}"#, apiVersion: "client.authentication.k8s.io/v1"),
+        // Not an ExecCredential document at all: the current version.
         ExecRow(execInfo: "not json", apiVersion: "client.authentication.k8s.io/v1"),
+        ExecRow(execInfo: #"{"kind":"ExecCredential"}"#, apiVersion: "client.authentication.k8s.io/v1"),
     ]
 
     @Test("an ExecCredential in the version kubectl asked for", arguments: execRows)
     func execCredential(row: ExecRow) throws {
-        let fields = try Self.object(CredentialFormats.execCredential(token: "at-\"1\"", expiresAt: Self.expiry, execInfo: row.execInfo))
+        let version = try CredentialFormats.execCredentialVersion(execInfo: row.execInfo)
+        let fields = try Self.object(CredentialFormats.execCredential(token: "at-\"1\"", expiresAt: Self.expiry, apiVersion: version))
         #expect(fields["apiVersion"] == .string(row.apiVersion))
         #expect(fields["kind"] == .string("ExecCredential"))
         // client-go's schema: status.token and status.expirationTimestamp (RFC 3339, UTC).
         #expect(fields["status"] == .object(["token": .string("at-\"1\""), "expirationTimestamp": .string("2027-01-15T08:00:00Z")]))
         #expect(Set(fields.keys) == ["apiVersion", "kind", "status"])
+    }
+
+    @Test func aVersionClientGoAsksForButThisPluginDoesNotSpeakIsAnErrorNamingTheFix() {
+        #expect(throws: CredentialFormatError.unsupportedExecCredentialVersion("client.authentication.k8s.io/v1alpha1", supported: ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"])) {
+            try CredentialFormats.execCredentialVersion(execInfo: #"{"apiVersion":"client.authentication.k8s.io/v1alpha1","kind":"ExecCredential"}"#)
+        }
+        let message = CredentialFormatError.unsupportedExecCredentialVersion("x/v9", supported: ["a/v1"]).description
+        #expect(message.contains("x/v9") && message.contains("users[].user.exec.apiVersion"))
+    }
+
+    @Test func withoutAKnownExpiryTheTimesAreLeftOut() throws {
+        let exec = try Self.object(CredentialFormats.execCredential(token: "at-1", expiresAt: nil, apiVersion: "client.authentication.k8s.io/v1"))
+        #expect(exec["status"] == .object(["token": .string("at-1")]))
+        let json = try Self.object(CredentialFormats.json(token: "at-1", tokenType: "Bearer", expiresAt: nil, now: Self.expiry))
+        #expect(json == ["access_token": .string("at-1"), "token_type": .string("Bearer")])
+        #expect(CredentialFormats.gitAnswer(username: "u", token: "at-1", expiresAt: nil) == "username=u\npassword=at-1\n")
     }
 
     @Test func jsonHasTheFourFieldsWithWholeSecondsNeverNegative() throws {

@@ -143,11 +143,12 @@ extension Configuration {
                 upstream: Upstream(url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""), connectTimeout: .seconds(2), readTimeout: .seconds(60), tls: nil),
                 identity: defaultIdentity, retry: retry, requireHeader: nil))
         }
+        let sinks = readSinks(root, identities: identities, resolve: resolve)
         if identities.isEmpty { identities[defaultIdentity] = readToken(nil, name: defaultIdentity, resolve: resolve) }
         return Configuration(
             listen: listen, allowNonLoopback: allowNonLoopback, identities: identities, routes: routes, retry: retry,
             admin: admin, faults: faults, log: log, clients: clients, limits: readLimits(root),
-            fleet: fleet, drainTimeout: drainTimeout, sourcePath: sourcePath
+            fleet: fleet, drainTimeout: drainTimeout, sourcePath: sourcePath, sinks: sinks
         )
     }
 
@@ -281,6 +282,13 @@ extension Configuration {
         token.refreshTokenWarning = reader.duration("refreshTokenWarning", default: token.refreshTokenWarning)
         token.requestTimeout = reader.duration("requestTimeout", default: token.requestTimeout, atLeast: .milliseconds(100))
         token.exchange = readExchange(reader, grant: token.grant, resolve: resolve)
+        if let username = reader.string("gitUsername") {
+            // git's credential protocol is one key=value per line.
+            if username.isEmpty || username.contains(where: { $0 == "\n" || $0 == "\r" || $0 == "\0" }) {
+                reader.report("gitUsername", "must be a non-empty name without line breaks or NUL (git's credential protocol is line based)")
+            }
+            token.gitUsername = username
+        }
         reader.finish()
         return token
     }

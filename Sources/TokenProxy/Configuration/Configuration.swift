@@ -27,6 +27,9 @@ public struct Configuration: Sendable, Equatable {
     public var drainTimeout: Duration
     /// The file this configuration was read from.
     public var sourcePath: String
+    /// Token files the running proxy keeps fresh for programs that read a token from a file
+    /// (SPEC §2.5).
+    public var sinks: [Sink] = []
 
     /// The identity that the top-level `token` defines, and that routes and commands use when
     /// they name none.
@@ -214,6 +217,9 @@ public struct Configuration: Sendable, Equatable {
         public var tls: TLS?
         /// How long one call to the token endpoint may take (connect included).
         public var requestTimeout: Duration
+        /// The user name `tokenproxy credential git get` answers (SPEC §2.5); the token is the
+        /// password.
+        public var gitUsername = "oauth2"
         /// `grant: "token_exchange"` (RFC 8693): the subject and what is asked for.
         public var exchange: Exchange?
 

@@ -99,48 +99,18 @@ public struct TokenStore: Sendable {
     @discardableResult
     public func write(_ tokens: TokenSet) throws(TokenStoreError) -> Fingerprint? {
         if let refusal = StoreFolder.refusal(of: path, key: "token.store", create: true) { throw .refused(path: path, reason: refusal) }
-        let folder = StoreFolder.folder(of: path)
-        let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard descriptor >= 0 else { throw .system(path: temporary, operation: "create", code: errno) }
-        var succeeded = false
-        defer { if !succeeded { unlink(temporary) } }
-        let data = StoreDocument.encode(tokens)
-        let writeError: Int32? = data.withUnsafeBytes { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                offset += written
-            }
-            return nil
+        do {
+            return Fingerprint(try AtomicFile.replace(path, with: StoreDocument.encode(tokens), mode: 0o600))
+        } catch {
+            throw .system(path: error.path, operation: error.operation, code: error.code)
         }
-        // The umask may have narrowed the mode further but never widened it; make it exactly 0600.
-        if let code = writeError ?? (fchmod(descriptor, 0o600) != 0 ? errno : nil) ?? (fsync(descriptor) != 0 ? errno : nil) {
-            close(descriptor)
-            throw .system(path: temporary, operation: "write", code: code)
-        }
-        var info = stat()
-        let version = fstat(descriptor, &info) == 0 ? Fingerprint(info) : nil
-        close(descriptor)
-        guard rename(temporary, path) == 0 else { throw .system(path: path, operation: "replace", code: errno) }
-        succeeded = true
-        let folderDescriptor = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if folderDescriptor >= 0 {
-            fsync(folderDescriptor)
-            close(folderDescriptor)
-        }
-        return version
     }
 
     /// Removes temporary files left by writers that were killed mid-write. Call it only while
     /// holding the lock: then nobody else is writing.
     public func removeAbandonedTemporaryFiles() {
         let url = URL(fileURLWithPath: path)
-        let prefix = url.lastPathComponent + ".tmp-"
+        let prefix = URL(fileURLWithPath: AtomicFile.temporaryPrefix(of: path)).lastPathComponent
         let folder = url.deletingLastPathComponent().path
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
         for name in names where name.hasPrefix(prefix) {
