@@ -89,7 +89,9 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // Read by path from the tests (schemas), not bundled.
+            exclude: ["Fixtures"]
         ),
     ]
 )

@@ -13,6 +13,8 @@ public struct AdminRoutes: Sendable {
     let upstream: @Sendable () -> UpstreamURL
     /// The routes in force, read at each answer (a reload shows at once).
     let routes: @Sendable () -> [Configuration.Route]
+    /// The token sinks and how their writes went (SPEC §2.5).
+    let sinks: @Sendable () async -> [TokenSinks.Status]
     /// `admin.tokenFile`: when set, `POST` and `PUT` need its content as a bearer token.
     let tokenFile: String?
 
@@ -23,8 +25,9 @@ public struct AdminRoutes: Sendable {
 
     init(
         identities: IdentityBrokers, faults: FaultSettings, statistics: ProxyStatistics, upstream: @escaping @Sendable () -> UpstreamURL,
-        routes: @escaping @Sendable () -> [Configuration.Route], tokenFile: String?
+        routes: @escaping @Sendable () -> [Configuration.Route], sinks: @escaping @Sendable () async -> [TokenSinks.Status] = { [] }, tokenFile: String?
     ) {
+        self.sinks = sinks
         self.identities = identities
         self.faults = faults
         self.statistics = statistics
@@ -209,6 +212,7 @@ public struct AdminRoutes: Sendable {
     private func status() async -> Response {
         guard let (_, broker) = primary else { return .error(.internalServerError, "no_identity", "no identity is configured") }
         var fields = await Self.tokenFields(broker.status())
+        let sinks = await self.sinks()
         var described: [String: JSONValue] = [:]
         for (name, broker) in identities.all {
             var identity = await Self.tokenFields(broker.status())
@@ -216,8 +220,10 @@ public struct AdminRoutes: Sendable {
                 token["store"] = identity["store"]
                 identity = token
             }
+            identity["sinks"] = .array(sinks.filter { $0.sink.identity == name }.map(Self.sinkFields))
             described[name] = .object(identity)
         }
+        fields["sinks"] = .array(sinks.map(Self.sinkFields))
         var routeFields: [String: JSONValue] = [:]
         for route in routes() {
             routeFields[route.name] = .object([
@@ -241,6 +247,19 @@ public struct AdminRoutes: Sendable {
         fields["identities"] = .object(described)
         fields["routes"] = .object(routeFields)
         return .json(.ok, fields)
+    }
+
+    /// One sink: where, whose, how, and how its last write went (never the token).
+    private static func sinkFields(_ status: TokenSinks.Status) -> JSONValue {
+        var fields: [String: JSONValue] = [
+            "path": .string(status.sink.path), "identity": .string(status.sink.identity), "format": .string(status.sink.format.rawValue),
+            "mode": .string("0" + String(status.sink.mode, radix: 8)), "writes": .number(Double(status.writes)),
+            "ok": .bool(status.error == nil && status.writtenAt != nil),
+        ]
+        if let writtenAt = status.writtenAt { fields["writtenAt"] = .string(RFC3339.format(writtenAt)) }
+        if let expiresAt = status.expiresAt { fields["expiresAt"] = .string(RFC3339.format(expiresAt)) }
+        if let error = status.error { fields["error"] = .string(error) }
+        return .object(fields)
     }
 
     /// `token` and `store` of one identity's status.

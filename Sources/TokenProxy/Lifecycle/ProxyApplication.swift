@@ -22,6 +22,8 @@ public struct ProxyApplication: Sendable {
     public let configuration: Configuration
     /// One broker per identity (SPEC §2.4).
     public let identities: IdentityBrokers
+    /// The token files kept fresh for other programs (SPEC §2.5).
+    public let sinks: TokenSinks
     /// The identity `default`'s broker (or the only one's).
     public var broker: TokenBroker { identities[Configuration.defaultIdentity] ?? identities.all[0].broker }
     public let server: ProxyServer
@@ -42,13 +44,17 @@ public struct ProxyApplication: Sendable {
         let notifier = SystemdNotifier(environment: environment)
         let statistics = ProxyStatistics()
         let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
+        let sinks = TokenSinks(sinks: configuration.sinks, logger: logger)
         let identities: IdentityBrokers
         do {
-            identities = try await IdentityBrokers.make(configuration: configuration, environment: environment, logger: logger) { identity, event in
-                statistics.observe(event, identity: identity)
-                let text = TokenStatusText.describe(event)
-                notifier.status(identity == Configuration.defaultIdentity ? text : "\(identity): \(text)")
-            }
+            identities = try await IdentityBrokers.make(
+                configuration: configuration, environment: environment, logger: logger,
+                observer: { identity, event in
+                    statistics.observe(event, identity: identity)
+                    let text = TokenStatusText.describe(event)
+                    notifier.status(identity == Configuration.defaultIdentity ? text : "\(identity): \(text)")
+                },
+                onPublish: { identity, token in sinks.tokenPublished(identity: identity, token: token) })
         } catch {
             logger.critical("cannot use the token store", metadata: ["error": "\(error)"])
             throw error
@@ -61,7 +67,8 @@ public struct ProxyApplication: Sendable {
             if let settings = configuration.admin {
                 admin = try await AdminServer.start(
                     address: settings.listen,
-                    routes: Self.adminRoutes(identities: identities, server: server, faults: faults, statistics: statistics, tokenFile: settings.tokenFile),
+                    routes: Self.adminRoutes(
+                        identities: identities, sinks: sinks, server: server, faults: faults, statistics: statistics, tokenFile: settings.tokenFile),
                     group: MultiThreadedEventLoopGroup.singleton)
             }
         } catch {
@@ -70,21 +77,25 @@ public struct ProxyApplication: Sendable {
             throw error
         }
         let reloader = Reloader(
-            current: configuration, server: server, admin: admin, identities: identities, faults: faults, statistics: statistics, notifier: notifier,
-            logger: logger)
+            current: configuration, server: server, admin: admin, identities: identities, sinks: sinks, faults: faults, statistics: statistics,
+            notifier: notifier, logger: logger)
         return ProxyApplication(
-            configuration: configuration, identities: identities, server: server, faults: faults, statistics: statistics, reloader: reloader,
+            configuration: configuration, identities: identities, sinks: sinks, server: server, faults: faults, statistics: statistics, reloader: reloader,
             notifier: notifier, logger: logger)
     }
 
     /// The admin API over the proxy's live state: it reads the routes a reload publishes.
-    static func adminRoutes(identities: IdentityBrokers, server: ProxyServer, faults: FaultSettings, statistics: ProxyStatistics, tokenFile: String?) -> AdminRoutes {
-        AdminRoutes(identities: identities, faults: faults, statistics: statistics, upstream: { server.upstream }, routes: { server.routes }, tokenFile: tokenFile)
+    static func adminRoutes(
+        identities: IdentityBrokers, sinks: TokenSinks, server: ProxyServer, faults: FaultSettings, statistics: ProxyStatistics, tokenFile: String?
+    ) -> AdminRoutes {
+        AdminRoutes(
+            identities: identities, faults: faults, statistics: statistics, upstream: { server.upstream }, routes: { server.routes },
+            sinks: { await sinks.status() }, tokenFile: tokenFile)
     }
 
     /// The admin API of this proxy (for an admin listener of one's own, as the tests start).
     public func adminRoutes(tokenFile: String? = nil) -> AdminRoutes {
-        Self.adminRoutes(identities: identities, server: server, faults: faults, statistics: statistics, tokenFile: tokenFile)
+        Self.adminRoutes(identities: identities, sinks: sinks, server: server, faults: faults, statistics: statistics, tokenFile: tokenFile)
     }
 
     /// Where it listens now.
@@ -126,9 +137,10 @@ public struct ProxyApplication: Sendable {
     /// returning, or the cancellation of the calling task (as the tests stop it). Then the
     /// proxy drains, and the broker closes its connections.
     public func run(signals: UnixSignalsSequence? = nil, companion: (@Sendable (Listening) async -> Void)? = nil) async throws {
-        let (identities, server, reloader, notifier, logger) = (identities, server, reloader, notifier, logger)
+        let (identities, sinks, server, reloader, notifier, logger) = (identities, sinks, server, reloader, notifier, logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: FunctionService { await cancelWhenGracefulShutdown { await identities.keepFresh() } }, serviceName: "token maintenance"),
+            .init(service: FunctionService { await cancelWhenGracefulShutdown { await sinks.run() } }, serviceName: "token sinks"),
             .init(service: server, serviceName: "proxy"),
             .init(service: FunctionService {
                 try? await gracefulShutdown()

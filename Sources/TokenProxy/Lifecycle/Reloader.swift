@@ -9,15 +9,17 @@ actor Reloader {
     private let server: ProxyServer
     private var admin: AdminServer?
     private let identities: IdentityBrokers
+    private let sinks: TokenSinks
     private let faults: FaultSettings
     private let statistics: ProxyStatistics
     private let notifier: SystemdNotifier
     private let logger: Logger
 
     init(
-        current: Configuration, server: ProxyServer, admin: AdminServer?, identities: IdentityBrokers, faults: FaultSettings, statistics: ProxyStatistics,
-        notifier: SystemdNotifier, logger: Logger
+        current: Configuration, server: ProxyServer, admin: AdminServer?, identities: IdentityBrokers, sinks: TokenSinks, faults: FaultSettings,
+        statistics: ProxyStatistics, notifier: SystemdNotifier, logger: Logger
     ) {
+        self.sinks = sinks
         self.current = current
         self.server = server
         self.admin = admin
@@ -64,6 +66,7 @@ actor Reloader {
             return
         }
         await identities.commit(next)
+        if next.sinks != current.sinks { sinks.reconfigure(next.sinks) }
         faults.update(enabled: next.faults.enabled, upstream401Percent: next.faults.upstream401Percent)
         if next.admin != current.admin {
             await admin?.stop()
@@ -72,7 +75,8 @@ actor Reloader {
                 do {
                     admin = try await AdminServer.start(
                         address: address,
-                        routes: ProxyApplication.adminRoutes(identities: identities, server: server, faults: faults, statistics: statistics, tokenFile: next.admin?.tokenFile),
+                        routes: ProxyApplication.adminRoutes(
+                            identities: identities, sinks: sinks, server: server, faults: faults, statistics: statistics, tokenFile: next.admin?.tokenFile),
                         group: MultiThreadedEventLoopGroup.singleton
                     )
                 } catch {

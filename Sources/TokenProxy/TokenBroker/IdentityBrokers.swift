@@ -14,6 +14,8 @@ public final class IdentityBrokers: Sendable {
         var logger: Logger
         /// Told about every broker's events, with the identity's name.
         var observer: @Sendable (String, TokenBroker.RefreshEvent) -> Void
+        /// Told about every token a broker publishes, with the identity's name (sinks).
+        var onPublish: (@Sendable (String, PublishedToken) -> Void)?
         /// One-shot commands write a new token before they use it (they exit right after).
         var writesBeforeUse = false
     }
@@ -45,9 +47,11 @@ public final class IdentityBrokers: Sendable {
     /// - Throws: ``TokenStoreError`` when a store cannot be used (a fleet key file, say).
     public static func make(
         configuration: Configuration, environment: [String: String], logger: Logger, writesBeforeUse: Bool = false,
-        observer: @escaping @Sendable (String, TokenBroker.RefreshEvent) -> Void = { _, _ in }
+        observer: @escaping @Sendable (String, TokenBroker.RefreshEvent) -> Void = { _, _ in },
+        onPublish: (@Sendable (String, PublishedToken) -> Void)? = nil
     ) async throws -> IdentityBrokers {
-        let brokers = IdentityBrokers(environment: Environment(environment: environment, logger: logger, observer: observer, writesBeforeUse: writesBeforeUse))
+        let brokers = IdentityBrokers(environment: Environment(
+            environment: environment, logger: logger, observer: observer, onPublish: onPublish, writesBeforeUse: writesBeforeUse))
         try await brokers.add(configuration, names: configuration.identityNames)
         return brokers
     }
@@ -75,6 +79,7 @@ public final class IdentityBrokers: Sendable {
             let settings = configuration.identities[name]!
             let storage = try configuration.makeTokenStorage(identity: name, logger: made.logger)
             let observer = made.observer
+            let onPublish = made.onPublish.map { onPublish in { @Sendable (token: PublishedToken) in onPublish(name, token) } }
             let logger = name == Configuration.defaultIdentity ? made.logger : Self.logger(made.logger, identity: name)
             let broker = TokenBroker(
                 configuration: settings, endpoint: TokenEndpointClient(configuration: settings, environment: made.environment), logger: logger,
@@ -82,7 +87,8 @@ public final class IdentityBrokers: Sendable {
                 observer: { [weak self] event in
                     observer(name, event)
                     self?.tokenChanged(identity: name, event: event)
-                })
+                },
+                onPublish: onPublish)
             added[name] = broker
         }
         let (maintaining, wanted) = state.withLockedValue { state -> (Bool, [String: Configuration.Token]) in

@@ -51,7 +51,7 @@ public actor TokenBroker {
     /// The wall clock every decision reads (injected, so that tests never sleep to see a rule work).
     let now: @Sendable () -> Date
     /// Where the data path reads the current token without asking the actor.
-    public nonisolated let publisher = TokenPublisher()
+    public nonisolated let publisher: TokenPublisher
     var gate: RefreshGate
     var refreshTask: Task<Result<TokenSet, TokenBrokerError>, Never>?
     /// Whether a refreshed token is written to the store before anyone uses it. One-shot
@@ -94,11 +94,12 @@ public actor TokenBroker {
         backoff: RefreshBackoff = RefreshBackoff(),
         writesBeforeUse: Bool = true,
         observer: (@Sendable (RefreshEvent) -> Void)? = nil,
+        onPublish: (@Sendable (PublishedToken) -> Void)? = nil,
         clock: @escaping @Sendable () -> Date = { Date() }
     ) {
         self.init(
             configuration: configuration, tokenEndpoint: endpoint, logger: logger, storage: storage, backoff: backoff,
-            writesBeforeUse: writesBeforeUse, observer: observer, clock: clock
+            writesBeforeUse: writesBeforeUse, observer: observer, onPublish: onPublish, clock: clock
         )
     }
 
@@ -111,9 +112,11 @@ public actor TokenBroker {
         backoff: RefreshBackoff = RefreshBackoff(),
         writesBeforeUse: Bool = true,
         observer: (@Sendable (RefreshEvent) -> Void)? = nil,
+        onPublish: (@Sendable (PublishedToken) -> Void)? = nil,
         clock: @escaping @Sendable () -> Date = { Date() }
     ) {
         self.now = clock
+        self.publisher = TokenPublisher(onPublish: onPublish)
         self.writesBeforeUse = writesBeforeUse
         self.observer = observer
         self.configuration = configuration
@@ -194,7 +197,8 @@ public actor TokenBroker {
     /// when it is usable, and a permanent failure looks again at what changed.
     public func storageChanged() async {
         guard let stored = try? await readStore().tokens else { return }
-        if stored != gate.current, gate.offer(stored, now: now()) {
+        // Its own writes come back here too: only another access token is news.
+        if stored.accessToken != gate.current?.accessToken, gate.offer(stored, now: now()) {
             publishCurrent()
             logger.info("token adopted from the store (refreshed by another process)", metadata: ["store": "\(storage.name)", "expiresAt": "\(stored.expiresAt.map(RFC3339.format) ?? "unknown")"])
             observer?(.adopted(expiresAt: stored.expiresAt))

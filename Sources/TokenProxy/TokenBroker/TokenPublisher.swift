@@ -12,13 +12,20 @@ public final class PublishedToken: AtomicReference, Sendable {
     /// bytes of every request head sent with this token.
     let headEnding: ByteBuffer
     public let accessToken: String
+    /// The scheme of ``authorization`` (`Bearer`, or what the endpoint named).
+    public let tokenType: String
+    /// When the token expires (for a token without a stated expiry: when its mandatory window
+    /// begins).
+    public let expiresAt: Date
     /// Wall-clock nanoseconds since the Unix epoch at which the mandatory window begins.
     let mustRefreshAtNanoseconds: Int64
     /// Wall-clock nanoseconds since the Unix epoch at which the token expires.
     let expiresAtNanoseconds: Int64
 
-    init(authorization: String, accessToken: String, mustRefreshAt: Date, expiresAt: Date) {
+    init(authorization: String, accessToken: String, tokenType: String = "Bearer", mustRefreshAt: Date, expiresAt: Date) {
         self.authorization = authorization
+        self.tokenType = tokenType
+        self.expiresAt = expiresAt
         var headEnding = ByteBufferAllocator().buffer(capacity: authorization.utf8.count + 19)
         headEnding.writeHeaderLine("Authorization", authorization)
         headEnding.writeStaticString("\r\n")
@@ -49,8 +56,13 @@ public final class PublishedToken: AtomicReference, Sendable {
 /// load per request, no actor hop, no lock.
 public final class TokenPublisher: Sendable {
     private let current = ManagedAtomic<PublishedToken?>(nil)
+    /// Told about every token published (sinks, SPEC §2.5), on the publisher's caller: it must
+    /// return at once.
+    private let onPublish: (@Sendable (PublishedToken) -> Void)?
 
-    public init() {}
+    public init(onPublish: (@Sendable (PublishedToken) -> Void)? = nil) {
+        self.onPublish = onPublish
+    }
 
     /// The current token, if it may be sent now.
     @inline(__always)
@@ -81,9 +93,10 @@ public final class TokenPublisher: Sendable {
         {
             return
         }
-        current.store(
-            PublishedToken(authorization: authorization, accessToken: accessToken, mustRefreshAt: deadlines.mustRefreshAt, expiresAt: tokens.expiresAt ?? deadlines.mustRefreshAt),
-            ordering: .releasing
-        )
+        let token = PublishedToken(
+            authorization: authorization, accessToken: accessToken, tokenType: tokens.tokenType, mustRefreshAt: deadlines.mustRefreshAt,
+            expiresAt: tokens.expiresAt ?? deadlines.mustRefreshAt)
+        current.store(token, ordering: .releasing)
+        onPublish?(token)
     }
 }

@@ -52,7 +52,24 @@ public struct FileTokenStorage: TokenStorage {
         return try await BlockingIO.run { () throws(TokenStoreError) in try store.quarantine(ifStill: fingerprint, now: now) }
     }
 
-    public func watchChanges(_ changed: @escaping @Sendable () async -> Void) async {}
+    /// How often the store file is looked at for another process's writes.
+    static let pollInterval = Duration.milliseconds(250)
+
+    /// Calls `changed` when the store file is replaced or modified, looked at every
+    /// ``pollInterval`` with one `lstat`: a token that `tokenproxy refresh`, `login` or a
+    /// `credential` command stored reaches the proxy, and its sinks, within a second (SPEC §2.5).
+    /// Polling works on every file system, network ones included, where inotify does not.
+    public func watchChanges(_ changed: @escaping @Sendable () async -> Void) async {
+        let store = self.store
+        var seen = await BlockingIO.run { store.fingerprint() }
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: Self.pollInterval) } catch { return }
+            let now = await BlockingIO.run { store.fingerprint() }
+            guard now != seen else { continue }
+            seen = now
+            await changed()
+        }
+    }
 
     public func problem() async -> String? { nil }
 

@@ -34,8 +34,8 @@ public protocol TokenStorage: Sendable {
     /// it went, or `nil` if it was left alone. Call it only while holding the lock.
     func quarantine(ifStill version: StorageVersion, now: Date) async throws(TokenStoreError) -> String?
 
-    /// Calls `changed` each time another process announces a change, until the task is
-    /// cancelled. Returns at once when the storage has no announcements (a file).
+    /// Calls `changed` each time another process changed the storage (a fleet's announcement, a
+    /// store file replaced), until the task is cancelled.
     func watchChanges(_ changed: @escaping @Sendable () async -> Void) async
 
     /// Why the storage cannot be reached now, if that is so (for `/status` and `/readyz`).
