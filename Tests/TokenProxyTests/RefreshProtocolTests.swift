@@ -39,6 +39,17 @@ struct RefreshProtocolTests {
     /// What the endpoint issues at t0: a token with a rotated refresh token, and one without.
     static let issued = TokenSet(accessToken: "I", refreshToken: "rt-rotated", expiresAt: t0 + 3600, obtainedAt: t0)
     static let issuedWithoutRefreshToken = TokenSet(accessToken: "I", refreshToken: nil, expiresAt: t0 + 3600, obtainedAt: t0)
+    /// A store whose access token a tool reported refused (dropped a minute ago).
+    static var refusedEarlier: TokenSet {
+        var tokens = onlyRefreshToken
+        tokens.accessTokenRefusedAt = t0 - 60
+        return tokens
+    }
+    static var issuedRememberingRefusal: TokenSet {
+        var tokens = issued
+        tokens.accessTokenRefusedAt = t0 - 60
+        return tokens
+    }
     static var issuedKeepingRefreshToken: TokenSet {
         var tokens = issuedWithoutRefreshToken
         tokens.refreshToken = "rt"
@@ -153,6 +164,11 @@ struct RefreshProtocolTests {
             (.answered(.granted(issuedWithoutRefreshToken)), .write(issuedKeepingRefreshToken, replacing: v1)),
             (.written(v2), .releaseLock),
         ] + delivers(.refreshed(issuedKeepingRefreshToken))),
+        Row(description: "a tool's last refusal report (credential git erase) is carried into the new token set", steps: lockedRead(stored(refusedEarlier, 1), stored(refusedEarlier, 1)) + [
+            (.credentialsRead(withRT), .callEndpoint(withRT)),
+            (.answered(.granted(issued)), .write(issuedRememberingRefusal, replacing: v1)),
+            (.written(v2), .releaseLock),
+        ] + delivers(.refreshed(issuedRememberingRefusal))),
         Row(description: "the proxy hands the token out first and writes it while still holding the lock", writesBeforeUse: false, steps: lockedRead(stored(stale, 1), stored(stale, 1)) + [
             (.credentialsRead(withRT), .callEndpoint(withRT)),
             (.answered(.granted(issued)), .deliver(.refreshed(issued))),

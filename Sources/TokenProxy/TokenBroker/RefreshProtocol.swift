@@ -226,6 +226,8 @@ struct RefreshProtocol: Sendable {
                 granted.refreshToken = context.tokens?.refreshToken
                 granted.refreshExpiresAt = context.tokens?.refreshExpiresAt
             }
+            // The throttle of tools' refusal reports outlives the token they refused.
+            granted.accessTokenRefusedAt = context.tokens?.accessTokenRefusedAt
             configuration.stampRefreshExpiry(&granted, now: now)
             if case .corrupt(let reason, let version) = context.stored.contents {
                 // The new token replaces an unparseable file: keep that one for inspection.

@@ -4,24 +4,25 @@ import FoundationEssentials
 /// (`tokenproxy credential git erase`, SPEC §2.5): the decision, as an upstream 401 makes it in
 /// the proxy (SPEC §5). The token is dropped from the store only while the store still holds it
 /// (a newer token is never thrown away for an older one's refusal), and at most once per
-/// `token.minRefreshInterval` (an upstream that refuses every token gets no refresh storm).
+/// `token.minRefreshInterval` (an upstream that refuses every token gets no refresh storm),
+/// counted from the last such drop, which the store remembers (`access_token_refused_at`), as the
+/// proxy counts from its last 401-caused refresh.
 enum RejectedToken {
     enum Decision: Sendable, Equatable {
         /// Drop the store's access token (the refresh token stays), so the next need refreshes.
         case drop
         /// The store holds another token, or none: nothing to do, the next need gets that one.
         case notHeld
-        /// The token was obtained less than `minRefreshInterval` ago; it is kept.
-        case obtainedRecently(dropAllowedAt: Date)
+        /// A token was dropped less than `minRefreshInterval` ago; this one is kept.
+        case throttled(dropAllowedAt: Date)
     }
 
     static func decide(stored: TokenSet?, rejected: String, now: Date, minRefreshInterval: Duration) -> Decision {
         guard let stored, stored.accessToken == rejected else { return .notHeld }
-        // A token of unknown age is taken as old; one "obtained" in the future (a clock set
-        // back) as obtained now.
-        guard let obtainedAt = stored.obtainedAt else { return .drop }
-        let allowedAt = min(obtainedAt, now) + minRefreshInterval.timeInterval
-        return now >= allowedAt ? .drop : .obtainedRecently(dropAllowedAt: allowedAt)
+        guard let refusedAt = stored.accessTokenRefusedAt else { return .drop }
+        // A drop "in the future" (a clock set back) counts as a drop now.
+        let allowedAt = min(refusedAt, now) + minRefreshInterval.timeInterval
+        return now >= allowedAt ? .drop : .throttled(dropAllowedAt: allowedAt)
     }
 }
 
@@ -32,8 +33,8 @@ extension TokenBroker {
         case dropped
         /// The store holds another token (or none): the next need gets that one.
         case notHeld
-        /// The token was obtained less than `token.minRefreshInterval` ago and is kept.
-        case obtainedRecently(retryAfter: Duration)
+        /// A token was dropped less than `token.minRefreshInterval` ago; this one is kept.
+        case throttled(retryAfter: Duration)
     }
 
     /// Marks `accessToken` rejected, as an upstream 401 would (SPEC §2.5, §5): under the lock,
@@ -48,12 +49,13 @@ extension TokenBroker {
         switch RejectedToken.decide(stored: stored.contents.tokens, rejected: accessToken, now: now, minRefreshInterval: configuration.minRefreshInterval) {
         case .notHeld:
             return .notHeld
-        case .obtainedRecently(let allowedAt):
-            logger.info("a tool reported the access token refused, but it was obtained less than token.minRefreshInterval ago; it is kept", metadata: ["store": "\(storage.name)"])
-            return .obtainedRecently(retryAfter: Duration(timeInterval: allowedAt.timeIntervalSince(now)))
+        case .throttled(let allowedAt):
+            logger.info("a tool reported the access token refused, but one was dropped less than token.minRefreshInterval ago; it is kept", metadata: ["store": "\(storage.name)"])
+            return .throttled(retryAfter: Duration(timeInterval: allowedAt.timeIntervalSince(now)))
         case .drop:
             guard var tokens = stored.contents.tokens else { return .notHeld }
             tokens.dropAccessToken()
+            tokens.accessTokenRefusedAt = now
             try await writeReplacingByHand(tokens, replacing: stored.version)
             logger.info("access token dropped: a tool reported that its upstream refused it; the next need refreshes", metadata: ["store": "\(storage.name)"])
             return .dropped

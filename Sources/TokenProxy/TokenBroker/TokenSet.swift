@@ -17,6 +17,10 @@ public struct TokenSet: Sendable, Equatable {
     public var refreshExpiresAt: Date?
     /// Set when the token endpoint refused the credentials this set would be refreshed with.
     public var rejection: Rejection?
+    /// When a tool last reported an access token of this store refused by its upstream and it
+    /// was dropped (`credential git erase`, SPEC §2.5): kept across refreshes, so that such
+    /// reports cause at most one refresh per `token.minRefreshInterval`, from any process.
+    public var accessTokenRefusedAt: Date?
 
     public init(
         accessToken: String? = nil, refreshToken: String? = nil, tokenType: String = "Bearer",

@@ -3,8 +3,9 @@ import FoundationEssentials
 /// The store's JSON format (SPEC §3), version 1:
 /// `{"version": 1, "access_token": …, "refresh_token": …, "token_type": "Bearer",
 ///   "expires_at": "2026-11-22T10:00:00Z", "scope": …}`
-/// plus two fields of tokenproxy's own: `obtained_at` (to know the lifetime) and `rejected`
-/// (a permanent refusal, so that other processes do not repeat it).
+/// plus fields of tokenproxy's own: `obtained_at` (to know the lifetime), `refresh_expires_at`,
+/// `rejected` (a permanent refusal, so that other processes do not repeat it) and
+/// `access_token_refused_at` (the last access token a tool reported refused and dropped).
 enum StoreDocument {
     static let version = 1
 
@@ -51,6 +52,7 @@ enum StoreDocument {
             scope: try string("scope")
         )
         tokens.refreshExpiresAt = try instant("refresh_expires_at")
+        tokens.accessTokenRefusedAt = try instant("access_token_refused_at")
         if case .object(let rejected)? = fields["rejected"],
             case .string(let error)? = rejected["error"],
             case .string(let credential)? = rejected["credential"],
@@ -76,6 +78,7 @@ enum StoreDocument {
         add("obtained_at", tokens.obtainedAt.map(RFC3339.format), to: &fields)
         add("scope", tokens.scope, to: &fields)
         add("refresh_expires_at", tokens.refreshExpiresAt.map(RFC3339.format), to: &fields)
+        add("access_token_refused_at", tokens.accessTokenRefusedAt.map(RFC3339.format), to: &fields)
         if let rejection = tokens.rejection {
             var nested: [String] = []
             add("error", rejection.error, to: &nested)
