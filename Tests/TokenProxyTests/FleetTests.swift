@@ -103,6 +103,60 @@ struct FleetTests {
         await server.destroy()
     }
 
+    @Test func credentialCommandsAndSinksShareTheFleetRow() async throws {
+        let server = try await PostgresServer.start()
+        var behavior = MockTokenIssuer.Behavior()
+        behavior.lifetime = .seconds(600)
+        let issuer = try await MockTokenIssuer.start(behavior: behavior)
+        let hosts = try Self.hosts(2, server: server, issuer: issuer) { fixture in
+            fixture.admin = #"{ "listen": "127.0.0.1:0" }"#
+            fixture.minRefreshInterval = "0s"
+            fixture.topLevel["sinks"] = #"[{"path": "sink/api.token"}]"#
+        }
+        let (a, b) = (hosts[0], hosts[1])
+        try await Self.handOver("rt-fleet-initial", to: issuer, through: a)
+
+        // Host B hands the token to kubectl; host A to git and to a script: one call in all.
+        let kubectl = try await b.run(["credential", "kubectl"])
+        #expect(kubectl.status == 0, "\(kubectl.stderr)")
+        let get = try await a.run(["credential", "git", "get"], stdin: try a.directory.write("get", "protocol=https\nhost=git.example.com\n\n"))
+        #expect(get.status == 0, "\(get.stderr)")
+        let password = try #require(get.stdout.split(separator: "\n").first { $0.hasPrefix("password=") }.map { String($0.dropFirst(9)) })
+        #expect(kubectl.stdout.contains("\"token\":\"\(password)\""), "\(kubectl.stdout)")
+        #expect(issuer.callCount == 1)
+
+        // Host A's proxy writes its sink; git on host B reports the token refused: the row
+        // drops it, the next get refreshes once, and host A's sink follows through NOTIFY.
+        let proxy = try #require(try await Self.startProxies([a]).first)
+        defer { proxy.process.signal(SIGTERM) }
+        let sink = a.directory.file("sink/api.token")
+        var waited = ContinuousClock.now
+        while (try? String(contentsOfFile: sink, encoding: .utf8)) != password, waited.duration(to: .now) < .seconds(5) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect((try? String(contentsOfFile: sink, encoding: .utf8)) == password, "the sink holds the fleet's token")
+        let erase = try await b.run(["credential", "git", "erase"], stdin: try b.directory.write("erase", "protocol=https\nhost=git.example.com\nusername=oauth2\npassword=\(password)\n\n"))
+        #expect(erase.status == 0 && erase.stdout.isEmpty, "\(erase.stderr)")
+        let again = try await b.run(["credential", "json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(!again.stdout.contains(password), "the refused token is not handed out again")
+        #expect(issuer.callCount == 2)
+        guard case .object(let fields) = try JSONValue.parse(Data(again.stdout.utf8)), case .string(let next)? = fields["access_token"] else {
+            Issue.record("not the json document: \(again.stdout)")
+            return
+        }
+        waited = ContinuousClock.now
+        while (try? String(contentsOfFile: sink, encoding: .utf8)) != next, waited.duration(to: .now) < .seconds(1) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect((try? String(contentsOfFile: sink, encoding: .utf8)) == next, "host A's sink follows host B's refresh within a second")
+        #expect(issuer.callCount == 2, "host A adopted it")
+        proxy.process.signal(SIGTERM)
+        let stopped = await proxy.process.wait()
+        #expect(stopped.status == 0)
+        for secret in [password, next] {
+            #expect(!(stopped.stderr + kubectl.stderr + get.stderr + erase.stderr + again.stderr).contains(secret), "a token is in a log")
+        }
+        await issuer.shutdown()
+        await server.destroy()
+    }
+
     @Test func eachIdentityHasARowOfItsOwnAndTwoHostsCallEachIssuerOnce() async throws {
         let server = try await PostgresServer.start()
         let issuer = try await MockTokenIssuer.start()
