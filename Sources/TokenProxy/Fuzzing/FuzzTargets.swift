@@ -7,7 +7,7 @@ import NIOCore
 @_spi(Fuzzing)
 public enum FuzzTargets {
     public enum Target: String, CaseIterable, Sendable {
-        case request, response, configuration, store
+        case request, response, configuration, store, credential
     }
 
     public static func run(_ target: Target, _ bytes: UnsafeRawBufferPointer) {
@@ -16,6 +16,7 @@ public enum FuzzTargets {
         case .response: responseParser(bytes)
         case .configuration: configuration(bytes)
         case .store: storeDocument(bytes)
+        case .credential: credentialRequest(bytes)
         }
     }
 
@@ -134,6 +135,22 @@ public enum FuzzTargets {
         guard let (tokens, _) = try? StoreDocument.decode(Data(bytes), now: Date(timeIntervalSince1970: 1_800_000_000)) else { return }
         if let token = tokens.accessToken {
             precondition(!token.utf8.contains { $0 < 0x20 || $0 == 0x7F }, "an access token with a control character came out of the store")
+        }
+    }
+
+    // MARK: What other tools send (SPEC §2.5)
+
+    /// git's request on stdin and kubectl's `$KUBERNETES_EXEC_INFO`: whatever arrives, a field
+    /// never spans lines, and the ExecCredential version is one client-go speaks or an error.
+    static func credentialRequest(_ bytes: UnsafeRawBufferPointer) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        let request = CredentialFormats.GitRequest(parsing: text)
+        for (key, value) in request.fields {
+            precondition(!key.utf8.contains(10) && !value.utf8.contains(10), "a git credential field spans lines")
+            precondition(!key.contains("="), "a git credential key holds '='")
+        }
+        if let version = try? CredentialFormats.execCredentialVersion(execInfo: text) {
+            precondition(CredentialFormats.execCredentialVersions.contains(version), "an ExecCredential version client-go does not speak")
         }
     }
 
