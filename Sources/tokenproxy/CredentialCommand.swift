@@ -44,7 +44,7 @@ struct KubectlCredential: AsyncParsableCommand {
             throw ExitStatus.configurationError
         }
         let tokens = try await freshToken(configuration, command: "tokenproxy credential kubectl")
-        print(CredentialFormats.execCredential(token: tokens.accessToken ?? "", expiresAt: tokens.expiresAt, apiVersion: apiVersion), terminator: "")
+        print(CredentialFormats.execCredential(token: tokens.accessToken, expiresAt: tokens.expiresAt, apiVersion: apiVersion), terminator: "")
     }
 }
 
@@ -69,14 +69,17 @@ struct GitCredential: AsyncParsableCommand {
         case "get":
             let configuration = try CredentialCommand.load(options, identityOption)
             let tokens = try await freshToken(configuration, command: "tokenproxy credential git")
-            print(CredentialFormats.gitAnswer(username: configuration.token.gitUsername, token: tokens.accessToken ?? "", expiresAt: tokens.expiresAt), terminator: "")
+            print(CredentialFormats.gitAnswer(username: configuration.token.gitUsername, token: tokens.accessToken, expiresAt: tokens.expiresAt), terminator: "")
         case "erase":
             // git erases what it was refused; only the token tokenproxy handed out concerns it.
             guard let password = request.password, !password.isEmpty else { return }
             let configuration = try CredentialCommand.load(options, identityOption)
             try await withTokenBroker(configuration) { broker in
                 do throws(TokenBrokerError) {
-                    _ = try await broker.rejectStoredToken(password)
+                    if case .throttled(let retryAfter) = try await broker.rejectStoredToken(password) {
+                        // Else the next get hands out the same token with no word why.
+                        printError("tokenproxy credential git erase: warning: a refused token was already replaced less than token.minRefreshInterval ago; this one is kept (the next report counts in \(retryAfter.configString))")
+                    }
                 } catch {
                     printError("tokenproxy credential git erase: \(error)")
                     throw ExitStatus.forBrokerError(error)
@@ -115,6 +118,6 @@ struct JSONCredential: AsyncParsableCommand {
     func run() async throws {
         let configuration = try CredentialCommand.load(options, identityOption)
         let tokens = try await freshToken(configuration, command: "tokenproxy credential json")
-        print(CredentialFormats.json(token: tokens.accessToken ?? "", tokenType: tokens.tokenType, expiresAt: tokens.expiresAt, now: Date()), terminator: "")
+        print(CredentialFormats.json(token: tokens.accessToken, tokenType: tokens.tokenType, expiresAt: tokens.expiresAt, now: Date()), terminator: "")
     }
 }

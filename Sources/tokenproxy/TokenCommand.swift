@@ -27,7 +27,7 @@ struct TokenCommand: AsyncParsableCommand {
 
     private func printFreshToken(_ configuration: Configuration) async throws {
         let tokens = try await freshToken(configuration, command: "tokenproxy token")
-        Swift.print(tokens.accessToken ?? "")
+        Swift.print(tokens.accessToken)
     }
 
     private func showStatus(_ configuration: Configuration) async throws {

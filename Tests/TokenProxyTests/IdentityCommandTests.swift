@@ -74,6 +74,25 @@ struct IdentityCommandTests {
         await setup.shutdown()
     }
 
+    @Test func credentialCommandsWithIdentityHandOutThatIdentitysToken() async throws {
+        let setup = try await Setup.start(identities: ["a", "b"])
+        let json = try await setup.run(["credential", "json", "--identity", "b"])
+        #expect(json.status == 0, "\(json.stderr)")
+        guard case .object(let fields) = try JSONValue.parse(Data(json.stdout.utf8)), case .string(let token)? = fields["access_token"] else {
+            Issue.record("not the json document: \(json.stdout)")
+            return
+        }
+        #expect(setup.issuer("b").isValid(accessToken: token))
+        let kubectl = try await setup.run(["credential", "kubectl", "--identity", "b"])
+        #expect(kubectl.stdout.contains("\"token\":\"\(token)\""), "the same token, from b's store: \(kubectl.stdout)")
+        #expect(setup.calls == ["a": 0, "b": 1])
+        // Without --identity there is no default and two identities: which one is not guessed.
+        let ambiguous = try await setup.run(["credential", "json"])
+        #expect(ambiguous.status == 2 && ambiguous.stdout.isEmpty, "\(ambiguous.stderr)")
+        #expect(ambiguous.stderr.contains("--identity"))
+        await setup.shutdown()
+    }
+
     @Test func refreshWithIdentityCallsOnlyThatIdentitysIssuer() async throws {
         let setup = try await Setup.start(identities: ["a", "b"])
         let outcome = try await setup.run(["refresh", "--identity", "a"])

@@ -175,9 +175,9 @@ struct SinksTests {
         #expect(setup.directory.read("sink/api.token") == final, "the sink holds the last token within a second")
         stop.withLockedValue { $0 = true }
         let (seen, bad, reads) = try await reader.value
+        print("sink reader: \(reads) reads of both files during 20 forced refreshes, \(seen.count) distinct tokens, \(bad.count) not whole")
         #expect(bad.isEmpty, "\(bad.count) of \(reads) reads saw no whole file: \(bad.prefix(3))")
         #expect(seen.count >= 2, "the reader saw the file change (\(seen.count) tokens in \(reads) reads)")
-        #expect(seen.contains(final))
         #expect(setup.issuer.callCount == 21, "one call at start, one per forced refresh")
         let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: setup.directory.file("sink"))) ?? []
         #expect(Set(leftovers) == ["api.token", "api.json"], "no temporary files are left behind: \(leftovers)")
@@ -195,6 +195,7 @@ struct SinksTests {
         #expect(second != first)
         let took = await setup.waitForFile("api.token", toHold: second, timeout: .seconds(1))
         #expect(took != nil, "the sink did not follow the adopted token within a second: \(setup.directory.read("api.token") ?? "nothing")")
+        print("sink followed a token adopted from another process after \(took.map { "\($0.milliseconds) ms" } ?? "more than 1 s")")
         #expect(setup.issuer.callCount == 2, "the proxy adopted the token: no call of its own")
         // And requests go out with it.
         let answer = try await RawHTTPClient(port: setup.port).exchange("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -268,6 +269,8 @@ struct SinksConfigurationTests {
         Row(sinks: #"[{"path": "a.token"}, {"path": "./a.token"}]"#, key: "sinks[1].path", message: "also the path of sinks[0]"),
         Row(sinks: #"[{"path": "token.json"}]"#, key: "sinks[0].path", message: "the store of the identity \"default\""),
         Row(sinks: #"[{"path": "token.lock"}]"#, key: "sinks[0].path", message: "the lock file"),
+        Row(sinks: #"[{"path": "sub/../client-secret"}]"#, key: "sinks[0].path", message: "the client secret of the identity \"default\""),
+        Row(sinks: #"[{"path": "config.json"}]"#, key: "sinks[0].path", message: "the configuration file"),
         Row(sinks: #"[{"format": "raw"}]"#, key: "sinks[0].path", message: "is required"),
         Row(sinks: #"[{"path": "a.token", "format": "yaml"}]"#, key: "sinks[0].format", message: "yaml"),
         Row(sinks: #"[{"path": "a.token", "owner": "me"}]"#, key: "sinks[0].owner", message: "unknown key"),

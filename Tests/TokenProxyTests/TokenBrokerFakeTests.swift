@@ -63,6 +63,41 @@ struct TokenBrokerFakeTests {
         }
     }
 
+    /// What the 250 ms store watch (and a fleet's NOTIFY) hands over: another process's newer
+    /// token is adopted; an older one, or one seen while this process refreshes (the proxy
+    /// writes its new token after first use, so the store is behind it), never.
+    @Test func aChangedStoreGivesANewerTokenOnlyAndNothingWhileARefreshRuns() async throws {
+        let clock = TestClock()
+        func token(_ name: String, obtainedAgo: Double) -> TokenSet {
+            TokenSet(accessToken: name, refreshToken: "rt", expiresAt: clock.now + 3600 - obtainedAgo, obtainedAt: clock.now - obtainedAgo)
+        }
+        let storage = InMemoryTokenStorage(token("held", obtainedAgo: 100))
+        let barrier = CallBarrier()
+        let endpoint = FakeTokenEndpoint { _, call in
+            await barrier.wait()
+            return .granted(FakeTokenEndpoint.issued(call, clock: clock))
+        }
+        let broker = broker(storage, endpoint, clock, writesBeforeUse: false)
+        await broker.loadStore()
+        #expect(broker.publisher.latest()?.accessToken == "held")
+
+        storage.handOver(token("newer", obtainedAgo: 10))
+        await broker.storageChanged()
+        #expect(broker.publisher.latest()?.accessToken == "newer", "another process's newer token is adopted")
+        storage.handOver(token("older", obtainedAgo: 1000))
+        await broker.storageChanged()
+        #expect(broker.publisher.latest()?.accessToken == "newer", "the store never takes the proxy back to an older token")
+
+        let forced = Task { try await broker.token(for: .forced) }
+        while barrier.arrived == 0 { await Task.yield() }
+        storage.handOver(token("while-refreshing", obtainedAgo: 1))
+        await broker.storageChanged()
+        #expect(broker.publisher.latest()?.accessToken == "newer", "nothing is adopted while this process refreshes")
+        barrier.open()
+        #expect(try await forced.value.accessToken == "at-1")
+        #expect(broker.publisher.latest()?.accessToken == "at-1")
+    }
+
     @Test func invalidGrantIsBelievedOnlyAfterTheStoreConfirmsIt() async throws {
         let clock = TestClock()
         let storage = InMemoryTokenStorage(TokenSet(refreshToken: "rt-revoked"))

@@ -143,7 +143,13 @@ extension Configuration {
                 upstream: Upstream(url: UpstreamURL(scheme: .http, host: "127.0.0.1", port: 80, pathPrefix: ""), connectTimeout: .seconds(2), readTimeout: .seconds(60), tls: nil),
                 identity: defaultIdentity, retry: retry, requireHeader: nil))
         }
-        let sinks = readSinks(root, identities: identities, resolve: resolve)
+        var otherFiles = [sourcePath: "the configuration file"]
+        if let tokenFile = admin?.tokenFile { otherFiles[tokenFile] = "admin.tokenFile" }
+        if let fleet {
+            if let passwordFile = fleet.passwordFile { otherFiles[passwordFile] = "fleet.passwordFile" }
+            for keyFile in [fleet.encryptionKeyFile] + fleet.previousEncryptionKeyFiles { otherFiles[keyFile] = "a fleet encryption key file" }
+        }
+        let sinks = readSinks(root, identities: identities, otherFiles: otherFiles, resolve: resolve)
         if identities.isEmpty { identities[defaultIdentity] = readToken(nil, name: defaultIdentity, resolve: resolve) }
         return Configuration(
             listen: listen, allowNonLoopback: allowNonLoopback, identities: identities, routes: routes, retry: retry,

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Glibc
 
 extension Configuration {
@@ -27,15 +28,22 @@ extension Configuration {
         }
     }
 
-    /// `sinks` (SPEC §2.5), checked against the identities and their stores.
-    static func readSinks(_ root: ConfigurationReader, identities: [String: Token], resolve: (String) -> String) -> [Sink] {
+    /// `sinks` (SPEC §2.5), checked against the identities and the files the configuration
+    /// names (`otherFiles`: path → what it is).
+    static func readSinks(_ root: ConfigurationReader, identities: [String: Token], otherFiles: [String: String], resolve: (String) -> String) -> [Sink] {
         guard let entries = root.array("sinks") else { return [] }
         var sinks: [Sink] = []
-        // The store and lock files of every identity: a sink over one of them would destroy it.
+        // Every file the configuration names: a sink over one of them would destroy it.
         var tokenFiles: [String: String] = [:]
+        for (path, what) in otherFiles { tokenFiles[normalized(path)] = what }
         for (name, token) in identities {
-            tokenFiles[token.store] = "the store of the identity \"\(name)\""
-            tokenFiles[token.lockFile] = "the lock file of the identity \"\(name)\""
+            let identity = "the identity \"\(name)\""
+            tokenFiles[normalized(token.store)] = "the store of \(identity)"
+            tokenFiles[normalized(token.lockFile)] = "the lock file of \(identity)"
+            if case .file(let path)? = token.clientSecret { tokenFiles[normalized(path)] = "the client secret of \(identity)" }
+            if let path = token.clientKeyFile { tokenFiles[normalized(path)] = "the client key of \(identity)" }
+            if let path = token.clientAssertionFile { tokenFiles[normalized(path)] = "the client assertion of \(identity)" }
+            if case .file(let path)? = token.exchange?.subject { tokenFiles[normalized(path)] = "the subject token file of \(identity)" }
         }
         var seen: [String: Int] = [:]
         for (index, entry) in entries.enumerated() {
@@ -45,7 +53,7 @@ extension Configuration {
                 if path.isEmpty || path.hasSuffix("/") {
                     reader.report("path", "\"\(path)\" must name a file")
                 }
-                sink.path = resolve(path)
+                sink.path = normalized(resolve(path))
                 if let what = tokenFiles[sink.path] {
                     reader.report("path", "\(sink.path) is \(what); a sink needs a file of its own")
                 } else if let other = seen[sink.path] {
@@ -72,6 +80,11 @@ extension Configuration {
             sinks.append(sink)
         }
         return sinks
+    }
+
+    /// `path` without `.`, `..` or repeated slashes, so that two spellings of a file compare equal.
+    static func normalized(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardized.path
     }
 
     struct ModeProblem: Error {

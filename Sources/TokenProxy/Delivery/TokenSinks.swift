@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Logging
+import NIOConcurrencyHelpers
 
 /// Keeps the token files of `sinks` (SPEC §2.5) fresh for programs that read a token from a
 /// file: each is replaced atomically (``AtomicFile``), with its mode and the folder checks of the
@@ -24,10 +25,12 @@ public actor TokenSinks {
         public var writes: Int = 0
     }
 
-    enum Event: Sendable {
-        case token(identity: String, PublishedToken)
-        case configure([Configuration.Sink])
-        case retry
+    /// What brokers and reloads handed over since the writer last looked: kept apart from the
+    /// actor so that a broker never waits for a write, and so that nothing is dropped — only
+    /// superseded (a sink needs its identity's latest token, not every one).
+    private struct Pending: Sendable {
+        var tokens: [String: PublishedToken] = [:]
+        var sinks: [Configuration.Sink]?
     }
 
     /// How long a failed sink waits before it is tried again (a new token tries at once).
@@ -40,37 +43,55 @@ public actor TokenSinks {
     private var states: [String: Status] = [:]
     /// The access token and the settings each file was last written with, by path.
     private var written: [String: (accessToken: String, sink: Configuration.Sink)] = [:]
-    private var retryScheduled = false
     private let logger: Logger
-    private nonisolated let events: AsyncStream<Event>
-    private nonisolated let continuation: AsyncStream<Event>.Continuation
+    private nonisolated let pending = NIOLockedValueBox(Pending())
+    /// Wakes the writer; one pending wake-up is enough, whatever happened meanwhile.
+    private nonisolated let wakeUps: AsyncStream<Void>
+    private nonisolated let wake: AsyncStream<Void>.Continuation
 
     public init(sinks: [Configuration.Sink], logger: Logger) {
         self.sinks = sinks
         self.logger = logger
-        (events, continuation) = AsyncStream.makeStream(of: Event.self)
+        (wakeUps, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     /// A broker published `token` for `identity`. Returns at once.
     public nonisolated func tokenPublished(identity: String, token: PublishedToken) {
-        continuation.yield(.token(identity: identity, token))
+        pending.withLockedValue { $0.tokens[identity] = token }
+        wake.yield()
     }
 
     /// A reload's sinks: new ones and changed ones are written at once with the current token.
     /// A sink that goes keeps its file (it may still be read; tokenproxy stops updating it).
     public nonisolated func reconfigure(_ sinks: [Configuration.Sink]) {
-        continuation.yield(.configure(sinks))
+        pending.withLockedValue { $0.sinks = sinks }
+        wake.yield()
     }
 
-    /// Writes the sinks until the task is cancelled.
+    /// Writes the sinks until the task is cancelled; a failed sink is tried again every
+    /// ``retryInterval``.
     public func run() async {
-        for await event in events {
-            switch event {
-            case .token(let identity, let token): tokens[identity] = token
-            case .configure(let next): sinks = next
-            case .retry: retryScheduled = false
+        await withDiscardingTaskGroup { group in
+            var retryScheduled = false
+            for await _ in wakeUps {
+                let handed = pending.withLockedValue { pending in
+                    defer { pending = Pending() }
+                    return pending
+                }
+                tokens.merge(handed.tokens) { $1 }
+                if let next = handed.sinks { sinks = next }
+                let failed = await writeDue()
+                if failed, !retryScheduled {
+                    retryScheduled = true
+                    group.addTask { [wake] in
+                        try? await Task.sleep(for: Self.retryInterval)
+                        wake.yield()
+                    }
+                } else if !failed {
+                    retryScheduled = false
+                }
             }
-            await writeDue()
+            group.cancelAll()
         }
     }
 
@@ -83,16 +104,23 @@ public actor TokenSinks {
         }
     }
 
-    /// Writes every sink whose file does not hold its identity's usable token yet.
-    private func writeDue() async {
+    /// Writes every sink whose file does not hold its identity's usable token yet; returns
+    /// whether one failed.
+    private func writeDue() async -> Bool {
         var failed = false
         for sink in sinks {
             guard let token = tokens[sink.identity], token.isUsable else { continue }
             if let last = written[sink.path], last.accessToken == token.accessToken, last.sink == sink { continue }
             let contents = Self.contents(of: token, format: sink.format, now: Date())
             var state = states[sink.path] ?? Status(sink: sink)
+            // Leftovers of a writer killed mid-write hold a token too; this process is the sink's
+            // one writer, so before its first write, any there are abandoned.
+            let first = written[sink.path] == nil && state.writes == 0
             do {
-                try await BlockingIO.run { () throws(SinkError) in try Self.write(contents, to: sink) }
+                try await BlockingIO.run { () throws(SinkError) in
+                    if first { AtomicFile.removeTemporaryFiles(of: sink.path) }
+                    try Self.write(contents, to: sink)
+                }
                 written[sink.path] = (token.accessToken, sink)
                 let recovered = state.error != nil
                 state.writtenAt = Date()
@@ -113,14 +141,7 @@ public actor TokenSinks {
             }
             states[sink.path] = state
         }
-        if failed, !retryScheduled {
-            retryScheduled = true
-            let continuation = self.continuation
-            Task {
-                try? await Task.sleep(for: Self.retryInterval)
-                continuation.yield(.retry)
-            }
-        }
+        return failed
     }
 
     /// What a sink file holds: the token alone (`raw`), or the `credential json` document.

@@ -19,9 +19,10 @@ enum AtomicFile {
     /// start with it.
     static func temporaryPrefix(of path: String) -> String { "\(path).tmp-" }
 
-    /// Writes `contents` to `path` atomically; returns the `stat` of the file written.
+    /// Writes `contents` to `path` atomically; returns the `stat` of the file written (`nil` if
+    /// it could not be had).
     @discardableResult
-    static func replace(_ path: String, with contents: Data, mode: mode_t) throws(Failure) -> stat {
+    static func replace(_ path: String, with contents: Data, mode: mode_t) throws(Failure) -> stat? {
         let temporary = "\(temporaryPrefix(of: path))\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
         guard descriptor >= 0 else { throw Failure(path: temporary, operation: "create", code: errno) }
@@ -45,7 +46,7 @@ enum AtomicFile {
             throw Failure(path: temporary, operation: "write", code: code)
         }
         var info = stat()
-        fstat(descriptor, &info)
+        let inspected = fstat(descriptor, &info) == 0
         close(descriptor)
         guard rename(temporary, path) == 0 else { throw Failure(path: path, operation: "replace", code: errno) }
         succeeded = true
@@ -54,6 +55,18 @@ enum AtomicFile {
             fsync(folderDescriptor)
             close(folderDescriptor)
         }
-        return info
+        return inspected ? info : nil
+    }
+
+    /// Removes the temporary files that writers of `path` killed mid-write left behind. Call it
+    /// only when no one else writes `path` (under the store's lock; a sink's one writer).
+    static func removeTemporaryFiles(of path: String) {
+        let url = URL(fileURLWithPath: temporaryPrefix(of: path))
+        let prefix = url.lastPathComponent
+        let folder = url.deletingLastPathComponent().path
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            unlink(folder + "/" + name)
+        }
     }
 }

@@ -19,9 +19,10 @@ enum RejectedToken {
 
     static func decide(stored: TokenSet?, rejected: String, now: Date, minRefreshInterval: Duration) -> Decision {
         guard let stored, stored.accessToken == rejected else { return .notHeld }
-        guard let refusedAt = stored.accessTokenRefusedAt else { return .drop }
-        // A drop "in the future" (a clock set back) counts as a drop now.
-        let allowedAt = min(refusedAt, now) + minRefreshInterval.timeInterval
+        // A drop "in the future" (a clock set back, a host whose clock is behind) proves
+        // nothing: it would hold every report back until that time.
+        guard let refusedAt = stored.accessTokenRefusedAt, refusedAt <= now else { return .drop }
+        let allowedAt = refusedAt + minRefreshInterval.timeInterval
         return now >= allowedAt ? .drop : .throttled(dropAllowedAt: allowedAt)
     }
 }

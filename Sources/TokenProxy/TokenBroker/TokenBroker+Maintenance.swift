@@ -7,10 +7,13 @@ extension TokenBroker {
     /// the client secret after a permanent one. A new token reschedules it at once.
     public func keepFresh() async {
         await loadStore()
-        // A fleet announces each new token: adopt it at once rather than at the next need.
-        let storage = self.storage
-        let watcher = Task { await storage.watchChanges { [weak self] in await self?.storageChanged() } }
-        defer { watcher.cancel() }
+        // Another process's new token (a fleet's announcement, the store file replaced) is
+        // adopted at once rather than at the next need.
+        watchStorage()
+        defer {
+            storageWatcher?.cancel()
+            storageWatcher = nil
+        }
         while !Task.isCancelled {
             let now = self.now()
             warnIfRefreshTokenExpiresSoon(now: now)
@@ -23,6 +26,16 @@ extension TokenBroker {
             _ = try? await token(for: .fresh)
             // However the need ended, the next check is at least this far off.
             try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Watches the storage in force for other processes' changes, instead of the one watched
+    /// until now (a reload may move the store).
+    func watchStorage() {
+        storageWatcher?.cancel()
+        let storage = self.storage
+        storageWatcher = Task { [weak self] in
+            await storage.watchChanges { [weak self] in await self?.storageChanged() }
         }
     }
 

@@ -92,6 +92,7 @@ extension TokenBroker {
         discovered = false
         if let file = storage as? FileTokenStorage, file.store.path != next.store || file.lockFile != next.lockFile {
             storage = FileTokenStorage(store: next.store, lockFile: next.lockFile)
+            if storageWatcher != nil { watchStorage() }
         }
         endpoint = nextEndpoint
         let dropTokens = !next.issuesSameTokens(as: previous)

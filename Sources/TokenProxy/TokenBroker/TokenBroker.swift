@@ -68,6 +68,8 @@ public actor TokenBroker {
     var discovered = false
     /// The maintenance loop's current pause; cancelled when the token changes.
     var maintenancePause: Task<Void, Never>?
+    /// Watches the storage for other processes' changes while the maintenance loop runs.
+    var storageWatcher: Task<Void, Never>?
     /// The last note about a dropped access token, so that it is logged once per store.
     private var lastDiscardNote: String?
     /// Told about every refresh that reached the token endpoint (metrics, systemd status).
@@ -193,12 +195,17 @@ public actor TokenBroker {
         publishCurrent()
     }
 
-    /// Another process announced a new token (fleet `NOTIFY`, SPEC §3.1): adopted without a call
-    /// when it is usable, and a permanent failure looks again at what changed.
+    /// Another process changed the store (fleet `NOTIFY`, SPEC §3.1, or the store file seen
+    /// replaced): a newer usable token there is adopted without a call, and a permanent failure
+    /// looks again at what changed.
     public func storageChanged() async {
+        let held = gate.current
         guard let stored = try? await readStore().tokens else { return }
-        // Its own writes come back here too: only another access token is news.
-        if stored.accessToken != gate.current?.accessToken, gate.offer(stored, now: now()) {
+        // While this process refreshes, or once it got a token during the read, the store is
+        // behind it (the proxy writes a new token after its first use): nothing there is news.
+        let settled = refreshTask == nil && pendingWrite == nil && gate.current?.accessToken == held?.accessToken
+        // Its own writes come back here too: only another, newer access token is news.
+        if settled, stored.accessToken != held?.accessToken, stored.isNewer(than: held), gate.offer(stored, now: now()) {
             publishCurrent()
             logger.info("token adopted from the store (refreshed by another process)", metadata: ["store": "\(storage.name)", "expiresAt": "\(stored.expiresAt.map(RFC3339.format) ?? "unknown")"])
             observer?(.adopted(expiresAt: stored.expiresAt))

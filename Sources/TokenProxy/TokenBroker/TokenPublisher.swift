@@ -14,8 +14,7 @@ public final class PublishedToken: AtomicReference, Sendable {
     public let accessToken: String
     /// The scheme of ``authorization`` (`Bearer`, or what the endpoint named).
     public let tokenType: String
-    /// When the token expires (for a token without a stated expiry: when its mandatory window
-    /// begins).
+    /// When the token expires.
     public let expiresAt: Date
     /// Wall-clock nanoseconds since the Unix epoch at which the mandatory window begins.
     let mustRefreshAtNanoseconds: Int64

@@ -46,6 +46,14 @@ public struct TokenSet: Sendable, Equatable {
         public var at: Date
     }
 
+    /// Whether this set was obtained after `other` (or, when either does not say when it was
+    /// obtained, expires later): a store never goes back to an older token.
+    func isNewer(than other: TokenSet?) -> Bool {
+        guard let other else { return true }
+        if let obtainedAt, let otherObtainedAt = other.obtainedAt { return obtainedAt > otherObtainedAt }
+        return (expiresAt ?? .distantPast) > (other.expiresAt ?? .distantPast)
+    }
+
     /// The token's lifetime as issued, when known.
     public var lifetime: Duration? {
         guard let expiresAt, let obtainedAt, expiresAt > obtainedAt else { return nil }

@@ -58,7 +58,8 @@ public struct FileTokenStorage: TokenStorage {
     /// Calls `changed` when the store file is replaced or modified, looked at every
     /// ``pollInterval`` with one `lstat`: a token that `tokenproxy refresh`, `login` or a
     /// `credential` command stored reaches the proxy, and its sinks, within a second (SPEC §2.5).
-    /// Polling works on every file system, network ones included, where inotify does not.
+    /// Polling needs nothing of the file system (inotify misses other hosts' writes on network
+    /// file systems; there, attribute caching may delay what a poll sees).
     public func watchChanges(_ changed: @escaping @Sendable () async -> Void) async {
         let store = self.store
         var seen = await BlockingIO.run { store.fingerprint() }

@@ -52,7 +52,9 @@ enum StoreDocument {
             scope: try string("scope")
         )
         tokens.refreshExpiresAt = try instant("refresh_expires_at")
-        tokens.accessTokenRefusedAt = try instant("access_token_refused_at")
+        // Advisory (it only paces `credential git erase`): a damaged value is ignored, never
+        // a reason to treat the store as corrupt.
+        tokens.accessTokenRefusedAt = (try? instant("access_token_refused_at")) ?? nil
         if case .object(let rejected)? = fields["rejected"],
             case .string(let error)? = rejected["error"],
             case .string(let credential)? = rejected["credential"],

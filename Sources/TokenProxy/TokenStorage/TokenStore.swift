@@ -100,7 +100,7 @@ public struct TokenStore: Sendable {
     public func write(_ tokens: TokenSet) throws(TokenStoreError) -> Fingerprint? {
         if let refusal = StoreFolder.refusal(of: path, key: "token.store", create: true) { throw .refused(path: path, reason: refusal) }
         do {
-            return Fingerprint(try AtomicFile.replace(path, with: StoreDocument.encode(tokens), mode: 0o600))
+            return try AtomicFile.replace(path, with: StoreDocument.encode(tokens), mode: 0o600).map(Fingerprint.init)
         } catch {
             throw .system(path: error.path, operation: error.operation, code: error.code)
         }
@@ -109,13 +109,7 @@ public struct TokenStore: Sendable {
     /// Removes temporary files left by writers that were killed mid-write. Call it only while
     /// holding the lock: then nobody else is writing.
     public func removeAbandonedTemporaryFiles() {
-        let url = URL(fileURLWithPath: path)
-        let prefix = URL(fileURLWithPath: AtomicFile.temporaryPrefix(of: path)).lastPathComponent
-        let folder = url.deletingLastPathComponent().path
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
-        for name in names where name.hasPrefix(prefix) {
-            unlink(folder + "/" + name)
-        }
+        AtomicFile.removeTemporaryFiles(of: path)
     }
 
     /// The current version of the file; `nil` when there is none.
