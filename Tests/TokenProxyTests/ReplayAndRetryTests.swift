@@ -65,6 +65,9 @@ struct ReplayAndRetryTests {
         // Longer than the 20 requests can take on a saturated machine (once 14 s on CI with 5 s,
         // which then rightly allowed a second refresh).
         options.token = { $0.minRefreshInterval = "60s" }
+        // And tokens that last: with the issuer's 20 s ones, a machine slow enough to take 10 s
+        // over the requests saw a rightful expiry refresh on top (once on CI).
+        options.behavior.lifetime = .seconds(3600)
         let harness = try await ProxyHarness(options) { _, _ in Self.invalidToken }
         for _ in 0..<20 {
             let response = try await harness.send(.GET, "/x")
