@@ -92,6 +92,10 @@ public final class MockHTTPServer: Sendable {
     public static func start(port: Int = 0, tls: NIOSSLContext? = nil, handler: @escaping Handler) async throws -> MockHTTPServer {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // NIO's default of 128 overflowed when 200 clients connected at once on a loaded
+            // machine: Linux then drops the handshake's last ACK, and the request sent on that
+            // half-open connection waited out retransmissions until the client's read timeout.
+            .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
