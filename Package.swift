@@ -23,6 +23,9 @@ let package = Package(
         // Fleet mode (SPEC §2.3, §3.1): the shared store and lock in PostgreSQL, sealed with AES-GCM.
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // Traces (SPEC §2.6): OTLP over HTTP only; the gRPC exporter's packages are left out.
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
     ],
     targets: [
         // The product: configuration, token broker and (later) proxy, admin and lifecycle.
@@ -45,6 +48,8 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // Embedded stand-ins for a token issuer and an API: used by `tokenproxy demo` and by the tests.
@@ -90,8 +95,8 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            // Read by path from the tests (schemas), not bundled.
-            exclude: ["Fixtures"]
+            // Read by path from the tests (schemas; the browser tests' Python scripts), not bundled.
+            exclude: ["Fixtures", "Browser"]
         ),
     ]
 )

@@ -31,6 +31,18 @@ struct DeployTests {
         #expect(score <= 1.5, "\(line)")
     }
 
+    static let hasPromtool = FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool")
+
+    /// deploy/observability: the alert rules pass their promtool unit tests (each alert firing
+    /// and not firing), and every query of the Grafana dashboard parses and names metrics and
+    /// labels that /metrics has.
+    @Test(.enabled(if: hasPromtool, "promtool is not installed (Debian's prometheus package): the alert rules and dashboard are not checked"))
+    func alertRulesAndDashboardPassTheirChecks() throws {
+        let (status, output) = try Self.run(["env", "TOKENPROXY_REQUIRE_PROMTOOL=1", "bash", "deploy/observability/check.sh"])
+        #expect(status == 0, "\(output)")
+        #expect(!output.contains("SKIP"), "\(output)")
+    }
+
     @Test func unitsRunTheBinaryAsANotifyService() throws {
         let unit = try String(contentsOfFile: Self.root + "/deploy/tokenproxy.service", encoding: .utf8)
         #expect(unit.contains("Type=notify"))

@@ -10,46 +10,29 @@ import TokenProxyMocks
 /// reads them sees them, with the real binary.
 @Suite("Token sinks", .serialized)
 struct SinksTests {
-    /// An issuer, a running `tokenproxy run` with an admin port and the sinks given, in a
-    /// temporary folder.
+    /// A running proxy (``RunningProxy``) with an admin port and the sinks given.
+    @dynamicMemberLookup
     struct Setup {
-        let directory: TemporaryDirectory
-        let issuer: MockTokenIssuer
-        let upstream: MockHTTPServer
-        let config: String
-        let process: TokenProxyProcess
-        let port: Int
-        let adminPort: Int
+        let proxy: RunningProxy
+
+        subscript<T>(dynamicMember keyPath: KeyPath<RunningProxy, T>) -> T { proxy[keyPath: keyPath] }
 
         /// `sinks`: the raw JSON list; `minRefreshInterval` of the token.
         static func start(sinks: String, minRefreshInterval: String = "1s") async throws -> Setup {
-            let directory = try TemporaryDirectory()
-            var behavior = MockTokenIssuer.Behavior()
-            behavior.lifetime = .seconds(3600)
-            let issuer = try await MockTokenIssuer.start(behavior: behavior)
-            let upstream = try await MockHTTPServer.start { request in
-                issuer.isValid(accessToken: String(request.header("Authorization")?.dropFirst(7) ?? "")) ? .json(200, #"{"ok": true}"#) : .json(401, "{}")
+            var options = RunningProxy.Options()
+            options.configure = { fixture in
+                fixture.admin = #"{"listen": "127.0.0.1:0"}"#
+                fixture.minRefreshInterval = minRefreshInterval
+                fixture.topLevel["sinks"] = sinks
             }
-            var fixture = ConfigFixture(endpoint: issuer.url)
-            fixture.upstream = upstream.baseURL
-            fixture.admin = #"{"listen": "127.0.0.1:0"}"#
-            fixture.minRefreshInterval = minRefreshInterval
-            fixture.topLevel["sinks"] = sinks
-            let config = try fixture.write(to: directory)
-            try directory.write("token.json", #"{"version": 1, "refresh_token": "rt-initial"}"#)
-            issuer.grantRefreshToken("rt-initial")
-            let process = TokenProxyProcess(["run", "--config", config])
-            try process.start()
-            let port = try #require(await process.listeningPort(), "not listening: \(process.stderrSoFar)")
-            let adminPort = try #require(await process.listeningPort("adminPort"))
-            return Setup(directory: directory, issuer: issuer, upstream: upstream, config: config, process: process, port: port, adminPort: adminPort)
+            return Setup(proxy: try await RunningProxy.start(options))
         }
 
         /// The access token the store holds now.
-        var storedToken: String? { try? TokenStore(path: directory.file("token.json")).read().tokens?.accessToken }
+        var storedToken: String? { try? TokenStore(path: proxy.directory.file("token.json")).read().tokens?.accessToken }
 
         func admin(_ method: String, _ path: String) async throws -> String {
-            try await RawHTTPClient(port: adminPort).exchange("\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            try await proxy.admin(method, path)
         }
 
         /// `/status` as JSON.
@@ -65,7 +48,7 @@ struct SinksTests {
         func waitForFile(_ name: String, toHold expected: String? = nil, timeout: Duration = .seconds(10)) async -> Duration? {
             let start = ContinuousClock.now
             while ContinuousClock.now - start < timeout {
-                if let contents = directory.read(name), expected.map({ contents == $0 }) ?? !contents.isEmpty { return ContinuousClock.now - start }
+                if let contents = proxy.directory.read(name), expected.map({ contents == $0 }) ?? !contents.isEmpty { return ContinuousClock.now - start }
                 try? await Task.sleep(for: .milliseconds(10))
             }
             return nil
@@ -73,12 +56,7 @@ struct SinksTests {
 
         /// Stops the proxy; returns its stderr.
         func stop() async -> String {
-            process.signal(SIGTERM)
-            let outcome = await process.wait(timeout: .seconds(15))
-            #expect(outcome.status == 0, "\(outcome.stderr)")
-            await upstream.shutdown()
-            await issuer.shutdown()
-            return outcome.stderr
+            await proxy.stop()
         }
     }
 

@@ -99,9 +99,12 @@ public struct AdminRoutes: Sendable {
             return await status()
         case (.GET, "/metrics"):
             for (name, broker) in identities.all {
-                let seconds = broker.publisher.latest().map { Double($0.expiresAtNanoseconds) / 1e9 - Date().timeIntervalSince1970 }
-                let refreshSeconds = await broker.status().refreshTokenExpiresAt.map { $0.timeIntervalSinceNow.rounded(.down) }
-                statistics.recordTokenExpiry(secondsLeft: seconds, refreshTokenSecondsLeft: refreshSeconds, identity: name)
+                let status = await broker.status()
+                // No token is no time left (a gauge left at its last value would look alive).
+                let seconds = status.expiresAt == nil ? 0 : broker.publisher.latest().map { Double($0.expiresAtNanoseconds) / 1e9 - Date().timeIntervalSince1970 } ?? 0
+                let refreshSeconds = status.refreshTokenExpiresAt.map { $0.timeIntervalSinceNow.rounded(.down) }
+                statistics.recordTokenExpiry(
+                    secondsLeft: seconds, refreshTokenSecondsLeft: refreshSeconds, reauthenticationRequired: status.reauthenticationRequired, identity: name)
             }
             return Response(status: .ok, body: statistics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         case (.POST, "/token/refresh"):
@@ -122,11 +125,48 @@ public struct AdminRoutes: Sendable {
             }
         case (.PUT, "/faults"):
             return updateFaults(request.body)
-        case (_, "/healthz"), (_, "/readyz"), (_, "/status"), (_, "/metrics"), (_, "/token/refresh"), (_, "/token/expire"), (_, "/faults"):
+        case (.GET, "/"), (.HEAD, "/"):
+            // The page for a person; a script asking for `/` is told where the API is.
+            guard request.headers[canonicalForm: "Accept"].contains(where: { $0.lowercased().hasPrefix("text/html") }) else {
+                return .json(.ok, ["statusPage": .string("send Accept: text/html"), "api": .array(Self.apiPaths.map(JSONValue.string))])
+            }
+            return Self.page(StatusPage.html, type: "text/html; charset=utf-8")
+        case (.GET, "/ui/app.js"):
+            return Self.page(StatusPage.script, type: "text/javascript; charset=utf-8")
+        case (.GET, "/ui/app.css"):
+            return Self.page(StatusPage.style, type: "text/css; charset=utf-8")
+        case (_, "/healthz"), (_, "/readyz"), (_, "/status"), (_, "/metrics"), (_, "/token/refresh"), (_, "/token/expire"), (_, "/faults"), (_, "/"),
+            (_, "/events"), (_, "/ui/app.js"), (_, "/ui/app.css"):
             return .error(.methodNotAllowed, "method_not_allowed", "\(request.method.rawValue) is not allowed on \(request.path)")
         default:
-            return .error(.notFound, "not_found", "no admin route \(request.path); see /healthz, /readyz, /status, /metrics, /token/refresh, /token/expire, /faults")
+            return .error(.notFound, "not_found", "no admin route \(request.path); see \(Self.apiPaths.joined(separator: ", "))")
         }
+    }
+
+    /// The request's `Origin`, unless it is the admin's own (`http://` + the request's `Host`,
+    /// which the guard requires to be a loopback name): the status page's buttons send their
+    /// own origin (SPEC §7), every other page's is refused.
+    static func foreignOrigin(of headers: HTTPHeaders) -> String? {
+        guard let origin = headers.first(name: "Origin") else { return nil }
+        guard let host = headers.first(name: "Host"), origin.lowercased() == "http://" + host.lowercased() else { return origin }
+        return nil
+    }
+
+    static let apiPaths = ["/", "/healthz", "/readyz", "/status", "/metrics", "/events", "/token/refresh", "/token/expire", "/faults"]
+
+    /// Whether `GET /events` may stream to this request (the same rules as every admin request,
+    /// SPEC §7); the refusal to send otherwise.
+    public func eventsRefusal(_ request: Request) async -> Response? {
+        if let refusal = await refusal(of: request) { return refusal }
+        guard request.method == .GET else { return .error(.methodNotAllowed, "method_not_allowed", "\(request.method.rawValue) is not allowed on /events") }
+        return nil
+    }
+
+    /// A file of the status page: only from this origin, never framed, never sniffed.
+    private static func page(_ body: String, type: String) -> Response {
+        Response(
+            status: .ok, body: body, contentType: type,
+            headers: [("Content-Security-Policy", "default-src 'self'"), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer")])
     }
 
     /// SPEC §7: no web page can drive the admin API (loopback `Host` only, no `Origin`, no
@@ -135,7 +175,7 @@ public struct AdminRoutes: Sendable {
     private func refusal(of request: Request) async -> Response? {
         let headers = request.headers
         if let refusal = ClientGuard.admin.refusal(
-            host: headers.first(name: "Host"), origin: headers.first(name: "Origin"), fetchSite: headers.first(name: "Sec-Fetch-Site"), carries: { headers.contains(name: $0) }
+            host: headers.first(name: "Host"), origin: Self.foreignOrigin(of: headers), fetchSite: headers.first(name: "Sec-Fetch-Site"), carries: { headers.contains(name: $0) }
         ) {
             return .error(.forbidden, refusal.code.rawValue, refusal.message)
         }
@@ -221,15 +261,21 @@ public struct AdminRoutes: Sendable {
                 identity = token
             }
             identity["sinks"] = .array(sinks.filter { $0.sink.identity == name }.map(Self.sinkFields))
+            let status = await broker.status()
+            identity["state"] = .string(Self.state(status))
+            identity["refreshes"] = .array(status.refreshes.map(Self.refreshFields))
             described[name] = .object(identity)
         }
         fields["sinks"] = .array(sinks.map(Self.sinkFields))
         var routeFields: [String: JSONValue] = [:]
         for route in routes() {
+            let figures = statistics.figures(route: route.name)
             routeFields[route.name] = .object([
                 "listen": .string(route.listen.description), "host": route.host.map(JSONValue.string) ?? .null, "pathPrefix": .string(route.pathPrefix),
                 "stripPrefix": .bool(route.stripPrefix), "upstream": .string(route.upstream.url.description), "identity": .string(route.identity),
-                "requests": .number(Double(statistics.requests(route: route.name))),
+                "requests": .number(Double(figures.requests)), "recovered401": .number(Double(figures.recovered401)),
+                "errors": .object(figures.errors.mapValues { .number(Double($0)) }),
+                "latencyMs": figures.latencyMilliseconds.map { .object(["p50": .number(Self.rounded($0.p50)), "p99": .number(Self.rounded($0.p99))]) } ?? .null,
             ])
         }
         let counters: [String: JSONValue] = [
@@ -244,10 +290,34 @@ public struct AdminRoutes: Sendable {
         fields["faults"] = faultFields
         fields["upstream"] = .string(upstream().description)
         fields["version"] = .string(TokenProxyVersion.current)
+        // The page counts down from the server's clock, not the browser's.
+        fields["time"] = .string(RFC3339.format(Date()))
         fields["identities"] = .object(described)
         fields["routes"] = .object(routeFields)
         return .json(.ok, fields)
     }
+
+    /// One identity's state in a word, for the page: `login_needed`, `failing`, `refreshing`,
+    /// `valid` or `no_token`.
+    static func state(_ status: TokenBroker.Status, now: Date = Date()) -> String {
+        if status.reauthenticationRequired { return "login_needed" }
+        if status.failure != nil { return "failing" }
+        if status.refreshing { return "refreshing" }
+        if let expiresAt = status.expiresAt, expiresAt > now { return "valid" }
+        return "no_token"
+    }
+
+    private static func refreshFields(_ entry: TokenBroker.RefreshHistoryEntry) -> JSONValue {
+        var fields: [String: JSONValue] = [
+            "at": .string(RFC3339.format(entry.at)), "trigger": .string(entry.trigger), "result": .string(entry.result.rawValue),
+            "durationMs": .number(Double(entry.duration.milliseconds)),
+        ]
+        if let expiresAt = entry.expiresAt { fields["expiresAt"] = .string(RFC3339.format(expiresAt)) }
+        if let detail = entry.detail { fields["detail"] = .string(detail) }
+        return .object(fields)
+    }
+
+    private static func rounded(_ milliseconds: Double) -> Double { (milliseconds * 10).rounded() / 10 }
 
     /// One sink: where, whose, how, and how its last write went (never the token).
     private static func sinkFields(_ status: TokenSinks.Status) -> JSONValue {
@@ -306,6 +376,7 @@ public struct AdminRoutes: Sendable {
             }
         }
         faults.update(enabled: enabled, upstream401Percent: percent)
+        statistics.events.publish(.faults, ["enabled": .bool(enabled), "upstream401Percent": .number(percent)])
         return .json(.ok, ["faults": faultFields])
     }
 

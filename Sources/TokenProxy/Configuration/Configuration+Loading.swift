@@ -151,11 +151,13 @@ extension Configuration {
         }
         let sinks = readSinks(root, identities: identities, otherFiles: otherFiles, resolve: resolve)
         if identities.isEmpty { identities[defaultIdentity] = readToken(nil, name: defaultIdentity, resolve: resolve) }
-        return Configuration(
+        var configuration = Configuration(
             listen: listen, allowNonLoopback: allowNonLoopback, identities: identities, routes: routes, retry: retry,
             admin: admin, faults: faults, log: log, clients: clients, limits: readLimits(root),
             fleet: fleet, drainTimeout: drainTimeout, sourcePath: sourcePath, sinks: sinks
         )
+        configuration.telemetry = readTelemetry(root)
+        return configuration
     }
 
     /// `upstream`, top-level or a route's.

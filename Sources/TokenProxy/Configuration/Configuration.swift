@@ -30,6 +30,8 @@ public struct Configuration: Sendable, Equatable {
     /// Token files the running proxy keeps fresh for programs that read a token from a file
     /// (SPEC §2.5).
     public var sinks: [Sink] = []
+    /// Traces (SPEC §2.6); off unless `telemetry.otlp` or the `OTEL_*` variables ask.
+    public var telemetry = Telemetry()
 
     /// The identity that the top-level `token` defines, and that routes and commands use when
     /// they name none.

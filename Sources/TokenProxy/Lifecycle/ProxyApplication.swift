@@ -29,6 +29,8 @@ public struct ProxyApplication: Sendable {
     public let server: ProxyServer
     public let faults: FaultSettings
     public let statistics: ProxyStatistics
+    /// Spans over OTLP/HTTP, when traces are on (SPEC §2.6).
+    let traces: Traces?
     let reloader: Reloader
     let notifier: SystemdNotifier
     let logger: Logger
@@ -45,16 +47,21 @@ public struct ProxyApplication: Sendable {
         let statistics = ProxyStatistics()
         let faults = FaultSettings(enabled: configuration.faults.enabled, upstream401Percent: configuration.faults.upstream401Percent)
         let sinks = TokenSinks(sinks: configuration.sinks, logger: logger)
+        let traces = Traces.make(configuration.telemetry, environment: environment, logger: logger)
         let identities: IdentityBrokers
         do {
             identities = try await IdentityBrokers.make(
                 configuration: configuration, environment: environment, logger: logger,
                 observer: { identity, event in
                     statistics.observe(event, identity: identity)
+                    if case .recorded(let entry) = event {
+                        Self.publish(entry, identity: identity, to: statistics.events)
+                        return
+                    }
                     let text = TokenStatusText.describe(event)
                     notifier.status(identity == Configuration.defaultIdentity ? text : "\(identity): \(text)")
                 },
-                onPublish: { identity, token in sinks.tokenPublished(identity: identity, token: token) })
+                onPublish: { identity, token in sinks.tokenPublished(identity: identity, token: token) }, traces: traces)
         } catch {
             logger.critical("cannot use the token store", metadata: ["error": "\(error)"])
             throw error
@@ -63,7 +70,7 @@ public struct ProxyApplication: Sendable {
         var admin: AdminServer?
         do {
             server = try await ProxyServer.start(
-                configuration: configuration, services: .init(identities: identities, faults: faults, statistics: statistics, logger: logger), group: .singleton)
+                configuration: configuration, services: .init(identities: identities, faults: faults, statistics: statistics, traces: traces, logger: logger), group: .singleton)
             if let settings = configuration.admin {
                 admin = try await AdminServer.start(
                     address: settings.listen,
@@ -80,8 +87,8 @@ public struct ProxyApplication: Sendable {
             current: configuration, server: server, admin: admin, identities: identities, sinks: sinks, faults: faults, statistics: statistics,
             notifier: notifier, logger: logger)
         return ProxyApplication(
-            configuration: configuration, identities: identities, sinks: sinks, server: server, faults: faults, statistics: statistics, reloader: reloader,
-            notifier: notifier, logger: logger)
+            configuration: configuration, identities: identities, sinks: sinks, server: server, faults: faults, statistics: statistics, traces: traces,
+            reloader: reloader, notifier: notifier, logger: logger)
     }
 
     /// The admin API over the proxy's live state: it reads the routes a reload publishes.
@@ -123,6 +130,7 @@ public struct ProxyApplication: Sendable {
         // The ports actually bound, for listen addresses with port 0.
         if let port = listening.proxyPort { metadata["port"] = "\(port)" }
         if let port = listening.adminPort { metadata["adminPort"] = "\(port)" }
+        if let traces = application.traces { metadata["traces"] = "\(traces.endpoint)" }
         // Each route's port, for routes on listeners of their own (`b=8790,c=8791`).
         if configuration.routes.count > 1 {
             metadata["routePorts"] = "\(listening.routePorts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"
@@ -137,7 +145,7 @@ public struct ProxyApplication: Sendable {
     /// returning, or the cancellation of the calling task (as the tests stop it). Then the
     /// proxy drains, and the broker closes its connections.
     public func run(signals: UnixSignalsSequence? = nil, companion: (@Sendable (Listening) async -> Void)? = nil) async throws {
-        let (identities, sinks, server, reloader, notifier, logger) = (identities, sinks, server, reloader, notifier, logger)
+        let (identities, sinks, server, reloader, notifier, logger, traces) = (identities, sinks, server, reloader, notifier, logger, traces)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: FunctionService { await cancelWhenGracefulShutdown { await identities.keepFresh() } }, serviceName: "token maintenance"),
             .init(service: FunctionService { await cancelWhenGracefulShutdown { await sinks.run() } }, serviceName: "token sinks"),
@@ -148,6 +156,14 @@ public struct ProxyApplication: Sendable {
                 logger.info("stopping: draining in-flight requests", metadata: ["open": "\(server.openConnections)", "timeout": "\(server.drainTimeout.configString)"])
             }, serviceName: "systemd"),
         ]
+        if let traces {
+            // First in the group, so stopped last: the spans of the drained requests go out.
+            // An exporter that stops never stops the proxy: traces are not a reason not to serve.
+            services.insert(.init(
+                service: FunctionService {
+                    do { try await traces.service.run() } catch { logger.error("traces stopped", metadata: ["error": "\(error)"]) }
+                }, successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore, serviceName: "traces"), at: 0)
+        }
         if let signals {
             // A stop ends this service, and with it the group, gracefully; a reload is applied.
             services.append(.init(service: FunctionService {
@@ -187,6 +203,22 @@ public struct ProxyApplication: Sendable {
         logger.info("stopped")
     }
 
+    /// A refresh or an adoption as `/events` tells it (SPEC §7): never the token.
+    static func publish(_ entry: TokenBroker.RefreshHistoryEntry, identity: String, to events: EventHub) {
+        var fields: [String: JSONValue] = [
+            "identity": .string(identity), "trigger": .string(entry.trigger), "durationMs": .number(Double(entry.duration.milliseconds)),
+        ]
+        if let expiresAt = entry.expiresAt { fields["expiresAt"] = .string(RFC3339.format(expiresAt)) }
+        if let detail = entry.detail { fields["error"] = .string(detail) }
+        switch entry.result {
+        case .refreshed: events.publish(.refresh, fields, at: entry.at)
+        case .adopted: events.publish(.adopted, fields, at: entry.at)
+        case .failed, .refused:
+            events.publish(.refreshFailed, fields, at: entry.at)
+            if entry.reauthenticationRequired { events.publish(.loginNeeded, fields, at: entry.at) }
+        }
+    }
+
     /// Waits for the first token, at most ``startupWait``, and says how it went.
     static func firstToken(from broker: TokenBroker) async -> String {
         let outcome = NIOLockedValueBox<String?>(nil)
@@ -223,6 +255,7 @@ enum TokenStatusText {
         case .reauthenticationRequired(let reason): "re-login needed: \(reason)"
         case .misconfigured(let reason): "configuration error: \(reason)"
         case .refreshTokenExpiring(let expiresAt): "refresh token expires at \(RFC3339.format(expiresAt)): log in again before then (tokenproxy login)"
+        case .recorded(let entry): "\(entry.trigger) refresh: \(entry.result.rawValue)"
         }
     }
 

@@ -87,8 +87,12 @@ actor Reloader {
         if next.log != current.log {
             logger.warning("reload: log.* changes take effect after a restart")
         }
+        if next.telemetry != current.telemetry {
+            logger.warning("reload: telemetry.* changes take effect after a restart")
+        }
         var applied = next
         applied.log = current.log
+        applied.telemetry = current.telemetry
         current = applied
         logger.info("configuration reloaded", metadata: [
             "config": "\(current.sourcePath)", "upstream": "\(current.upstream.url)", "listen": "\(current.listen)",

@@ -1,6 +1,7 @@
 import Atomics
 import Logging
 import NIOCore
+import Tracing
 
 /// What every connection of one listener shares: its routes (SPEC §2.4), immutable rules and
 /// thread-safe services. A reload publishes a new one; each request reads the current one once.
@@ -15,14 +16,17 @@ final class ProxyContext: AtomicReference, Sendable {
     let drainTimeout: Duration
     let faults: FaultSettings
     let statistics: ProxyStatistics
+    /// The tracer, when traces are on (SPEC §2.6).
+    let tracer: (any Tracer)?
     /// The counts of requests no route took (refused heads, `no_route`).
     let unrouted: RouteStatistics
     let logger: Logger
 
     init(
         listen: ListenAddress, configuration: Configuration, routes: [RouteContext], faults: FaultSettings, statistics: ProxyStatistics,
-        loops: Int, logger: Logger
+        tracer: (any Tracer)?, loops: Int, logger: Logger
     ) {
+        self.tracer = tracer
         self.routes = routes
         table = RouteTable(routes.enumerated().map { RouteTable.entry(host: $1.route.host, pathPrefix: $1.route.pathPrefix, route: $0) })
         listenerGuard = ClientGuard(configuration, listen: listen, requiredHeader: nil)
@@ -94,7 +98,7 @@ extension ProxyContext {
             return PreparedHead(machine: .failure(error), requestID: id, route: nil)
         }
         let faultsEnabled = faults.enabled
-        switch route.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled) {
+        switch route.rules.prepare(head, clientAddress: clientAddress, faultsEnabled: faultsEnabled, tracing: tracer != nil) {
         case .success(let request):
             let machine = RequestStateMachine(
                 request: request, policy: route.retryPolicy, replayLimit: route.replayLimit,

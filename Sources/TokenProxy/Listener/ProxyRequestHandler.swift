@@ -35,6 +35,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     private var unflushed = UnflushedSides()
     private var schedule = ConnectionSchedule()
     private var record = RequestRecord()
+    /// The current request's spans, when traces are on (SPEC §2.6).
+    private var trace: RequestTrace?
 
     init(context: ProxyContextBox, pools: UpstreamPools, loop: Int) {
         shared = ProxyContextView(context)
@@ -147,6 +149,11 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             requestStatistics = (prepared.route?.statistics ?? shared.current.unrouted).loops[loop]
             requestStatistics.requestStarted()
             record.start(target: head.targetBytes, requestID: prepared.requestID, method: head.method, route: prepared.route?.name)
+            if let tracer = shared.current.tracer {
+                trace = RequestTrace(
+                    tracer: tracer, method: head.method.rawValue, path: RequestRecord.pathOnly(head.target), route: prepared.route?.route,
+                    incoming: TraceHeaders(traceparent: head.first(.traceparent), tracestate: head.first(.tracestate)))
+            }
             return connection.requestHead(
                 prepared.machine, expectsContinue: head.expectsContinue, readTimeout: prepared.route?.readTimeout ?? Self.unroutedReadTimeout)
         case .startRequest(let sendContinue):
@@ -156,6 +163,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             return obtainToken(.usable)
         case .refreshAndReplay(let rejected, let discard):
             if discard { discardUpstream() }
+            trace?.endAttempt(status: 401)
             shared.current.statistics.retried(.upstream401)
             return obtainToken(.replacing(rejected: rejected))
         case .connect:
@@ -166,7 +174,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             return connection.injectedFaultReady()
         case .sendRequest(let start, let body, let end, let confirm):
             guard let upstream else { return nil }
-            upstream.startRequest(start)
+            let traceLines = route.flatMap { route in trace?.startAttempt(method: record.method?.rawValue ?? "GET", upstream: route.route.upstream.url) }
+            upstream.startRequest(start, traceLines: traceLines)
             for part in body { upstream.writeBody(part) }
             if end { writeRequestEnd(to: upstream, confirm: confirm) }
             upstream.flush()
@@ -181,6 +190,8 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             upstream.flush()
         case .writeResponseHead(let head, let keepAlive):
             record.status = UInt(head.status)
+            trace?.attemptAnswered(status: Int(head.status))
+            if head.status != 401, connection.currentRequest?.refreshed == true, let route { recovered401(on: route) }
             response.start(head, keepAlive: keepAlive, clientAcceptsChunked: connection.currentRequest?.clientAcceptsChunked ?? false)
             unflushed.insert(.client)
         case .openTunnel(let head, let early):
@@ -216,6 +227,7 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
             respond(with: error, keepAlive: false)
         case .retry(let delay, let discard, let reason):
             if discard { discardUpstream() }
+            trace?.endAttempt(failure: reason.rawValue)
             shared.current.statistics.retried(reason)
             shared.current.logger.debug("retrying", metadata: ["reason": "\(reason.rawValue)", "delayMs": "\(delay.nanoseconds / 1_000_000)"])
             guard let context else { return nil }
@@ -251,7 +263,13 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
         guard let context else { return nil }
         let publisher = route.publisher
+        // A traced request links to the refresh it waited for (SPEC §2.6).
+        let refreshes = trace == nil ? nil : route.broker.refreshTraces
+        let mark = refreshes?.mark()
         route.broker.tokenForRequest(need, on: context.eventLoop).assumeIsolated().whenSuccess { result in
+            if let refreshes, let mark, number == self.connection.requestNumber, let refresh = refreshes.refresh(since: mark) {
+                self.trace?.link(toRefresh: refresh)
+            }
             self.run(self.connection.tokenArrived(result, fallback: publisher.latest(), request: number))
         }
         return nil
@@ -306,9 +324,17 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
     }
 
     private func finishRecord(_ ending: RequestRecord.Ending) {
-        record.finish(ending, statistics: requestStatistics, logger: shared.current.logger) {
-            (connection.currentRequest?.triesMade ?? 0, connection.currentRequest?.refreshed ?? false)
+        record.finish(ending, statistics: requestStatistics, logger: shared.current.logger, tries: tries, traceMetadata: { trace?.logMetadata })
+        if var trace {
+            let (attempts, replayed) = tries()
+            trace.finish(status: ending.status ?? 0, attempts: attempts, replayed: replayed, error: ending.error?.code.rawValue ?? ending.aborted?.rawValue)
+            self.trace = nil
         }
+    }
+
+    /// The current request's attempts, and whether it was replayed after a 401.
+    private func tries() -> (attempts: Int, refreshed: Bool) {
+        (connection.currentRequest?.triesMade ?? 0, connection.currentRequest?.refreshed ?? false)
     }
 
     /// Keeps the check timer armed at the machine's next check, moving it earlier when a new
@@ -363,9 +389,17 @@ final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver 
         }
     }
 
+    /// A request answered after its 401 and a replay with a new token (SPEC §5): counted for
+    /// the route and told to `/events`.
+    private func recovered401(on route: RouteContext) {
+        route.statistics.recovered401()
+        shared.current.statistics.events.publish(.recovered401, ["route": .string(route.name)])
+    }
+
     /// Answers with the proxy's own error, counted and logged.
     private func respond(with error: ProxyError, keepAlive: Bool) {
         shared.current.statistics.answeredByProxy(error.code)
+        route?.statistics.answeredByProxy(error.code)
         var error = error
         if error.requestID == nil { error.requestID = record.requestID?.description }
         finishRecord(.init(status: error.code.status.code, error: error))

@@ -49,6 +49,8 @@ public final class ProxyServer: Service, Sendable {
         let identities: IdentityBrokers
         let faults: FaultSettings
         let statistics: ProxyStatistics
+        /// Spans of requests and their upstream attempts, when traces are on (SPEC §2.6).
+        var traces: Traces? = nil
         let logger: Logger
     }
 
@@ -108,7 +110,7 @@ public final class ProxyServer: Service, Sendable {
         let contexts = routesByListener.mapValues { routes in
             ProxyContext(
                 listen: routes[0].route.listen, configuration: configuration, routes: routes, faults: services.faults, statistics: services.statistics,
-                loops: loops.count, logger: services.logger)
+                tracer: services.traces?.tracer, loops: loops.count, logger: services.logger)
         }
         return Plan(contexts: contexts, targets: targets)
     }

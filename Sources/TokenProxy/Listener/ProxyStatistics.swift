@@ -23,6 +23,8 @@ public final class ProxyStatistics: Sendable {
     private let routes = NIOLockedValueBox<[String: RouteStatistics]>([:])
     /// Serialises renders: each brings the counters up to the atomics once.
     private let renderLock = NIOLock()
+    /// The live events of `/events` (SPEC §7), published where what they tell happens.
+    public let events = EventHub()
 
     public enum RetryReason: String, Sendable, CaseIterable {
         case notSent = "not_sent", reset, upstream502 = "upstream_502", upstream503 = "upstream_503", upstream504 = "upstream_504"
@@ -104,7 +106,7 @@ public final class ProxyStatistics: Sendable {
         case .transientFailure: refreshesByResult[.transientFailure]?.increment()
         case .reauthenticationRequired: refreshesByResult[.reauthenticationRequired]?.increment()
         case .misconfigured: refreshesByResult[.configurationError]?.increment()
-        case .refreshTokenExpiring: break
+        case .refreshTokenExpiring, .recorded: break
         }
     }
 
@@ -112,12 +114,31 @@ public final class ProxyStatistics: Sendable {
 
     public var requests: Int { routes.withLockedValue { $0.values.reduce(0) { $0 + $1.requests } } }
 
+    /// What `/status` and the status page show of the route `name` (SPEC §7).
+    public struct RouteFigures: Sendable, Equatable {
+        public var requests: Int
+        public var recovered401: Int
+        public var errors: [String: Int]
+        public var latencyMilliseconds: (p50: Double, p99: Double)?
+
+        public static func == (lhs: RouteFigures, rhs: RouteFigures) -> Bool {
+            lhs.requests == rhs.requests && lhs.recovered401 == rhs.recovered401 && lhs.errors == rhs.errors
+                && lhs.latencyMilliseconds?.p50 == rhs.latencyMilliseconds?.p50 && lhs.latencyMilliseconds?.p99 == rhs.latencyMilliseconds?.p99
+        }
+    }
+
+    public func figures(route name: String) -> RouteFigures {
+        guard let route = routes.withLockedValue({ $0[name] }) else { return RouteFigures(requests: 0, recovered401: 0, errors: [:]) }
+        return RouteFigures(requests: route.requests, recovered401: route.recovered401s, errors: route.errors, latencyMilliseconds: route.latencyMilliseconds)
+    }
+
     /// Requests of the route `name` so far.
     public func requests(route name: String) -> Int { routes.withLockedValue { $0[name]?.requests ?? 0 } }
 
     /// Sets the token gauges of `identity` (done when `/metrics` is rendered).
-    public func recordTokenExpiry(secondsLeft: Double?, refreshTokenSecondsLeft: Double?, identity name: String) {
+    public func recordTokenExpiry(secondsLeft: Double?, refreshTokenSecondsLeft: Double?, reauthenticationRequired: Bool = false, identity name: String) {
         let counts = identity(name)
+        counts.reauthenticationRequired.record(reauthenticationRequired ? 1 : 0)
         if let secondsLeft { counts.tokenSecondsLeft.record(max(secondsLeft, 0)) }
         if let refreshTokenSecondsLeft { counts.refreshTokenSecondsLeft.record(max(refreshTokenSecondsLeft, 0)) }
     }
@@ -152,6 +173,8 @@ private final class IdentityCounts: Sendable {
     let tokenSecondsLeft: CoreMetrics.Gauge
     /// Seconds until the refresh token expires, when that is known (SPEC §2.1).
     let refreshTokenSecondsLeft: CoreMetrics.Gauge
+    /// 1 while a new login is needed (however this process learned it), else 0.
+    let reauthenticationRequired: CoreMetrics.Gauge
 
     init(name: String, factory: PrometheusMetricsFactory) {
         let label = [("identity", name)]
@@ -159,6 +182,7 @@ private final class IdentityCounts: Sendable {
         adoptions = Count("tokenproxy_token_adoptions_total", dimensions: label, factory: factory)
         tokenSecondsLeft = Gauge(label: "tokenproxy_token_expires_in_seconds", dimensions: label, factory: factory)
         refreshTokenSecondsLeft = Gauge(label: "tokenproxy_refresh_token_expiry_seconds", dimensions: label, factory: factory)
+        reauthenticationRequired = Gauge(label: "tokenproxy_token_reauthentication_required", dimensions: label, factory: factory)
     }
 }
 
@@ -174,6 +198,47 @@ final class RouteStatistics: Sendable {
     }
 
     var requests: Int { loops.reduce(0) { $0 + $1.requests } }
+
+    /// Requests answered after a 401 and a replay with a new token (rare: a shared atomic).
+    private let recovered = ManagedAtomic<Int>(0)
+    /// The proxy's own answers, by code (rare: shared atomics).
+    private let errorsByCode = Dictionary(uniqueKeysWithValues: ProxyError.Code.allCases.map { ($0, ManagedAtomic<Int>(0)) })
+
+    func recovered401() { recovered.wrappingIncrement(ordering: .relaxed) }
+    func answeredByProxy(_ code: ProxyError.Code) { errorsByCode[code]?.wrappingIncrement(ordering: .relaxed) }
+
+    var recovered401s: Int { recovered.load(ordering: .relaxed) }
+    /// The proxy's own answers so far, by code, without the codes never answered.
+    var errors: [String: Int] {
+        errorsByCode.reduce(into: [:]) { errors, entry in
+            let count = entry.value.load(ordering: .relaxed)
+            if count > 0 { errors[entry.key.rawValue] = count }
+        }
+    }
+
+    /// The median and 99th percentile of the request durations so far, in milliseconds,
+    /// estimated from the histogram (linear within a bucket); `nil` before the first request.
+    var latencyMilliseconds: (p50: Double, p99: Double)? {
+        let counts = LoopStatistics.bucketCounts(loops)
+        let total = counts.reduce(0, +)
+        guard total > 0 else { return nil }
+        func quantile(_ q: Double) -> Double {
+            let rank = q * Double(total)
+            var below = 0
+            for (index, count) in counts.enumerated() where count > 0 {
+                if Double(below + count) >= rank {
+                    let lower = index == 0 ? 0 : Double(LoopStatistics.bounds[index - 1])
+                    // Above every bound: the last bound is the best there is.
+                    let upper = index < LoopStatistics.bounds.count ? Double(LoopStatistics.bounds[index]) : lower
+                    let share = (rank - Double(below)) / Double(count)
+                    return (lower + (upper - lower) * min(max(share, 0), 1)) / 1e6
+                }
+                below += count
+            }
+            return Double(LoopStatistics.bounds.last!) / 1e6
+        }
+        return (quantile(0.5), quantile(0.99))
+    }
 
     /// `tokenproxy_requests_total` and `tokenproxy_request_duration_seconds`, a series per route.
     static func render(_ routes: [RouteStatistics]) -> String {
@@ -247,16 +312,21 @@ final class LoopStatistics: Sendable {
 
     static let durationName = "tokenproxy_request_duration_seconds"
 
+    /// The histogram's buckets (not cumulative) summed over `loops`.
+    static func bucketCounts(_ loops: [LoopStatistics]) -> [Int] {
+        var counts = [Int](repeating: 0, count: bounds.count + 1)
+        for loop in loops {
+            for index in counts.indices { counts[index] += loop.buckets[index].load(ordering: .relaxed) }
+        }
+        return counts
+    }
+
     /// `tokenproxy_request_duration_seconds` in the Prometheus text format, summed over `loops`,
     /// each series with `labels` (`route="…"`).
     static func renderDurations(_ loops: [LoopStatistics], labels: String) -> String {
         let name = durationName
-        var counts = [Int](repeating: 0, count: bounds.count + 1)
-        var sum: Int64 = 0
-        for loop in loops {
-            for index in counts.indices { counts[index] += loop.buckets[index].load(ordering: .relaxed) }
-            sum += loop.sumNanoseconds.load(ordering: .relaxed)
-        }
+        let counts = bucketCounts(loops)
+        let sum = loops.reduce(Int64(0)) { $0 + $1.sumNanoseconds.load(ordering: .relaxed) }
         var text = ""
         var cumulative = 0
         for (index, bound) in bounds.enumerated() {

@@ -42,7 +42,11 @@ struct RequestRecord {
     /// Every ending of a request comes here: answered (by the upstream or the proxy), refused, or
     /// aborted. `tries` (attempts, and whether a refresh happened) is asked for only when a line
     /// is logged.
-    mutating func finish(_ ending: Ending, statistics: LoopStatistics, logger: Logger, tries: () -> (attempts: Int, refreshed: Bool)) {
+    /// `traceMetadata` gives the request's `trace_id` and `span_id` when it is traced (SPEC §2.6).
+    mutating func finish(
+        _ ending: Ending, statistics: LoopStatistics, logger: Logger, tries: () -> (attempts: Int, refreshed: Bool),
+        traceMetadata: () -> Logger.Metadata? = { nil }
+    ) {
         isOpen = false
         let duration = NIODeadline.now() - started
         statistics.requestFinished(after: duration)
@@ -54,6 +58,7 @@ struct RequestRecord {
             "attempts": "\(ending.attempts)", "durationMs": "\(duration.nanoseconds / 1_000_000)", "refreshed": "\(ending.refreshed)",
         ]
         if let status = ending.status, status > 0 { metadata["status"] = "\(status)" }
+        if let trace = traceMetadata() { metadata.merge(trace) { current, _ in current } }
         if let route { metadata["route"] = "\(route)" }
         if let target, target.readableBytes > 0 { metadata["path"] = "\(Self.pathOnly(String(buffer: target)))" }
         if let error = ending.error {

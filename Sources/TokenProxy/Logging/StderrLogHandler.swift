@@ -8,6 +8,8 @@ import Logging
 public struct StderrLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level
+    /// Adds `trace_id` and `span_id` inside a span (SPEC §2.6).
+    public var metadataProvider: Logger.MetadataProvider?
     private let label: String
     private let format: Configuration.Log.Format
 
@@ -20,7 +22,11 @@ public struct StderrLogHandler: LogHandler {
     /// Installs this handler for the whole process (once, before any logger is made).
     public static func bootstrap(level: String, format: Configuration.Log.Format) {
         let parsed = Logger.Level(rawValue: level) ?? .info
-        LoggingSystem.bootstrap { label in StderrLogHandler(label: label, level: parsed, format: format) }
+        LoggingSystem.bootstrap({ label, provider in
+            var handler = StderrLogHandler(label: label, level: parsed, format: format)
+            handler.metadataProvider = provider
+            return handler
+        }, metadataProvider: Traces.logMetadataProvider)
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -30,6 +36,7 @@ public struct StderrLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         var merged = metadata
+        if let provided = metadataProvider?.get(), !provided.isEmpty { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
         let time = RFC3339.format(Date())
         let line: String

@@ -89,7 +89,9 @@ final class ForwardingRules: Sendable {
         }
     }
 
-    func prepare(_ head: ClientRequestHead, clientAddress: String, faultsEnabled: Bool) -> Result<PreparedRequest, ProxyError> {
+    /// `tracing`: the client's `traceparent` and `tracestate` are left out, since each attempt
+    /// sends its own (SPEC §2.6); without tracing they pass through unchanged.
+    func prepare(_ head: ClientRequestHead, clientAddress: String, faultsEnabled: Bool, tracing: Bool = false) -> Result<PreparedRequest, ProxyError> {
         // Pattern matches, not `==`: HTTPMethod's `==` compares raw-value strings.
         switch head.method {
         case .CONNECT:
@@ -193,6 +195,8 @@ final class ForwardingRules: Sendable {
                         wroteContentLength = true
                     case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
                         break
+                    case .traceparent, .tracestate:
+                        if tracing { continue }
                     // Replaced below, or answered by the proxy itself (`Expect: 100-continue`), or hop-by-hop.
                     case .host, .forwardedFor, .fault, .connection, .authorization, .expect, .forwardedHost, .forwardedProto, .hopByHop, .upgrade:
                         continue

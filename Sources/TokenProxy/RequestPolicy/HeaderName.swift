@@ -5,6 +5,8 @@ enum HeaderName: Equatable {
     case forwardedFor, forwardedHost, forwardedProto, idempotencyKey, fault
     case wwwAuthenticate, retryAfter
     case origin, secFetchSite, requestID
+    /// W3C trace context (SPEC §2.6): replaced per upstream attempt while tracing is on.
+    case traceparent, tracestate
     /// `Upgrade`: hop-by-hop, and a sign that the client may send bytes that are not HTTP.
     case upgrade
     /// Hop-by-hop (RFC 9110 §7.6.1) other than `Connection` itself.
@@ -44,8 +46,11 @@ enum HeaderName: Equatable {
             return matches("trailer") ? .hopByHop : .other
         case 10:
             if matches("connection") { return .connection }
+            if matches("tracestate") { return .tracestate }
             return matches("keep-alive") ? .hopByHop : .other
-        case 11: return matches("retry-after") ? .retryAfter : .other
+        case 11:
+            if matches("traceparent") { return .traceparent }
+            return matches("retry-after") ? .retryAfter : .other
         case 12: return matches("x-request-id") ? .requestID : .other
         case 13: return matches("authorization") ? .authorization : .other
         case 14:

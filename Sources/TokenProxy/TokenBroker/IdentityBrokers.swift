@@ -18,6 +18,8 @@ public final class IdentityBrokers: Sendable {
         var onPublish: (@Sendable (String, PublishedToken) -> Void)?
         /// One-shot commands write a new token before they use it (they exit right after).
         var writesBeforeUse = false
+        /// A span per refresh, when traces are on (SPEC §2.6).
+        var traces: Traces?
     }
 
     private struct State {
@@ -48,10 +50,10 @@ public final class IdentityBrokers: Sendable {
     public static func make(
         configuration: Configuration, environment: [String: String], logger: Logger, writesBeforeUse: Bool = false,
         observer: @escaping @Sendable (String, TokenBroker.RefreshEvent) -> Void = { _, _ in },
-        onPublish: (@Sendable (String, PublishedToken) -> Void)? = nil
+        onPublish: (@Sendable (String, PublishedToken) -> Void)? = nil, traces: Traces? = nil
     ) async throws -> IdentityBrokers {
         let brokers = IdentityBrokers(environment: Environment(
-            environment: environment, logger: logger, observer: observer, onPublish: onPublish, writesBeforeUse: writesBeforeUse))
+            environment: environment, logger: logger, observer: observer, onPublish: onPublish, writesBeforeUse: writesBeforeUse, traces: traces))
         try await brokers.add(configuration, names: configuration.identityNames)
         return brokers
     }
@@ -82,13 +84,14 @@ public final class IdentityBrokers: Sendable {
             let onPublish = made.onPublish.map { onPublish in { @Sendable (token: PublishedToken) in onPublish(name, token) } }
             let logger = name == Configuration.defaultIdentity ? made.logger : Self.logger(made.logger, identity: name)
             let broker = TokenBroker(
-                configuration: settings, endpoint: TokenEndpointClient(configuration: settings, environment: made.environment), logger: logger,
+                configuration: settings, tokenEndpoint: TokenEndpointClient(configuration: settings, environment: made.environment), logger: logger,
                 storage: storage, writesBeforeUse: made.writesBeforeUse,
                 observer: { [weak self] event in
                     observer(name, event)
                     self?.tokenChanged(identity: name, event: event)
                 },
-                onPublish: onPublish)
+                onPublish: onPublish,
+                refreshTraces: made.traces.map { RefreshTraces(tracer: $0.tracer, identity: name, endpointHost: Self.endpointHost(settings)) })
             added[name] = broker
         }
         let (maintaining, wanted) = state.withLockedValue { state -> (Bool, [String: Configuration.Token]) in
@@ -112,6 +115,11 @@ public final class IdentityBrokers: Sendable {
             guard let source = self?[subject] else { throw .misconfigured(reason: "subjectIdentity: the identity \"\(subject)\" is not configured") }
             return try await source.tokenForRequest(.usable).accessToken
         }
+    }
+
+    /// The token endpoint's host, for refresh spans: never the URL, whose query might hold a secret.
+    static func endpointHost(_ settings: Configuration.Token) -> String {
+        URLComponents(string: settings.endpoint)?.host ?? settings.issuer.flatMap { URLComponents(string: $0)?.host } ?? ""
     }
 
     /// A logger whose lines name the identity.

@@ -20,6 +20,8 @@ extension TokenBroker {
         /// `token.refreshTokenWarning` (a login will be needed soon).
         public var refreshTokenExpiresAt: Date?
         public var refreshTokenWarning: Bool
+        /// The latest refreshes and adoptions, newest first.
+        public var refreshes: [RefreshHistoryEntry] = []
     }
 
     public func status() async -> Status {
@@ -28,7 +30,8 @@ extension TokenBroker {
             expiresAt: current?.accessToken == nil ? nil : current?.expiresAt, hasRefreshToken: current?.refreshToken != nil,
             lastRefresh: gate.lastRefresh, failure: nil, reauthenticationRequired: false, refreshing: isRefreshing,
             store: storage.name, storeProblem: await storage.problem(),
-            refreshTokenExpiresAt: current?.refreshToken == nil ? nil : current?.refreshExpiresAt, refreshTokenWarning: false
+            refreshTokenExpiresAt: current?.refreshToken == nil ? nil : current?.refreshExpiresAt, refreshTokenWarning: false,
+            refreshes: history.reversed()
         )
         if let expiresAt = status.refreshTokenExpiresAt {
             status.refreshTokenWarning = now() >= expiresAt - configuration.refreshTokenWarning.timeInterval

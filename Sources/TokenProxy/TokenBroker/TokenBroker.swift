@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Logging
+import Tracing
 
 /// Hands out access tokens and refreshes them through the store-and-lock protocol of SPEC §3, so
 /// that every process sharing a store causes one token-endpoint call per expiry.
@@ -35,7 +36,31 @@ public actor TokenBroker {
         case misconfigured(reason: String)
         /// The refresh token expires within `token.refreshTokenWarning`: a login will be needed.
         case refreshTokenExpiring(expiresAt: Date)
+        /// A refresh ended, or a token was adopted: what the status page lists and `/events` tells.
+        case recorded(RefreshHistoryEntry)
     }
+
+    /// One refresh as the status page lists it (SPEC §7): never a token.
+    public struct RefreshHistoryEntry: Sendable, Equatable {
+        public enum Result: String, Sendable {
+            case refreshed, adopted, failed, refused
+        }
+
+        public var at: Date
+        /// Why it ran: `expiry`, `proactive`, `401`, `forced`, or `store` for a token another
+        /// process stored.
+        public var trigger: String
+        public var result: Result
+        public var duration: Duration
+        /// The new token's expiry, or why it failed.
+        public var expiresAt: Date?
+        public var detail: String?
+        /// Whether the failure needs a new login.
+        public var reauthenticationRequired = false
+    }
+
+    /// How many refreshes `/status` keeps per identity.
+    static let historyKept = 10
 
     /// The outcome of the last refresh attempt, for status reports.
     public struct RefreshRecord: Sendable, Equatable {
@@ -87,6 +112,10 @@ public actor TokenBroker {
     /// An access token exchanged from a subject token that has since been replaced: not handed
     /// out again, but replaced at its next need, as a rejected one is.
     var supersededToken: String?
+    /// The latest refreshes and adoptions, oldest first.
+    var history: [RefreshHistoryEntry] = []
+    /// A span per refresh, when traces are on (SPEC §2.6); requests that waited link to it.
+    nonisolated let refreshTraces: RefreshTraces?
 
     public init(
         configuration: Configuration.Token,
@@ -115,8 +144,10 @@ public actor TokenBroker {
         writesBeforeUse: Bool = true,
         observer: (@Sendable (RefreshEvent) -> Void)? = nil,
         onPublish: (@Sendable (PublishedToken) -> Void)? = nil,
+        refreshTraces: RefreshTraces? = nil,
         clock: @escaping @Sendable () -> Date = { Date() }
     ) {
+        self.refreshTraces = refreshTraces
         self.now = clock
         self.publisher = TokenPublisher(onPublish: onPublish)
         self.writesBeforeUse = writesBeforeUse
@@ -209,6 +240,7 @@ public actor TokenBroker {
             publishCurrent()
             logger.info("token adopted from the store (refreshed by another process)", metadata: ["store": "\(storage.name)", "expiresAt": "\(stored.expiresAt.map(RFC3339.format) ?? "unknown")"])
             observer?(.adopted(expiresAt: stored.expiresAt))
+            record(RefreshHistoryEntry(at: now(), trigger: "store", result: .adopted, duration: .zero, expiresAt: stored.expiresAt))
         } else {
             maintenancePause?.cancel()
         }
@@ -231,7 +263,12 @@ public actor TokenBroker {
 
     private func runRefresh(_ need: Need) async -> Result<TokenSet, TokenBrokerError> {
         let started = ContinuousClock.now
-        let outcome = await acquire(need)
+        // Ahead of its expiry while the token can still be sent, or because it cannot.
+        let ahead = gate.current.map { gate.satisfies($0, .usable, now: now()) } ?? false
+        let trigger = Self.trigger(need, ahead: ahead)
+        let span = refreshTraces?.start(reason: trigger)
+        // Inside the span, the refresh's log lines carry its trace_id and span_id.
+        let outcome = await InstrumentationContext.withValue(span?.context) { await acquire(need) }
         let (result, report) = gate.finished(outcome, now: now(), random: Double.random(in: 0..<1))
         refreshTask = nil
         // The subject changed while this exchange was under way: its token is already old.
@@ -239,7 +276,12 @@ public actor TokenBroker {
             supersede(current)
         }
         publishCurrent()
-        self.report(report, need: need, elapsed: started.duration(to: .now))
+        let entry = InstrumentationContext.withValue(span?.context) {
+            self.report(report, need: need, trigger: trigger, elapsed: started.duration(to: .now))
+        }
+        if let span, let refreshTraces {
+            refreshTraces.end(span, result: entry.result.rawValue, failure: entry.detail)
+        }
         return result
     }
 
@@ -309,23 +351,29 @@ public actor TokenBroker {
         return RefreshGate.Watch(store: storeVersion ?? version, client: client, storeMatters: storeMatters)
     }
 
-    private func report(_ report: RefreshGate.Report, need: Need, elapsed: Duration) {
+    /// Logs and records a refresh's outcome; returns its history entry.
+    @discardableResult
+    private func report(_ report: RefreshGate.Report, need: Need, trigger: String, elapsed: Duration) -> RefreshHistoryEntry {
         var metadata: Logger.Metadata = ["trigger": "\(Self.describe(need))", "durationMs": "\(elapsed.milliseconds)"]
+        var entry = RefreshHistoryEntry(at: now(), trigger: trigger, result: .refreshed, duration: elapsed)
         switch report {
         case .refreshed(let tokens):
             if let expiresAt = tokens.expiresAt { metadata["expiresAt"] = "\(RFC3339.format(expiresAt))" }
             logger.info("token refreshed", metadata: metadata)
             observer?(.refreshed(expiresAt: tokens.expiresAt))
+            entry.expiresAt = tokens.expiresAt
         case .adopted(let tokens):
             if let expiresAt = tokens.expiresAt { metadata["expiresAt"] = "\(RFC3339.format(expiresAt))" }
             logger.info("token adopted from the store (refreshed by another process)", metadata: metadata)
             observer?(.adopted(expiresAt: tokens.expiresAt))
+            (entry.result, entry.expiresAt) = (.adopted, tokens.expiresAt)
         case .failed(let reason, let failures, let retryIn, let calledEndpoint):
             metadata["reason"] = "\(reason)"
             metadata["failures"] = "\(failures)"
             metadata["retryInMs"] = "\(retryIn.milliseconds)"
             logger.warning("token refresh failed; will retry", metadata: metadata)
             if calledEndpoint { observer?(.transientFailure(reason: reason)) }
+            (entry.result, entry.detail) = (.failed, reason)
         case .refused(let error, let calledEndpoint):
             metadata["reason"] = "\(RefreshGate.reason(error))"
             switch error {
@@ -335,7 +383,27 @@ public actor TokenBroker {
             default:
                 logger.error("token refresh refused: re-authentication required", metadata: metadata)
                 if calledEndpoint { observer?(.reauthenticationRequired(reason: RefreshGate.reason(error))) }
+                entry.reauthenticationRequired = true
             }
+            (entry.result, entry.detail) = (.refused, RefreshGate.reason(error))
+        }
+        record(entry)
+        return entry
+    }
+
+    /// Keeps `entry` in the history and tells the observer.
+    private func record(_ entry: RefreshHistoryEntry) {
+        history.append(entry)
+        if history.count > Self.historyKept { history.removeFirst(history.count - Self.historyKept) }
+        observer?(.recorded(entry))
+    }
+
+    /// The reason a refresh ran, as spans and the status page name it (SPEC §2.6).
+    static func trigger(_ need: Need, ahead: Bool) -> String {
+        switch need {
+        case .usable, .fresh: ahead ? "proactive" : "expiry"
+        case .replacing: "401"
+        case .forced: "forced"
         }
     }
 

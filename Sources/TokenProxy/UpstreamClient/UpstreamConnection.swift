@@ -38,11 +38,13 @@ final class UpstreamConnection {
     var isActive: Bool { channel.isActive }
     var isWritable: Bool { channel.isWritable }
 
-    /// A new request goes out, its head first; its response comes next.
-    func startRequest(_ start: UpstreamRequestStart) {
+    /// A new request goes out, its head first; its response comes next. `traceLines` (the
+    /// attempt's `traceparent`, SPEC §2.6) go before the head's last lines.
+    func startRequest(_ start: UpstreamRequestStart, traceLines: ByteBuffer? = nil) {
         handler.startRequest(isHEAD: start.isHEAD, upgrade: start.upgrade)
         requestWriter = UpstreamRequestWriter(framing: start.framing)
         write(start.head)
+        if let traceLines { write(traceLines) }
         write(start.headEnding)
     }
 

@@ -129,12 +129,13 @@ final class ProxyHarness: @unchecked Sendable {
         var body: String
     }
 
-    func send(_ method: HTTPMethod = .GET, _ path: String, headers: [(String, String)] = [], body: String? = nil) async throws -> Response {
+    /// `timeout` counts the wait for one of the shared client's pooled connections too.
+    func send(_ method: HTTPMethod = .GET, _ path: String, headers: [(String, String)] = [], body: String? = nil, timeout: Duration = .seconds(20)) async throws -> Response {
         var request = HTTPClientRequest(url: url + path)
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await client.execute(request, timeout: .seconds(20))
+        let response = try await client.execute(request, timeout: .seconds(Int64(timeout.components.seconds)))
         let bytes = try await response.body.collect(upTo: 64 << 20)
         return Response(status: response.status.code, headers: response.headers, body: String(buffer: bytes))
     }
