@@ -29,13 +29,16 @@ final class ConnectProxy: @unchecked Sendable {
         thread.start()
     }
 
+    /// Wakes the accept loop, which closes the listener as it ends.
     func stop() {
         stopped.withLockedValue { $0 = true }
         shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
     }
 
     private func acceptLoop() {
+        // Closed by this thread only: closed from another, the number could be reused by one of
+        // NIO's listening sockets before the next accept here, which would steal its connection.
+        defer { close(listener) }
         while !stopped.withLockedValue({ $0 }) {
             let client = accept(listener, nil, nil)
             guard client >= 0 else { return }

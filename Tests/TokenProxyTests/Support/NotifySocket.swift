@@ -33,6 +33,10 @@ final class NotifySocket: @unchecked Sendable {
                     received.withLockedValue { $0.append((Date(), message)) }
                 }
             }
+            // Closed by the thread that reads it: closed from another thread, the number could
+            // be reused by one of NIO's sockets before this loop's next recv, which would then
+            // steal its bytes (NIO asserts on a readable socket with nothing to read).
+            Glibc.close(descriptor)
         }
         thread.start()
     }
@@ -49,8 +53,8 @@ final class NotifySocket: @unchecked Sendable {
         return nil
     }
 
+    /// Stops the reader, which closes the socket within its next 50 ms poll.
     func close() {
         stopped.withLockedValue { $0 = true }
-        Glibc.close(descriptor)
     }
 }
