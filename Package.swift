@@ -26,6 +26,8 @@ let package = Package(
         // Traces (SPEC §2.6): OTLP over HTTP only; the gRPC exporter's packages are left out.
         .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        // HTTP/2 and gRPC clients (SPEC §5): h2c on the listen port.
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
     ],
     targets: [
         // The product: configuration, token broker and (later) proxy, admin and lifecycle.
@@ -50,6 +52,10 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "OTel", package: "swift-otel"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+                // The HTTP/2 fuzz target runs the connection on an embedded channel.
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
         // Embedded stand-ins for a token issuer and an API: used by `tokenproxy demo` and by the tests.
@@ -92,6 +98,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ],

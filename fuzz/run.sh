@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer binary (once) and fuzzes one target for N seconds:
-#   fuzz/run.sh request 600        # request | response | configuration | store | credential
+#   fuzz/run.sh request 600        # request | response | configuration | store | credential | http2
 # New inputs go to fuzz/corpus/TARGET (minimise with -merge=1 before committing); crashes to
 # fuzz/crashes/. `swift test` replays fuzz/corpus and fuzz/regressions on every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${1:?usage: fuzz/run.sh request|response|configuration|store|credential [seconds]}
+target=${1:?usage: fuzz/run.sh request|response|configuration|store|credential|http2 [seconds]}
 seconds=${2:-600}
 export TOKENPROXY_FUZZ=1
 # libFuzzer reports crashes itself; Swift's backtracer would run under ASan and trip it.

@@ -323,13 +323,17 @@ extension Configuration {
     }
 
     private static func readLimits(_ root: ConfigurationReader) -> Limits {
-        var limits = Limits(headerTimeout: .seconds(10), idleTimeout: .seconds(75), maxConnections: 4096, maxHeaderBytes: 65_536, maxUriBytes: 8192)
+        var limits = Limits(
+            headerTimeout: .seconds(10), idleTimeout: .seconds(75), maxConnections: 4096, maxHeaderBytes: 65_536, maxUriBytes: 8192,
+            maxConcurrentStreams: 100, maxResetsPerSecond: 100)
         guard let reader = root.object("limits") else { return limits }
         limits.headerTimeout = reader.duration("headerTimeout", default: limits.headerTimeout, atLeast: .milliseconds(10))
         limits.idleTimeout = reader.duration("idleTimeout", default: limits.idleTimeout, atLeast: .milliseconds(10))
         limits.maxConnections = reader.integer("maxConnections", default: limits.maxConnections, range: 1...1_000_000)
         limits.maxHeaderBytes = reader.integer("maxHeaderBytes", default: limits.maxHeaderBytes, range: 1024...(1 << 20))
         limits.maxUriBytes = reader.integer("maxUriBytes", default: limits.maxUriBytes, range: 64...(1 << 20))
+        limits.maxConcurrentStreams = reader.integer("maxConcurrentStreams", default: limits.maxConcurrentStreams, range: 1...10_000)
+        limits.maxResetsPerSecond = reader.integer("maxResetsPerSecond", default: limits.maxResetsPerSecond, range: 1...100_000)
         reader.finish()
         return limits
     }

@@ -272,6 +272,10 @@ public struct Configuration: Sendable, Equatable {
         public var maxConnections: Int
         public var maxHeaderBytes: Int
         public var maxUriBytes: Int
+        /// HTTP/2 streams one client connection may have open (SPEC §5), announced in SETTINGS.
+        public var maxConcurrentStreams: Int
+        /// Stream resets a client may cause per second before it gets `GOAWAY(ENHANCE_YOUR_CALM)`.
+        public var maxResetsPerSecond: Int
     }
 
     /// SPEC §2.3: the store and lock of every host naming the same database and `name`.

@@ -7,7 +7,7 @@ import NIOCore
 @_spi(Fuzzing)
 public enum FuzzTargets {
     public enum Target: String, CaseIterable, Sendable {
-        case request, response, configuration, store, credential
+        case request, response, configuration, store, credential, http2
     }
 
     public static func run(_ target: Target, _ bytes: UnsafeRawBufferPointer) {
@@ -17,12 +17,13 @@ public enum FuzzTargets {
         case .configuration: configuration(bytes)
         case .store: storeDocument(bytes)
         case .credential: credentialRequest(bytes)
+        case .http2: http2Frames(bytes)
         }
     }
 
     // MARK: Client requests
 
-    private static let rules: ForwardingRules = {
+    static let rules: ForwardingRules = {
         let configuration = try! Configuration.parse(Data(#"""
             {"listen": "127.0.0.1:8787", "upstream": {"url": "http://127.0.0.1:9/api"},
              "token": {"endpoint": "http://127.0.0.1:9/token", "clientId": "fuzz", "clientSecretEnv": "FUZZ_SECRET", "store": "/nonexistent/token.json"},
@@ -157,7 +158,7 @@ public enum FuzzTargets {
     // MARK: Invariants
 
     /// Every line ends in CRLF; no bare CR, bare LF or NUL anywhere.
-    private static func checkLines(_ buffer: ByteBuffer, what: String) {
+    static func checkLines(_ buffer: ByteBuffer, what: String) {
         let bytes = Array(buffer.readableBytesView)
         precondition(bytes.count >= 2 && bytes.suffix(2) == [13, 10], "\(what) does not end in CRLF")
         for (index, byte) in bytes.enumerated() {

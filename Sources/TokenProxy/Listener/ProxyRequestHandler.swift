@@ -8,7 +8,7 @@ import NIOHTTP1
 /// out its actions — write, lease, schedule, count, log — in one loop (``run(_:)``): an event
 /// gives an action, an action carried out may give the next, and when none is left the machine
 /// is asked what it can do next on its own (finish a request, resume reads, parse).
-final class ProxyRequestHandler: ChannelDuplexHandler, UpstreamResponseReceiver {
+final class ProxyRequestHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamResponseReceiver {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer

@@ -149,7 +149,15 @@ public final class ProxyServer: Service, Sendable {
                     let loop = loopIndex[ObjectIdentifier(channel.eventLoop)]!
                     // Requests are parsed and responses written by the handler itself, as bytes:
                     // heads are forwarded with edits in place instead of decoded and encoded again.
-                    try channel.pipeline.syncOperations.addHandler(ProxyRequestHandler(context: contextBox, pools: pools[loop].value, loop: loop))
+                    let http1 = ProxyRequestHandler(context: contextBox, pools: pools[loop].value, loop: loop)
+                    // A connection that opens with HTTP/2's preface is HTTP/2's (SPEC §5): each of
+                    // its streams gets a request handler of its own, on this loop.
+                    let sniffer = ClientProtocolSniffer { context in
+                        try HTTP2ClientConnection.takeOver(context.pipeline.syncOperations, from: http1, eventLoop: context.eventLoop, context: contextBox) {
+                            ProxyRequestHandler(context: contextBox, pools: pools[loop].value, loop: loop)
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandlers([sniffer, http1])
                 }
             }
         let channel: any Channel

@@ -140,6 +140,7 @@ final class ForwardingRules: Sendable {
         var fetchSite: Range<Int>?
         var requestID: Range<Int>?
         var websocket = false
+        var grpc = false
         for field in head.fields {
             switch field.kind {
             case .host: host = field.value
@@ -149,6 +150,7 @@ final class ForwardingRules: Sendable {
             case .forwardedFor: forwardedFor.append(field.value)
             case .fault: fault = field.value
             case .idempotencyKey: hasIdempotencyKey = true
+            case .contentType: grpc = head.withBytes(field.value, Self.isGRPC)
             case .upgrade:
                 websocket = head.withBytes(field.value) { HeaderName.equalsIgnoringCase($0.assumingMemoryBound(to: UInt8.self), "websocket") }
             default: break
@@ -162,6 +164,12 @@ final class ForwardingRules: Sendable {
             )
         }
         if let refusal { return .failure(refusal) }
+        if grpc {
+            // gRPC's status travels in trailers, which an HTTP/1.1 upstream cannot carry.
+            return .failure(ProxyError(
+                .upstreamUnavailable,
+                "a gRPC call needs an HTTP/2 upstream, and tokenproxy reaches \(upstream) over HTTP/1.1, which cannot carry gRPC's trailers"))
+        }
 
         var faultPlan: FaultPlan?
         if faultsEnabled, let fault {
@@ -193,7 +201,7 @@ final class ForwardingRules: Sendable {
                     case .contentLength:
                         if wroteContentLength { continue }
                         wroteContentLength = true
-                    case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .other:
+                    case .transferEncoding, .idempotencyKey, .wwwAuthenticate, .retryAfter, .origin, .secFetchSite, .requestID, .contentType, .other:
                         break
                     case .traceparent, .tracestate:
                         if tracing { continue }
@@ -241,6 +249,19 @@ final class ForwardingRules: Sendable {
             requestID: id,
             upgrade: upgrade ? .websocket : head.upgradeRequested ? .refused : .none
         ))
+    }
+
+    /// `application/grpc`, `application/grpc+proto`…, but not gRPC-Web (which HTTP/1.1 carries).
+    static func isGRPC(_ value: UnsafeRawBufferPointer) -> Bool {
+        let prefix: StaticString = "application/grpc"
+        guard value.count >= prefix.utf8CodeUnitCount else { return false }
+        for index in 0..<prefix.utf8CodeUnitCount {
+            var byte = value[index]
+            if byte >= UInt8(ascii: "A"), byte <= UInt8(ascii: "Z") { byte += 32 }
+            if byte != prefix.utf8Start[index] { return false }
+        }
+        let rest = value[prefix.utf8CodeUnitCount...]
+        return rest.first.map { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ";") } ?? true
     }
 
     /// Whether a path (before its query) has a `.` or `..` segment, plain or percent-encoded.

@@ -5,6 +5,8 @@ enum HeaderName: Equatable {
     case forwardedFor, forwardedHost, forwardedProto, idempotencyKey, fault
     case wwwAuthenticate, retryAfter
     case origin, secFetchSite, requestID
+    /// `Content-Type`: `application/grpc…` needs an upstream that speaks HTTP/2 (SPEC §5).
+    case contentType
     /// W3C trace context (SPEC §2.6): replaced per upstream attempt while tracing is on.
     case traceparent, tracestate
     /// `Upgrade`: hop-by-hop, and a sign that the client may send bytes that are not HTTP.
@@ -51,7 +53,9 @@ enum HeaderName: Equatable {
         case 11:
             if matches("traceparent") { return .traceparent }
             return matches("retry-after") ? .retryAfter : .other
-        case 12: return matches("x-request-id") ? .requestID : .other
+        case 12:
+            if matches("x-request-id") { return .requestID }
+            return matches("content-type") ? .contentType : .other
         case 13: return matches("authorization") ? .authorization : .other
         case 14:
             if matches("content-length") { return .contentLength }

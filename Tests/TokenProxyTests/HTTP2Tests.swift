@@ -1,0 +1,364 @@
+import Foundation
+import Glibc
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import Testing
+import TokenProxyMocks
+
+@testable import TokenProxy
+
+/// HTTP/2 clients on the listen port (SPEC §5): the translation tables, then real clients
+/// (`h2` from PyPI through `Fixtures/h2_probe.py`, and curl) against the proxy and an HTTP/1.1 API.
+@Suite("HTTP/2")
+struct HTTP2Tests {
+    // MARK: Tables
+
+    static func head(_ fields: [(String, String)], endStream: Bool = true) -> Result<HTTP2RequestHead, ProxyError> {
+        HTTP2RequestHead.translate(HPACKHeaders(fields), endStream: endStream)
+    }
+
+    static let get: [(String, String)] = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:8787"), (":path", "/v1/items?x=1")]
+
+    @Test func aHeadBecomesTheHTTP1HeadTheRulesRead() throws {
+        let plain = try Self.head(Self.get + [("accept", "application/json"), ("cookie", "a=1"), ("cookie", "b=2")]).get()
+        #expect(String(buffer: plain.bytes) == "GET /v1/items?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8787\r\naccept: application/json\r\ncookie: a=1; b=2\r\n\r\n")
+        #expect(!plain.chunkedBody && !plain.isGRPC && !plain.isHEAD)
+
+        let post = [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"), (":path", "/orders")]
+        let sized = try Self.head(post + [("content-length", "18")], endStream: false).get()
+        #expect(String(buffer: sized.bytes).hasSuffix("content-length: 18\r\n\r\n"))
+        #expect(!sized.chunkedBody)
+        let unsized = try Self.head(post + [("content-type", "application/grpc+proto"), ("te", "trailers")], endStream: false).get()
+        #expect(String(buffer: unsized.bytes) == "POST /orders HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/grpc+proto\r\ntransfer-encoding: chunked\r\n\r\n")
+        #expect(unsized.chunkedBody && unsized.isGRPC)
+        #expect(try Self.head(post + [("content-type", "application/grpc-web")]).get().isGRPC == false)
+        #expect(try Self.head([(":method", "HEAD")] + Self.get.dropFirst()).get().isHEAD)
+    }
+
+    @Test("a head that breaks RFC 9113 §8 is refused before the rules", arguments: [
+        ("uppercase name", get + [("Accept", "x")]),
+        ("connection-specific", get + [("connection", "keep-alive")]),
+        ("transfer-encoding", get + [("transfer-encoding", "chunked")]),
+        ("te other than trailers", get + [("te", "gzip")]),
+        ("pseudo after regular", [(":method", "GET"), ("accept", "x"), (":scheme", "http"), (":path", "/")]),
+        ("unknown pseudo", get + [(":status", "200")]),
+        ("duplicate :path", get + [(":path", "/other")]),
+        ("missing :scheme", [(":method", "GET"), (":authority", "a"), (":path", "/")]),
+        ("empty :path", [(":method", "GET"), (":scheme", "http"), (":path", "")]),
+        (":authority and host differ", get + [("host", "evil.example")]),
+        ("CR in a value", get + [("x-a", "1\r\nx-b: 2")]),
+        ("NUL in a value", get + [("x-a", "1\u{0}")]),
+        ("white space at a value's end", get + [("x-a", "1 ")]),
+        ("white space in the path", [(":method", "GET"), (":scheme", "http"), (":path", "/a b")]),
+        ("space in a name", get + [("x a", "1")]),
+        ("conflicting content-length", get + [("content-length", "1"), ("content-length", "2")]),
+    ] as [(String, [(String, String)])])
+    func refusedHeads(_ name: String, fields: [(String, String)]) {
+        guard case .failure(let error) = Self.head(fields) else {
+            Issue.record("\(name): accepted")
+            return
+        }
+        #expect(error.code == .badRequest, "\(name)")
+    }
+
+    @Test func aConnectGoesToTheRulesAsHTTP1SpellsIt() throws {
+        let connect = try Self.head([(":method", "CONNECT"), (":authority", "evil.example:443")]).get()
+        #expect(String(buffer: connect.bytes).hasPrefix("CONNECT evil.example:443 HTTP/1.1\r\n"))
+    }
+
+    @Test func theRequestBodyIsChunkedOnlyWithoutALength() throws {
+        let data = ByteBuffer(string: "hello")
+        #expect(String(buffer: HTTP2RequestHead.bodyPart(data, chunked: true)) == "5\r\nhello\r\n")
+        #expect(String(buffer: HTTP2RequestHead.bodyPart(data, chunked: false)) == "hello")
+        #expect(try HTTP2RequestHead.bodyEnd(trailers: nil, chunked: false).get() == nil)
+        #expect(try HTTP2RequestHead.bodyEnd(trailers: ["grpc-timeout": "1S"], chunked: true).get().map { String(buffer: $0) } == "0\r\ngrpc-timeout: 1S\r\n\r\n")
+        guard case .failure = HTTP2RequestHead.bodyEnd(trailers: [":path": "/"], chunked: true) else {
+            Issue.record("a pseudo-header in trailers was accepted")
+            return
+        }
+    }
+
+    /// Frame payloads as text: `H` headers (with `!` when they end the stream), `D` data.
+    static func describe(_ frames: [HTTP2Frame.FramePayload]) -> [String] {
+        frames.map { frame in
+            switch frame {
+            case .headers(let headers):
+                "H\(headers.endStream ? "!" : "") " + headers.headers.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
+            case .data(let data):
+                if case .byteBuffer(let bytes) = data.data { "D\(data.endStream ? "!" : "") \(String(buffer: bytes))" } else { "D?" }
+            default:
+                "?"
+            }
+        }
+    }
+
+    @Test func aResponseBecomesHeadersDataAndTheEndOfTheStream() throws {
+        var sized = HTTP2ResponseFrames(isHEAD: false, isGRPC: false)
+        let whole = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello"
+        #expect(Self.describe(try sized.frames(for: ByteBuffer(string: whole))) == ["H :status=200 content-type=text/plain content-length=5", "D! hello"])
+        #expect(sized.isComplete)
+
+        var chunked = HTTP2ResponseFrames(isHEAD: false, isGRPC: false)
+        #expect(Self.describe(try chunked.frames(for: ByteBuffer(string: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"))) == ["H :status=200"])
+        #expect(Self.describe(try chunked.frames(for: ByteBuffer(string: "3\r\nabc\r\n"))) == ["D abc"])
+        #expect(Self.describe(try chunked.frames(for: ByteBuffer(string: "0\r\n\r\n"))) == ["D! "])
+
+        var empty = HTTP2ResponseFrames(isHEAD: false, isGRPC: false)
+        #expect(Self.describe(try empty.frames(for: ByteBuffer(string: "HTTP/1.1 204 No Content\r\n\r\n"))) == ["H! :status=204"])
+
+        var continued = HTTP2ResponseFrames(isHEAD: false, isGRPC: false)
+        #expect(Self.describe(try continued.frames(for: HTTP2ResponseFrames.continueResponse)) == ["H :status=100"])
+    }
+
+    @Test func theProxysOwnAnswerToAGRPCCallIsAGRPCStatus() throws {
+        var error = ProxyError(.tokenUnavailable, "token endpoint failing: 100% down", retryAfter: 5)
+        error.requestID = "req-1"
+        let frames = Self.describe(HTTP2ResponseFrames.frames(for: error, isGRPC: true))
+        #expect(frames == [
+            "H! :status=200 content-type=application/grpc grpc-status=14 grpc-message=token endpoint failing: 100%25 down x-tokenproxy-error=token_unavailable retry-after=5"
+        ])
+        let json = Self.describe(HTTP2ResponseFrames.frames(for: error, isGRPC: false))
+        #expect(json.first?.hasPrefix("H :status=503 content-type=application/json") == true)
+        #expect(json.first?.contains("x-tokenproxy-error=token_unavailable") == true)
+        #expect(ProxyError.Code.reauthenticationRequired.grpcStatus == 16)
+        #expect(ProxyError.Code.upstreamUnavailable.grpcStatus == 14)
+    }
+
+    @Test("the first bytes choose the protocol", arguments: [
+        ("GET / HTTP/1.1\r\n", ClientProtocolSniffer.Match.http1),
+        ("POST / HTTP/1.1\r\n", .http1),
+        ("PRI * HTTP/1.1\r\n", .http1),
+        ("P", .undecided),
+        ("PRI * HTTP/2.0\r\n", .undecided),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", .http2),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\u{0}\u{0}", .http2),
+        ("", .undecided),
+    ])
+    func sniffing(_ bytes: String, expected: ClientProtocolSniffer.Match) {
+        #expect(ClientProtocolSniffer.match(ByteBuffer(string: bytes)) == expected)
+    }
+
+    @Test func aGRPCCallIsRecognisedByItsContentType() {
+        for (value, expected) in [("application/grpc", true), ("application/grpc+proto", true), ("Application/GRPC;x=1", true), ("application/grpc-web", false), ("application/grpcx", false), ("text/plain", false)] {
+            #expect(HTTP2RequestHead.isGRPC(value) == expected, "\(value)")
+        }
+    }
+
+    // MARK: Real clients
+
+    static let probeScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/h2_probe.py").path
+
+    /// What `h2_probe.py` saw.
+    struct Outcome: Decodable {
+        struct Stream: Decodable {
+            var status: Int?
+            var headers: [String: String]
+            var body: String
+            var trailers: [String: String]
+            var reset: Int?
+            var ended: Bool
+        }
+        struct GoAway: Decodable {
+            var error: Int
+        }
+        var streams: [Stream]
+        var goaway: GoAway?
+        var closed: Bool
+        var settings: [String: Int]
+        var sent: Int?
+    }
+
+    /// Runs the probe to its end.
+    static func probe(_ arguments: [String]) async throws -> Outcome {
+        let process = TokenProxyProcess(["python3", "-B", probeScript] + arguments, program: "/usr/bin/env")
+        try process.start()
+        let outcome = await process.wait(timeout: .seconds(60))
+        guard let line = outcome.stdout.split(separator: "\n").last, let decoded = try? JSONDecoder().decode(Outcome.self, from: Data(line.utf8)) else {
+            throw ProbeError(message: "h2_probe.py \(arguments.joined(separator: " ")) gave no result (pip install h2): \(outcome.stdout) \(outcome.stderr)")
+        }
+        return decoded
+    }
+
+    struct ProbeError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+
+    @Test func anHTTP2ClientReachesAnHTTP1UpstreamWithTheToken() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options, respond: { request, _ in .json(200, #"{"path": "\#(request.uri)", "got": \#(request.body.count)}"#) }) { harness in
+            let outcome = try await Self.probe(["requests", "\(harness.port)", "--path", "/v1/items?page=2", "--header", "x-request-id:h2-req-1"])
+            let stream = try #require(outcome.streams.first)
+            #expect(stream.status == 200)
+            #expect(stream.body == #"{"path": "/v1/items?page=2", "got": 0}"#)
+            #expect(stream.headers["content-type"] == "application/json")
+            #expect(stream.headers["connection"] == nil && stream.headers["transfer-encoding"] == nil)
+            #expect(outcome.settings["3"] == 100, "SETTINGS_MAX_CONCURRENT_STREAMS announced")
+            let seen = try #require(harness.received.first)
+            #expect(seen.header("Authorization") == "Bearer at-1")
+            #expect(seen.header("Host") == "127.0.0.1:\(harness.upstream.port)")
+            #expect(seen.header("X-Request-Id") == "h2-req-1")
+
+            // A body of unknown length goes upstream chunked and arrives whole.
+            let post = try await Self.probe(["requests", "\(harness.port)", "--method", "POST", "--path", "/orders", "--body", #"{"item": "tea"}"#])
+            #expect(post.streams.first?.status == 200)
+            #expect(post.streams.first?.body.contains(#""got": 15"#) == true)
+            #expect(harness.received.last?.bodyText == #"{"item": "tea"}"#)
+        }
+    }
+
+    @Test func aHundredStreamsOnOneConnectionAreEachAnswered() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options, respond: { request, count in
+            try? await Task.sleep(for: .milliseconds(50))
+            return .json(200, #"{"n": \#(count)}"#)
+        }) { harness in
+            let outcome = try await Self.probe(["requests", "\(harness.port)", "--count", "100", "--path", "/many"])
+            #expect(outcome.streams.count == 100)
+            #expect(outcome.streams.allSatisfy { $0.status == 200 && $0.ended }, "\(outcome.streams.filter { $0.status != 200 }.prefix(3))")
+            #expect(harness.received.count == 100)
+            #expect(harness.issuer.callCount == 0)
+        }
+    }
+
+    @Test func a401OverHTTP2IsRefreshedAndReplayed() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-stale")
+        try await withProxyHarness(options, respond: { request, count in
+            count == 1 ? ReplayAndRetryTests.invalidToken : .json(200, #"{"got": "\#(request.bodyText)"}"#)
+        }) { harness in
+            let outcome = try await Self.probe(["requests", "\(harness.port)", "--method", "POST", "--path", "/orders", "--body", "coffee"])
+            #expect(outcome.streams.first?.status == 200)
+            #expect(outcome.streams.first?.body == #"{"got": "coffee"}"#)
+            let seen = harness.received
+            #expect(seen.count == 2)
+            #expect(seen.map(\.bodyText) == ["coffee", "coffee"])
+            #expect(seen[0].header("Authorization") == "Bearer at-stale")
+            #expect(seen[1].header("Authorization") != "Bearer at-stale")
+            #expect(harness.issuer.callCount == 1)
+        }
+    }
+
+    @Test("a stream the rules refuse gets its answer and the upstream gets nothing", arguments: [
+        (["--path", "/a/../admin"], 400),
+        (["--method", "TRACE"], 405),
+        (["--header", ":authority:evil.example"], 400),
+        (["--header", "host:evil.example"], 400),
+        (["--header", "te:gzip"], 400),
+        (["--method", "CONNECT", "--path", ""], 400),
+    ])
+    func refusedStreams(_ arguments: [String], status: Int) async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options) { harness in
+            let outcome = try await Self.probe(["requests", "\(harness.port)"] + arguments)
+            let stream = try #require(outcome.streams.first)
+            // swift-nio-http2's own checks reset a stream whose head is malformed; the rules answer the rest.
+            #expect(stream.status == status || stream.reset != nil, "\(arguments): \(stream)")
+            if stream.status != nil { #expect(stream.headers["x-tokenproxy-error"] != nil) }
+            #expect(harness.received.isEmpty, "\(arguments): the upstream got \(harness.received.map(\.uri))")
+            // The connection serves other streams on.
+            #expect(outcome.goaway == nil)
+        }
+    }
+
+    @Test func aGRPCCallToAnHTTP1UpstreamGetsStatus14() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options) { harness in
+            let outcome = try await Self.probe([
+                "requests", "\(harness.port)", "--method", "POST", "--path", "/pkg.Service/Call", "--header", "content-type:application/grpc",
+                "--header", "te:trailers", "--body", "\u{0}\u{0}\u{0}\u{0}\u{0}",
+            ])
+            let stream = try #require(outcome.streams.first)
+            #expect(stream.status == 200)
+            #expect(stream.headers["grpc-status"] == "14", "\(stream)")
+            #expect(stream.headers["grpc-message"]?.contains("HTTP/2 upstream") == true)
+            #expect(stream.headers["x-tokenproxy-error"] == "upstream_unavailable")
+            #expect(harness.received.isEmpty)
+        }
+    }
+
+    @Test func rapidResetGetsEnhanceYourCalmAndTheNextClientIsServed() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        options.topLevel["limits"] = #"{"maxResetsPerSecond": 50}"#
+        try await withProxyHarness(options) { harness in
+            let outcome = try await Self.probe(["rapid-reset", "\(harness.port)", "--count", "500"])
+            #expect(outcome.goaway?.error == 0xB, "GOAWAY(ENHANCE_YOUR_CALM): \(outcome)")
+            #expect(outcome.closed)
+            let next = try await Self.probe(["requests", "\(harness.port)"])
+            #expect(next.streams.first?.status == 200)
+        }
+    }
+
+    @Test func anOversizedHeaderListIsRefusedAndNeverForwarded() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        options.topLevel["limits"] = #"{"maxHeaderBytes": 8192}"#
+        try await withProxyHarness(options) { harness in
+            let outcome = try await Self.probe(["big-header", "\(harness.port)", "--bytes", "20000"])
+            #expect(outcome.streams.first?.status == nil)
+            #expect(outcome.goaway != nil || outcome.streams.first?.reset != nil, "\(outcome)")
+            #expect(outcome.settings["6"] == 8192, "SETTINGS_MAX_HEADER_LIST_SIZE announced")
+            #expect(harness.received.isEmpty)
+            let next = try await Self.probe(["requests", "\(harness.port)"])
+            #expect(next.streams.first?.status == 200)
+        }
+    }
+
+    @Test func curlWithPriorKnowledge() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") else {
+            Issue.record("curl is not installed (.ci/run installs it)")
+            return
+        }
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options) { harness in
+            let curl = TokenProxyProcess(["-sS", "--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}", "\(harness.url)/hello"], program: "/usr/bin/curl")
+            try curl.start()
+            let outcome = await curl.wait(timeout: .seconds(30))
+            #expect(outcome.stdout == "{\"ok\": true}\n2 200", "\(outcome.stderr)")
+            #expect(harness.received.first?.header("Authorization") == "Bearer at-1")
+        }
+    }
+
+    @Test func anHTTP1ClientIsServedAsBefore() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options) { harness in
+            // POST, PUT and PRI-like starts are told from the preface byte by byte.
+            let answer = try await RawHTTPClient(port: harness.port).exchange(
+                "POST /p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+            #expect(harness.received.first?.bodyText == "hi")
+        }
+    }
+
+    @Test func sigtermSendsGoAwayAndStreamsInFlightFinish() async throws {
+        var options = RunningProxy.Options()
+        options.onRequest = { request in
+            if request.uri == "/slow" { try? await Task.sleep(for: .milliseconds(1500)) }
+        }
+        let proxy = try await RunningProxy.start(options)
+        let probe = TokenProxyProcess(["python3", "-B", Self.probeScript, "hold", "\(proxy.port)", "--count", "5", "--path", "/slow"], program: "/usr/bin/env")
+        try probe.start()
+        let deadline = ContinuousClock.now.advanced(by: .seconds(20))
+        while !probe.stdoutSoFar.contains("sent"), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(400))
+        proxy.process.signal(SIGTERM)
+        let probed = await probe.wait(timeout: .seconds(30))
+        let line = try #require(probed.stdout.split(separator: "\n").last, "\(probed.stderr)")
+        let outcome = try JSONDecoder().decode(Outcome.self, from: Data(line.utf8))
+        #expect(outcome.streams.count == 5)
+        #expect(outcome.streams.allSatisfy { $0.status == 200 && $0.ended }, "\(line) \(proxy.process.stderrSoFar)")
+        #expect(outcome.goaway?.error == 0, "GOAWAY(NO_ERROR): \(outcome)")
+        let exit = await proxy.process.wait(timeout: .seconds(15))
+        #expect(exit.status == 0, "\(exit.stderr)")
+        await proxy.upstream.shutdown()
+        await proxy.issuer.shutdown()
+    }
+}
