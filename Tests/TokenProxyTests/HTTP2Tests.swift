@@ -9,8 +9,10 @@ import TokenProxyMocks
 @testable import TokenProxy
 
 /// HTTP/2 clients on the listen port (SPEC §5): the translation tables, then real clients
-/// (`h2` from PyPI through `Fixtures/h2_probe.py`, and curl) against the proxy and an HTTP/1.1 API.
-@Suite("HTTP/2")
+/// (`h2` from PyPI through `Fixtures/h2_probe.py`, grpcio, and curl) against the proxy and an
+/// HTTP/1.1 API. One test at a time: each starts Python clients, and a burst of them beside the
+/// timing tests of other suites on two cores made those late.
+@Suite("HTTP/2", .serialized)
 struct HTTP2Tests {
     // MARK: Tables
 
@@ -167,6 +169,7 @@ struct HTTP2Tests {
         var closed: Bool
         var settings: [String: Int]
         var sent: Int?
+        var seconds: Double?
     }
 
     /// Runs the probe to its end.
@@ -282,6 +285,30 @@ struct HTTP2Tests {
         }
     }
 
+    /// A real gRPC client (grpcio): the call never reaches the HTTP/1.1 upstream, and the client
+    /// reads UNAVAILABLE with the reason and the proxy's error code.
+    @Test func grpcioSeesUnavailableWithTheReasonForAnHTTP1Upstream() async throws {
+        var options = ProxyHarness.Options()
+        options.initialToken = .valid("at-1")
+        try await withProxyHarness(options) { harness in
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/grpc_probe.py").path
+            let process = TokenProxyProcess(["python3", "-B", script, "\(harness.port)", "/echo.Echo/Say"], program: "/usr/bin/env")
+            try process.start()
+            let outcome = await process.wait(timeout: .seconds(60))
+            struct Call: Decodable {
+                var code: Int
+                var details: String
+                var trailing: [String: String]
+            }
+            let line = try #require(outcome.stdout.split(separator: "\n").last, "grpc_probe.py gave nothing (pip install grpcio): \(outcome.stderr)")
+            let call = try JSONDecoder().decode(Call.self, from: Data(line.utf8))
+            #expect(call.code == 14, "UNAVAILABLE: \(line)")
+            #expect(call.details.contains("HTTP/2 upstream"), "\(call.details)")
+            #expect(call.trailing["x-tokenproxy-error"] == "upstream_unavailable")
+            #expect(harness.received.isEmpty)
+        }
+    }
+
     @Test func rapidResetGetsEnhanceYourCalmAndTheNextClientIsServed() async throws {
         var options = ProxyHarness.Options()
         options.initialToken = .valid("at-1")
@@ -307,6 +334,25 @@ struct HTTP2Tests {
             #expect(harness.received.isEmpty)
             let next = try await Self.probe(["requests", "\(harness.port)"])
             #expect(next.streams.first?.status == 200)
+        }
+    }
+
+    @Test func aConnectionThatOpensNoStreamIsClosedAtTheHeaderTimeout() async throws {
+        var options = ProxyHarness.Options()
+        options.topLevel["limits"] = #"{"headerTimeout": "300ms", "idleTimeout": "60s"}"#
+        try await withProxyHarness(options) { harness in
+            let outcome = try await Self.probe(["idle", "\(harness.port)", "--timeout", "30"])
+            #expect(outcome.closed)
+            // Loose: the idle timeout (60 s) would end it much later.
+            #expect((outcome.seconds ?? 99) < 10, "closed after \(outcome.seconds ?? -1) s")
+        }
+    }
+
+    @Test func aPingFloodGetsEnhanceYourCalm() async throws {
+        try await withProxyHarness { harness in
+            let outcome = try await Self.probe(["ping-flood", "\(harness.port)", "--count", "2000"])
+            #expect(outcome.goaway?.error == 0xB, "GOAWAY(ENHANCE_YOUR_CALM): \(outcome)")
+            #expect(outcome.closed)
         }
     }
 

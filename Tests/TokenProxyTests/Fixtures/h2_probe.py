@@ -6,6 +6,8 @@ the GOAWAY if one came.
   h2_probe.py requests PORT [--count N] [--path P] [--method M] [--body B] [--header name:value]...
   h2_probe.py rapid-reset PORT [--count N]
   h2_probe.py big-header PORT --bytes N
+  h2_probe.py idle PORT                          (sends no stream; reports when it was closed)
+  h2_probe.py ping-flood PORT [--count N]
   h2_probe.py hold PORT [--count N] [--path P]   (prints "sent" once the streams are open)
 """
 
@@ -173,6 +175,25 @@ def main():
                 conn.reset_stream(stream_id, error_code=8)
                 sent += 1
                 if sent % 50 == 0:
+                    sock.sendall(conn.data_to_send())
+            sock.sendall(conn.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
+        pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
+        outcome.report([], sent=sent)
+    elif args.mode == "idle":
+        # The preface and SETTINGS, then nothing: how long until the proxy closes the connection.
+        started = time.monotonic()
+        pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
+        outcome.report([], seconds=round(time.monotonic() - started, 3))
+    elif args.mode == "ping-flood":
+        # PING after PING: a flood of control frames (CVE-2019-9512).
+        sent = 0
+        try:
+            for index in range(args.count):
+                conn.ping(index.to_bytes(8, "big"))
+                sent += 1
+                if sent % 100 == 0:
                     sock.sendall(conn.data_to_send())
             sock.sendall(conn.data_to_send())
         except (OSError, h2.exceptions.ProtocolError):
