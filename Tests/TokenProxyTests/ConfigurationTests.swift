@@ -75,6 +75,16 @@ struct ConfigurationTests {
         ], "\(found)")
     }
 
+    @Test func upstreamProtocolIsOneOfThree() throws {
+        #expect(try parse(Self.minimal).upstream.protocol == .http1)
+        for value in ["http1", "http2", "auto"] {
+            let json = Self.minimal.replacingOccurrences(of: #""upstream": {"#, with: #""upstream": {"protocol": "\#(value)", "#)
+            #expect(try parse(json).upstream.protocol.rawValue == value)
+        }
+        let wrong = Self.minimal.replacingOccurrences(of: #""upstream": {"#, with: #""upstream": {"protocol": "h2c", "#)
+        #expect(problems(wrong).first?.hasPrefix("upstream.protocol:") == true, "\(problems(wrong))")
+    }
+
     @Test func nonLoopbackListenNeedsTheExplicitFlag() throws {
         let exposed = Self.minimal.replacingOccurrences(of: #""upstream""#, with: #""listen": "0.0.0.0:8787", "upstream""#)
         #expect(problems(exposed).count == 1)

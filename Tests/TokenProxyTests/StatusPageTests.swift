@@ -311,12 +311,11 @@ enum BrowserTools {
         return missing.isEmpty ? nil : missing.joined(separator: ", ")
     }()
 
-    /// Whether the suite runs: only in its own pass (`TOKENPROXY_BROWSER_TESTS=1`, README's test
-    /// command runs it after the rest: a browser beside the timing tests on two cores made them
-    /// fail), when everything is there, and always under CI (which installs them), where a
-    /// missing piece fails the tests instead of skipping them.
+    /// Whether the suite runs: only in the peers' own pass (``PeerPass``), when everything is
+    /// there, and always under CI (which installs them), where a missing piece fails the tests
+    /// instead of skipping them.
     static var enabled: Bool {
-        guard ProcessInfo.processInfo.environment["TOKENPROXY_BROWSER_TESTS"] == "1" else { return false }
+        guard PeerPass.isThisPass else { return false }
         guard let missing else { return true }
         if ProcessInfo.processInfo.environment["CI"] != nil {
             print("StatusPageTests: missing \(missing) under CI; the tests run and fail")

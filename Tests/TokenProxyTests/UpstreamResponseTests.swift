@@ -24,17 +24,38 @@ struct UpstreamResponseTests {
     }
 
     private static func summary(_ parts: [UpstreamResponseParser.Part]) -> (head: UpstreamResponseHead?, body: String, ends: [Bool]) {
+        let (head, body, _, ends) = summaryWithTrailers(parts)
+        return (head, body, ends)
+    }
+
+    private static func summaryWithTrailers(_ parts: [UpstreamResponseParser.Part]) -> (head: UpstreamResponseHead?, body: String, trailers: String?, ends: [Bool]) {
         var head: UpstreamResponseHead?
         var body = ""
+        var trailers: String?
         var ends: [Bool] = []
         for part in parts {
             switch part {
             case .head(let value): head = value
             case .body(let buffer): body += String(buffer: buffer)
+            case .trailers(let lines): trailers = String(buffer: lines)
             case .end(let reusable): ends.append(reusable)
             }
         }
-        return (head, body, ends)
+        return (head, body, trailers, ends)
+    }
+
+    @Test("trailers come before the end, checked and without framing fields", arguments: [1, 3, 4096])
+    func trailersArePassedOn(step: Int) throws {
+        let response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "2\r\nhi\r\n0\r\ngrpc-status: 0\r\nContent-Length: 9\r\ngrpc-message: fine\r\n\r\n"
+        let (_, body, trailers, ends) = Self.summaryWithTrailers(try Self.parse(response, step: step))
+        #expect(body == "hi")
+        #expect(trailers == "grpc-status: 0\r\ngrpc-message: fine\r\n")
+        #expect(ends == [true])
+        for bad in ["x-a\u{0}: 1", "x-a: 1\u{1}", ": 1", "no colon"] {
+            let malformed = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\(bad)\r\n\r\n"
+            #expect(throws: UpstreamResponseError.self, "\(bad)") { try Self.parse(malformed, step: 4096) }
+        }
     }
 
     @Test("a chunked response parses the same however it is split", arguments: [1, 2, 7, 64, 4096])

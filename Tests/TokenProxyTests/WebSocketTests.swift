@@ -67,9 +67,11 @@ struct WebSocketTests {
         try await withProxyHarness(Self.options(token: "at-live", upstream: upstream, topLevel: ["limits": #"{"idleTimeout": "1s"}"#])) { harness in
             let connection = try RawConnection(port: harness.port)
             try await connection.send(WebSocketWire.upgradeRequest())
+            // Before the last message: the idle time counts from when the echo passed the proxy,
+            // which a loaded machine may report to this test well after it happened.
+            let started = ContinuousClock.now
             try await connection.send(WebSocketWire.clientText("one"))
             #expect(try await connection.receive(until: { String(decoding: $0, as: UTF8.self).contains("echo: one") }))
-            let started = ContinuousClock.now
             // Loose bound: the full suite can starve the event loops; without the timer the
             // tunnel would stay open until the test's own timeout.
             #expect(try await connection.waitForClose(timeout: .seconds(15)), "the proxy closed the idle tunnel")

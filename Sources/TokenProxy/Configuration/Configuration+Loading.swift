@@ -177,6 +177,7 @@ extension Configuration {
         upstream.connectTimeout = reader.duration("connectTimeout", default: .seconds(2), atLeast: .milliseconds(1))
         upstream.readTimeout = reader.duration("readTimeout", default: .seconds(60), atLeast: .milliseconds(1))
         upstream.tls = readTLS(reader, serverName: true, resolve: resolve)
+        upstream.protocol = reader.choice("protocol", default: .http1)
         reader.finish()
         return upstream
     }

@@ -130,6 +130,17 @@ public struct Configuration: Sendable, Equatable {
         public var readTimeout: Duration
         /// `upstream.tls`: a private CA, a client certificate, the name to verify.
         public var tls: TLS?
+        /// `upstream.protocol` (SPEC §5): what the proxy speaks to it.
+        public var `protocol`: UpstreamProtocol = .http1
+    }
+
+    /// `upstream.protocol` (SPEC §5).
+    public enum UpstreamProtocol: String, Sendable, CaseIterable {
+        case http1
+        /// HTTP/2: by ALPN `h2` over TLS, with prior knowledge over plain http.
+        case http2
+        /// ALPN picks over TLS; plain http means `http1`.
+        case auto
     }
 
     /// `tls` under `token` and `upstream` (SPEC §2.1). Verification is never turned off: these

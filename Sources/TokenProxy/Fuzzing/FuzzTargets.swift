@@ -107,6 +107,9 @@ public enum FuzzTargets {
                     transcript.append("head \(head.status) \(head.body) keepAlive=\(head.keepAlive) \(String(buffer: head.forwardedBytes).hashValue)")
                 case .body(var slice):
                     body.writeBuffer(&slice)
+                case .trailers(let lines):
+                    checkLines(lines, what: "response trailers for the client")
+                    transcript.append("trailers \(String(buffer: lines).hashValue)")
                 case .end(let reusable):
                     transcript.append("body \(body.readableBytes) bytes \(body.hashValue)")
                     transcript.append("end reusable=\(reusable)")

@@ -17,6 +17,9 @@ struct ClientResponseWriter {
 
     private(set) var framing = Framing.asIs
     private var pendingHead: ByteBuffer?
+    /// The upstream's trailer fields (``UpstreamResponseParser/Part/trailers(_:)``): sent with
+    /// the last chunk when the client's hop is chunked; a hop framed otherwise has no place for them.
+    var trailers: ByteBuffer?
 
     /// Body bytes up to this size are copied behind the head or into their chunk: a copy is
     /// cheaper than another write; larger ones are written as they are.
@@ -38,6 +41,7 @@ struct ClientResponseWriter {
     /// `Connection: close`; so does a body that can only end with the connection.
     mutating func start(_ head: consuming UpstreamResponseHead, keepAlive: Bool, clientAcceptsChunked: Bool) {
         var keepAlive = keepAlive
+        trailers = nil
         // The head's own buffer, which the parser made with room for the framing lines and a
         // small body: appended to in place when nothing else holds it.
         var copiedBody = 0
@@ -83,6 +87,7 @@ struct ClientResponseWriter {
     /// Starts a response the proxy made whole (its own errors).
     mutating func start(complete response: ByteBuffer) {
         framing = .asIs
+        trailers = nil
         pendingHead = response
     }
 
@@ -130,13 +135,15 @@ struct ClientResponseWriter {
     /// Completes the response: the last chunk, if chunked, with whatever is still held.
     mutating func end(write: (ByteBuffer) -> Void) {
         if framing == .chunked {
-            if var head = pendingHead {
-                pendingHead = nil
-                head.writeImmutableBuffer(Self.lastChunk)
-                pendingHead = head
+            var last = pendingHead.take() ?? ByteBuffer()
+            if let trailers = trailers.take() {
+                last.writeStaticString("0\r\n")
+                last.writeImmutableBuffer(trailers)
+                last.writeStaticString("\r\n")
             } else {
-                write(Self.lastChunk)
+                last.writeImmutableBuffer(Self.lastChunk)
             }
+            pendingHead = last
         }
         writeHead(write)
         framing = .asIs

@@ -12,6 +12,9 @@ struct UpstreamResponseParser {
     enum Part {
         case head(UpstreamResponseHead)
         case body(ByteBuffer)
+        /// The trailer fields of a chunked body (gRPC's status travels there), each line
+        /// `name: value` with a CRLF, checked as header lines are; just before its `end`.
+        case trailers(ByteBuffer)
         /// The response is complete; `reusable` tells whether the connection can carry another.
         case end(reusable: Bool)
     }
@@ -39,6 +42,8 @@ struct UpstreamResponseParser {
     private var keepAlive = true
     /// Bytes read but not yet parsed (an incomplete head or chunk line).
     private var pending: ByteBuffer?
+    /// The trailer section read so far.
+    private var trailerLines: ByteBuffer?
 
     /// A request was sent: its response comes next. A response to HEAD has no body; after a
     /// `101` to an upgrade request, everything the upstream sends is body, until it closes.
@@ -48,6 +53,7 @@ struct UpstreamResponseParser {
         upgradeRequested = upgrade
         keepAlive = true
         pending = nil
+        trailerLines = nil
     }
 
     /// Parses what was read, appending each complete part to `parts`. Parts are collected rather
@@ -91,9 +97,13 @@ struct UpstreamResponseParser {
                 guard line.readableBytes == 0 else { throw UpstreamResponseError("a chunk is longer than its declared size") }
                 state = .chunkSize
             case .trailers:
-                // Trailer fields are not forwarded (the client's hop is re-chunked without them).
                 guard let line = try readLine(&buffer, limit: Self.maximumHeadBytes, what: "trailer") else { return keep(buffer) }
-                if line.readableBytes == 0 { finish(into: &parts) }
+                guard line.readableBytes > 0 else {
+                    if let lines = trailerLines.take() { parts.append(.trailers(lines)) }
+                    finish(into: &parts)
+                    continue
+                }
+                try addTrailer(line)
             case .untilClose:
                 parts.append(.body(buffer))
                 return
@@ -107,6 +117,26 @@ struct UpstreamResponseParser {
         guard case .untilClose = state else { return nil }
         state = .idle
         return .end(reusable: false)
+    }
+
+    /// A trailer line, checked as a header line is; fields that frame or route the message
+    /// (which a trailer may not carry, RFC 9110 §6.5.1) are dropped.
+    private mutating func addTrailer(_ line: ByteBuffer) throws(UpstreamResponseError) {
+        let view = line.readableBytesView
+        guard let colon = view.firstIndex(of: UInt8(ascii: ":")), colon > view.startIndex,
+            view[view.startIndex..<colon].allSatisfy(HeaderName.isTokenCharacter),
+            !view[(colon + 1)...].contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F })
+        else { throw UpstreamResponseError("a trailer field of the upstream's chunked body is malformed") }
+        let length = (trailerLines?.readableBytes ?? 0) + line.readableBytes
+        guard length <= Self.maximumHeadBytes else { throw UpstreamResponseError("the upstream's trailers are larger than \(Self.maximumHeadBytes / 1024) KiB") }
+        let name = line.getString(at: line.readerIndex, length: colon - view.startIndex) ?? ""
+        switch HeaderName(name) {
+        case .other, .retryAfter, .wwwAuthenticate: break
+        default: return
+        }
+        if trailerLines == nil { trailerLines = ByteBuffer() }
+        trailerLines!.writeImmutableBuffer(line)
+        trailerLines!.writeStaticString("\r\n")
     }
 
     private mutating func keep(_ buffer: ByteBuffer) {
@@ -361,5 +391,13 @@ struct UpstreamResponseError: Error, CustomStringConvertible {
 
     init(_ description: String) {
         self.description = description
+    }
+}
+
+extension Optional {
+    /// The value, leaving `nil` behind.
+    mutating func take() -> Wrapped? {
+        defer { self = nil }
+        return self
     }
 }

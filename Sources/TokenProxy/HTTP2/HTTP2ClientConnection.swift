@@ -16,7 +16,8 @@ import NIOHTTP2
 /// The connection's life: `NIOHTTP2ServerConnectionManagementHandler` closes it after
 /// `idleTimeout` without streams and, on a graceful stop (`ChannelShouldQuiesceEvent`), sends
 /// `GOAWAY` and closes once the open streams are done; ``HTTP2ConnectionGuard`` closes it on a
-/// connection error, and when no stream came within `headerTimeout`.
+/// connection error, and when no stream came within `headerTimeout`; ``GoAwayCodeRewriter``
+/// makes streams beyond the limit a `GOAWAY(ENHANCE_YOUR_CALM)`.
 enum HTTP2ClientConnection {
     /// Replaces the connection's HTTP/1.1 handler `http1` with HTTP/2's; `makeRequestHandler`
     /// makes the handler of each stream.
@@ -29,7 +30,8 @@ enum HTTP2ClientConnection {
         let management = NIOHTTP2ServerConnectionManagementHandler(
             eventLoop: eventLoop,
             configuration: .init(maxIdleTime: TimeAmount(limits.idleTimeout), maxAge: nil, maxGraceTime: nil, keepalive: nil))
-        let connectionGuard = HTTP2ConnectionGuard(firstStreamTimeout: TimeAmount(limits.headerTimeout), logger: context.load().logger)
+        let rewriter = GoAwayCodeRewriter()
+        let connectionGuard = HTTP2ConnectionGuard(firstStreamTimeout: TimeAmount(limits.headerTimeout), rewriter: rewriter, logger: context.load().logger)
         let http2 = NIOHTTP2Handler(
             mode: .server, eventLoop: eventLoop, connectionConfiguration: connectionConfiguration(limits),
             streamConfiguration: streamConfiguration(limits),
@@ -40,7 +42,7 @@ enum HTTP2ClientConnection {
                 try stream.pipeline.syncOperations.addHandlers([HTTP2StreamBridge(refused: { refused($0, context: context) }), makeRequestHandler()])
             }
         }
-        try pipeline.addHandlers([http2, management, connectionGuard])
+        try pipeline.addHandlers([rewriter, http2, management, connectionGuard])
     }
 
     /// A stream whose head broke HTTP/2's own rules: counted and logged as any answer of the
@@ -92,13 +94,15 @@ final class HTTP2ConnectionGuard: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
 
     private let firstStreamTimeout: TimeAmount
+    private let rewriter: GoAwayCodeRewriter
     private let logger: Logger
     private var firstStreamDeadline: Scheduled<Void>?
     private var openStreams = 0
     private var inputClosed = false
 
-    init(firstStreamTimeout: TimeAmount, logger: Logger) {
+    init(firstStreamTimeout: TimeAmount, rewriter: GoAwayCodeRewriter, logger: Logger) {
         self.firstStreamTimeout = firstStreamTimeout
+        self.rewriter = rewriter
         self.logger = logger
     }
 
@@ -136,11 +140,20 @@ final class HTTP2ConnectionGuard: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A stream error reset its stream and leaves the connection open; anything else ends it.
-        guard Self.endsConnection(error) else { return }
+        guard Self.endsConnection(error), !closing else { return }
+        closing = true
+        rewriter.errorReported(error)
         logger.info(
             "HTTP/2 connection closed", metadata: ["client": "\(RequestRecord.describe(context.channel.remoteAddress))", "reason": "\(error)"])
-        context.close(promise: nil)
+        // The GOAWAY first, then our side of the connection; its side a moment later. Closed
+        // at once with the client's frames still unread, the kernel would answer them with a
+        // reset that can destroy the GOAWAY before the client reads it.
+        context.close(mode: .output, promise: nil)
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
     }
+
+    private var closing = false
 
     /// Whether swift-nio-http2 answered `error` with `GOAWAY` (a connection error), or it is
     /// not HTTP/2's at all (the socket failed).

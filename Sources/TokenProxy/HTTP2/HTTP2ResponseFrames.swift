@@ -21,6 +21,8 @@ struct HTTP2ResponseFrames {
     /// The proxy's own answer on a gRPC stream: its head and JSON body, until the body ends.
     private var ownAnswer: (head: UpstreamResponseHead, body: ByteBuffer)?
     private(set) var isComplete = false
+    /// The trailer fields, sent as the last HEADERS frame (gRPC's status).
+    private var trailers: HPACKHeaders?
 
     /// The HTTP/1 connection handler's `100 Continue`, sent before the request body.
     static let continueResponse = ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")
@@ -43,6 +45,12 @@ struct HTTP2ResponseFrames {
             case .head(let head):
                 if isGRPC, head.carriesProxyError {
                     ownAnswer = (head, ByteBuffer())
+                } else if isGRPC, head.status == 401, case let fields = Self.headers(of: head), fields.first(name: "grpc-status") != nil {
+                    // The upstream's Trailers-Only UNAUTHENTICATED, read as a 401 for the replay
+                    // (HTTP2UpstreamStreamBridge), goes back as it came.
+                    var trailersOnly: HPACKHeaders = [":status": "200"]
+                    for (name, value, _) in fields where name != ":status" && name != "content-length" { trailersOnly.add(name: name, value: value) }
+                    heldHead = trailersOnly
                 } else {
                     heldHead = Self.headers(of: head)
                 }
@@ -56,9 +64,14 @@ struct HTTP2ResponseFrames {
                     frames.append(.headers(.init(headers: head)))
                 }
                 if buffer.readableBytes > 0 { frames.append(.data(.init(data: .byteBuffer(buffer)))) }
+            case .trailers(let lines):
+                trailers = Self.fields(of: lines)
             case .end:
                 isComplete = true
-                if let answer = ownAnswer {
+                if let trailers = trailers.take(), ownAnswer == nil {
+                    if let head = heldHead.take() { frames.append(.headers(.init(headers: head))) }
+                    frames.append(.headers(.init(headers: trailers, endStream: true)))
+                } else if let answer = ownAnswer {
                     ownAnswer = nil
                     frames.append(.headers(.init(headers: Self.grpcStatus(of: answer.head, body: answer.body), endStream: true)))
                 } else if let head = heldHead {
@@ -115,6 +128,20 @@ struct HTTP2ResponseFrames {
             break
         }
         return headers
+    }
+
+    /// Trailer lines (`name: value` CRLF each, checked by the parser) as HPACK fields.
+    static func fields(of lines: ByteBuffer) -> HPACKHeaders {
+        var fields = HPACKHeaders()
+        lines.withUnsafeReadableBytes { raw in
+            var lines = HeadLines(bytes: raw, end: raw.count)
+            while let line = lines.next(), !line.isEmpty {
+                guard let colon = raw[line].firstIndex(of: UInt8(ascii: ":")) else { continue }
+                let name = String(decoding: raw[line.lowerBound..<colon].lazy.map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }, as: UTF8.self)
+                fields.add(name: name, value: String(decoding: raw[HeadLines.trimmed(raw, (colon + 1)..<line.upperBound)], as: UTF8.self))
+            }
+        }
+        return fields
     }
 
     /// An answer of the proxy's own on a gRPC stream, as gRPC's Trailers-Only response.

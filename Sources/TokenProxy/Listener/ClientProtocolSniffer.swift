@@ -79,11 +79,3 @@ final class ClientProtocolSniffer: ChannelInboundHandler, RemovableChannelHandle
         return count == preface.utf8CodeUnitCount ? .http2 : .undecided
     }
 }
-
-extension Optional {
-    /// The value, leaving `nil` behind.
-    fileprivate mutating func take() -> Wrapped? {
-        defer { self = nil }
-        return self
-    }
-}

@@ -61,7 +61,8 @@ final class RouteContext: Sendable {
         self.route = route
         rules = ForwardingRules(
             upstream: route.upstream.url, clientGuard: ClientGuard(configuration, listen: route.listen, requiredHeader: route.requireHeader),
-            limits: configuration.limits, stripPrefix: route.stripPrefix ? route.normalizedPrefix.utf8.count : 0)
+            limits: configuration.limits, stripPrefix: route.stripPrefix ? route.normalizedPrefix.utf8.count : 0,
+            upstreamSpeaksHTTP2: upstream.speaksHTTP2)
         retryPolicy = RetryPolicy(route.retry)
         replayLimit = route.retry.replayBuffer
         readTimeout = route.upstream.readTimeout

@@ -110,6 +110,9 @@ final class ProxyRequestHandler: ChannelDuplexHandler, RemovableChannelHandler, 
         switch part {
         case .head(let head): run(connection.responseHead(head))
         case .body(let buffer): run(connection.responseBodyPart(buffer))
+        // Kept for the end of the response being written (a response the machine does not pass
+        // on, a 401 before its replay, is never written: the next one's start drops them).
+        case .trailers(let lines): response.trailers = lines
         case .end(let reusable): run(connection.responseEnd(upstreamKeepAlive: reusable && upstream?.isActive == true))
         }
     }

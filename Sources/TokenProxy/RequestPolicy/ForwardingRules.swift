@@ -18,8 +18,12 @@ final class ForwardingRules: Sendable {
     /// trailing `/`); 0 when the path goes upstream whole.
     let stripPrefix: Int
 
-    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits, stripPrefix: Int = 0) {
+    /// The upstream is reached over HTTP/2 (`upstream.protocol`): it can carry gRPC.
+    let upstreamSpeaksHTTP2: Bool
+
+    init(upstream: UpstreamURL, clientGuard: ClientGuard, limits: Configuration.Limits, stripPrefix: Int = 0, upstreamSpeaksHTTP2: Bool = false) {
         self.upstream = upstream
+        self.upstreamSpeaksHTTP2 = upstreamSpeaksHTTP2
         self.clientGuard = clientGuard
         self.limits = limits
         self.stripPrefix = stripPrefix
@@ -164,11 +168,11 @@ final class ForwardingRules: Sendable {
             )
         }
         if let refusal { return .failure(refusal) }
-        if grpc {
+        if grpc, !upstreamSpeaksHTTP2 {
             // gRPC's status travels in trailers, which an HTTP/1.1 upstream cannot carry.
             return .failure(ProxyError(
                 .upstreamUnavailable,
-                "a gRPC call needs an HTTP/2 upstream, and tokenproxy reaches \(upstream) over HTTP/1.1, which cannot carry gRPC's trailers"))
+                "a gRPC call needs an HTTP/2 upstream, and tokenproxy reaches \(upstream) over HTTP/1.1, which cannot carry gRPC's trailers; set upstream.protocol to http2 if it speaks HTTP/2"))
         }
 
         var faultPlan: FaultPlan?

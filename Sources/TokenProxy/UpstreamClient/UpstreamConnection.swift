@@ -24,10 +24,14 @@ final class UpstreamConnection {
     private var requestWriter = UpstreamRequestWriter(framing: .none)
     private static let nothing = ByteBuffer()
 
-    init(channel: any Channel, handler: UpstreamHandler, target: UpstreamURL) {
+    /// A stream of an HTTP/2 connection: it carries one request, then closes.
+    let isStream: Bool
+
+    init(channel: any Channel, handler: UpstreamHandler, target: UpstreamURL, isStream: Bool = false) {
         self.channel = channel
         self.handler = handler
         self.target = target
+        self.isStream = isStream
     }
 
     var receiver: (any UpstreamResponseReceiver)? {

@@ -12,12 +12,29 @@ final class UpstreamTarget: Sendable {
     private let retiredFlag = ManagedAtomic(false)
 
     var isRetired: Bool { retiredFlag.load(ordering: .relaxed) }
+    /// How this loop's pool reaches it (`upstream.protocol`; `auto` over plain http is HTTP/1.1).
+    var poolMode: UpstreamConnectionPool.Mode {
+        switch settings.protocol {
+        case .http1: .http1
+        case .http2: .http2
+        case .auto: settings.url.scheme == .https ? .negotiate : .http1
+        }
+    }
+
+    /// It may speak HTTP/2, and so carry gRPC.
+    var speaksHTTP2: Bool { poolMode != .http1 }
     func retire() { retiredFlag.store(true, ordering: .relaxed) }
 
     init(_ settings: Configuration.Upstream) throws {
         self.settings = settings
         if settings.url.scheme == .https {
-            tls = .init(context: try NIOSSLContext(configuration: settings.tls.clientConfiguration()), serverName: settings.tls?.serverName)
+            var configuration = try settings.tls.clientConfiguration()
+            switch settings.protocol {
+            case .http1: break
+            case .http2: configuration.applicationProtocols = ["h2"]
+            case .auto: configuration.applicationProtocols = ["h2", "http/1.1"]
+            }
+            tls = .init(context: try NIOSSLContext(configuration: configuration), serverName: settings.tls?.serverName)
         } else {
             tls = nil
         }
@@ -38,7 +55,9 @@ final class UpstreamPools {
     func pool(for target: UpstreamTarget) -> UpstreamConnectionPool {
         let key = ObjectIdentifier(target)
         if let known = pools[key] { return known.pool }
-        let pool = UpstreamConnectionPool(eventLoop: eventLoop, target: target.settings.url, connectTimeout: target.settings.connectTimeout, tls: target.tls)
+        let pool = UpstreamConnectionPool(
+            eventLoop: eventLoop, target: target.settings.url, connectTimeout: target.settings.connectTimeout, tls: target.tls,
+            mode: target.poolMode)
         if target.isRetired {
             // A request that began before the reload: served, but nothing is kept for it.
             pool.retire()

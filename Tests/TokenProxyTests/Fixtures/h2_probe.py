@@ -6,6 +6,7 @@ the GOAWAY if one came.
   h2_probe.py requests PORT [--count N] [--path P] [--method M] [--body B] [--header name:value]...
   h2_probe.py rapid-reset PORT [--count N]
   h2_probe.py big-header PORT --bytes N
+  h2_probe.py too-many PORT --count N
   h2_probe.py idle PORT                          (sends no stream; reports when it was closed)
   h2_probe.py ping-flood PORT [--count N]
   h2_probe.py hold PORT [--count N] [--path P]   (prints "sent" once the streams are open)
@@ -21,6 +22,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 
 
 # The h2 library takes a GOAWAY as the end of the connection, and raises on any frame after it:
@@ -181,6 +183,22 @@ def main():
             pass
         pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
         outcome.report([], sent=sent)
+    elif args.mode == "too-many":
+        # More streams at once than the proxy's SETTINGS_MAX_CONCURRENT_STREAMS allow, once the
+        # client has acknowledged them (before that, the limit is not in force: RFC 9113 §6.5.3).
+        pump(sock, conn, outcome, lambda: bool(outcome.settings), args.timeout)
+        # The h2 library would refuse to exceed the peer's limit itself: make it believe in more.
+        conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = args.count + 1
+        conn.remote_settings.acknowledge()
+        for _ in range(args.count):
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, request_headers(args, args.port), end_stream=True)
+        try:
+            sock.sendall(conn.data_to_send())
+        except OSError:
+            pass
+        pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
+        outcome.report([], sent=args.count)
     elif args.mode == "idle":
         # The preface and SETTINGS, then nothing: how long until the proxy closes the connection.
         started = time.monotonic()

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# HTTP/2 clients (issue 22): h2load through tokenproxy against the same load through nghttpx,
+# both taking h2c (prior knowledge) and attaching the bench token, both in front of the same
+# nginx backend over HTTP/1.1, in one run, alternating.
+#
+#   bench/h2.sh [SECONDS] [ROUNDS]
+#
+# Each round runs h2load at 1 connection × 100 streams and at 10 connections × 100 streams
+# against each proxy in turn (`-D SECONDS`, 2 threads). The table gives, per shape and proxy,
+# the median req/s over the rounds with its spread (min–max), tokenproxy's ratio to nghttpx
+# measured in the same rounds, and the p99 of the request times of the last round (h2load's
+# per-request log). nghttpx runs with as many workers as tokenproxy has event loops (2 here).
+# Needs: nginx (nginx-light), h2load (nghttp2-client), nghttpx (nghttp2-proxy), curl, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-5}; rounds=${2:-3}
+for tool in nginx h2load nghttpx curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light nghttp2-client nghttp2-proxy curl)" >&2; exit 2; }
+done
+source bench/common.sh
+backend=$(free_port)
+start_nginx_backend "$work/backend" "$backend"
+python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
+wait_file "$work/token.port"
+
+tp=$(free_port)
+write_tokenproxy_config "$work/tokenproxy" "$tp" "$backend" "$work/token.port"
+(cd "$work/tokenproxy" && exec "$binary" run --config config.json 2>"$work/tokenproxy/log") & pids+=($!)
+
+nx=$(free_port)
+workers=$(nproc)
+nghttpx --frontend="127.0.0.1,$nx;no-tls" --backend="127.0.0.1,$backend" --workers="$workers" \
+  --add-request-header="Authorization: Bearer bench-token-0123456789abcdef" \
+  --no-via --no-server-rewrite --backend-keep-alive-timeout=60s --accesslog-file=/dev/null \
+  --errorlog-file="$work/nghttpx.log" --pid-file="$work/nghttpx.pid" & pids+=($!)
+
+for port in "$tp" "$nx"; do
+  for _ in $(seq 100); do curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" || { echo "nothing answers h2c on $port" >&2; exit 1; }
+done
+
+declare -A rates p99
+run() { # name port clients -> appends req/s to rates[name/clients], sets p99[name/clients]
+  local log="$work/h2load-$1-$3.log" out
+  out=$(h2load -D "$seconds" -c "$3" -m 100 -t 2 --log-file="$log" "http://127.0.0.1:$2/")
+  local rate; rate=$(awk '/^finished in/ {for (i=1;i<=NF;i++) if ($i ~ /req\/s,?$/) {print $(i-1); exit}}' <<<"$out")
+  local failed; failed=$(awk '/^requests:/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^failed/) {print $i; exit}}' <<<"$out")
+  [ "${failed:-0}" = 0 ] || echo "$1 at $3 connections: $failed requests failed" >&2
+  rates[$1/$3]+="$rate "
+  p99[$1/$3]=$(python3 -c 'import sys; t=sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip()); print(round(t[int(len(t)*0.99)-1]/1000, 2) if t else "-")' "$log")
+}
+for round in $(seq "$rounds"); do
+  for clients in 1 10; do
+    run tokenproxy "$tp" "$clients"
+    run nghttpx "$nx" "$clients"
+  done
+done
+
+python3 - "$rounds" <<PY
+import statistics
+rates = {
+$(for key in "${!rates[@]}"; do echo "  '$key': [float(x) for x in '${rates[$key]}'.split()],"; done)
+}
+p99 = {
+$(for key in "${!p99[@]}"; do echo "  '$key': '${p99[$key]}',"; done)
+}
+print("| shape | proxy | req/s median (min–max) | vs nghttpx (same rounds) | p99 ms (last round) |")
+print("|---|---|---|---|---|")
+for clients in (1, 10):
+    base = rates[f"nghttpx/{clients}"]
+    for name in ("tokenproxy", "nghttpx"):
+        values = rates[f"{name}/{clients}"]
+        ratio = statistics.median([a / b for a, b in zip(values, base)])
+        print(f"| {clients} conn × 100 streams | {name} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {ratio:.2f}× | {p99[f'{name}/{clients}']} |")
+PY
