@@ -10,6 +10,8 @@
 # the median req/s over the rounds with its spread (min–max), tokenproxy's ratio to nghttpx
 # measured in the same rounds, and the p99 of the request times of the last round (h2load's
 # per-request log). nghttpx runs with as many workers as tokenproxy has event loops (2 here).
+# Then a client that reads nothing on 100 streams of a 1 GiB download (bench/h2_slow_reader.py):
+# the proxy's resident size before and at its highest over 10 s, against issue 22's 16 MiB.
 # Needs: nginx (nginx-light), h2load (nghttp2-client), nghttpx (nghttp2-proxy), curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ wait_file "$work/token.port"
 
 tp=$(free_port)
 write_tokenproxy_config "$work/tokenproxy" "$tp" "$backend" "$work/token.port"
-(cd "$work/tokenproxy" && exec "$binary" run --config config.json 2>"$work/tokenproxy/log") & pids+=($!)
+(cd "$work/tokenproxy" && exec "$binary" run --config config.json 2>"$work/tokenproxy/log") & tp_pid=$!; pids+=($tp_pid)
 
 nx=$(free_port)
 workers=$(nproc)
@@ -73,3 +75,20 @@ for clients in (1, 10):
         ratio = statistics.median([a / b for a, b in zip(values, base)])
         print(f"| {clients} conn × 100 streams | {name} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {ratio:.2f}× | {p99[f'{name}/{clients}']} |")
 PY
+
+# A client that reads nothing on 100 streams of 1 GiB downloads: the proxy's resident size may
+# grow by at most 16 MiB (flow control stops the upstream reads, nothing piles up).
+truncate -s 1G "$work/backend/big"
+python3 - "$work/backend/nginx.conf" <<'PY'
+import sys
+path = sys.argv[1]
+conf = open(path).read()
+conf = conf.replace("location / {", "location = /big { root %s; default_type application/octet-stream; }\n    location / {" % path.rsplit("/", 1)[0], 1)
+open(path, "w").write(conf)
+PY
+nginx -c "$work/backend/nginx.conf" -p "$work/backend" -s reload
+sleep 0.5
+read -r before highest received < <(python3 bench/h2_slow_reader.py "$tp" "$tp_pid" 100 10 /big)
+growth=$(( (highest - before) / 1024 ))
+echo
+echo "slow reader, 100 streams of 1 GiB, 10 s: RSS $((before / 1024)) → $((highest / 1024)) MiB (+${growth} MiB, limit 16 MiB); the client took $((received / 1024)) KiB"

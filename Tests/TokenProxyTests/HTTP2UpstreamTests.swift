@@ -121,6 +121,46 @@ extension HTTP2Tests {
             await upstream.stop()
         }
 
+        /// Over TLS: `http2` needs the server to choose h2 by ALPN; `auto` takes whatever it
+        /// chooses (the h2 fixture, or an HTTP/1.1 server that offers no ALPN at all).
+        @Test func overTLSALPNDecides() async throws {
+            let directory = try TemporaryDirectory()
+            let certificates = try await TestCertificates.make(in: directory, name: "h2")
+            let tls = #""tls": {"caFile": "\#(certificates.caFile)"}"#
+            let environment = ["H2_UPSTREAM_CERT": certificates.certificateFile, "H2_UPSTREAM_KEY": certificates.keyFile]
+            let get = "GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            // A server that offers no h2 refuses the handshake (OpenSSL's no_application_protocol
+            // alert) or completes it without ALPN: the client's error names either.
+            for (alpn, setting, expected) in [("h2", "http2", "HTTP/1.1 200"), ("h2,http/1.1", "auto", "HTTP/1.1 200"), ("http/1.1", "http2", "application protocol")] {
+                let upstream = try await PythonServer.start("h2_upstream.py", environment: environment.merging(["H2_UPSTREAM_ALPN": alpn]) { $1 })
+                var options = Self.options(upstream: upstream.port)
+                options.upstreamAddress = "https://localhost:\(upstream.port)"
+                options.upstreamExtra = #", "protocol": "\#(setting)", \#(tls)"#
+                try await withProxyHarness(options) { harness in
+                    let answer = try await RawHTTPClient(port: harness.port).exchange(get)
+                    #expect(answer.contains(expected) || (expected == "application protocol" && answer.contains("did not agree to HTTP/2")), "ALPN \(alpn), protocol \(setting): \(answer)")
+                    if expected.hasPrefix("HTTP") { #expect(answer.contains(#""authorization": "Bearer at-1""#)) }
+                }
+                await upstream.stop()
+            }
+            // `auto` to an HTTP/1.1-only TLS server (no ALPN): HTTP/1.1.
+            let issuer = try await MockTokenIssuer.start()
+            let api = try await MockAPI.start(issuer: issuer, flaky401Percent: 0, tls: try certificates.serverContext())
+            var fixture = ConfigFixture(endpoint: issuer.url)
+            fixture.grant = "client_credentials"
+            fixture.upstream = api.baseURL.replacingOccurrences(of: "127.0.0.1", with: "localhost")
+            fixture.upstreamExtra = #", "protocol": "auto", \#(tls)"#
+            let proxy = TokenProxyProcess(["run", "--config", try fixture.write(to: directory)])
+            try proxy.start()
+            let port = try #require(await proxy.listeningPort(), "\(proxy.stderrSoFar)")
+            let answer = try await RawHTTPClient(port: port).exchange("GET /api/data HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+            proxy.signal(SIGTERM)
+            _ = await proxy.wait()
+            await api.shutdown()
+            await issuer.shutdown()
+        }
+
         struct Call: Decodable {
             var code: Int
             var details: String

@@ -31,20 +31,10 @@ final class HTTP2UpstreamSession {
     static func connect(
         on eventLoop: any EventLoop, target: UpstreamURL, connectTimeout: TimeAmount, tls: UpstreamConnectionPool.TLSSettings?
     ) -> EventLoopFuture<HTTP2UpstreamSession> {
-        let serverHostname = tls?.serverName ?? (target.host.isIPAddress ? nil : target.host)
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let tls {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverHostname))
-                        try channel.pipeline.syncOperations.addHandler(ALPNRequirement())
-                    }
-                }
-            }
-            .connect(host: target.host, port: target.port)
-            .flatMapThrowing { channel in try configure(channel, target: target) }
+        UpstreamConnectionPool.connect(on: eventLoop, to: target, timeout: connectTimeout, tls: tls) { operations in
+            if tls != nil { try operations.addHandler(ALPNRequirement()) }
+        }
+        .flatMapThrowing { channel in try configure(channel, target: target) }
     }
 
     /// Sets HTTP/2 up on a connected channel (after TLS chose `h2`, or for prior knowledge).
@@ -74,12 +64,13 @@ final class HTTP2UpstreamSession {
     func openStream(target: UpstreamURL) -> EventLoopFuture<UpstreamConnection> {
         openStreams += 1
         let scheme = self.scheme
+        let loopBound = NIOLoopBound(self, eventLoop: channel.eventLoop)
         let opened = multiplexer.createStreamChannel { stream in
             stream.eventLoop.makeCompletedFuture {
-                try stream.pipeline.syncOperations.addHandlers([HTTP2UpstreamStreamBridge(scheme: scheme), UpstreamHandler()])
+                let bridge = HTTP2UpstreamStreamBridge(scheme: scheme) { loopBound.value.failure }
+                try stream.pipeline.syncOperations.addHandlers([bridge, UpstreamHandler()])
             }
         }
-        let loopBound = NIOLoopBound(self, eventLoop: channel.eventLoop)
         opened.whenComplete { result in
             switch result {
             case .success(let stream): stream.closeFuture.whenComplete { _ in loopBound.value.streamClosed() }
@@ -158,7 +149,7 @@ struct UpstreamProtocolError: Error, CustomStringConvertible {
 final class ALPNReporter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
-    private let chosen: EventLoopPromise<String?>
+    private var chosen: EventLoopPromise<String?>?
 
     init(chosen: EventLoopPromise<String?>) {
         self.chosen = chosen
@@ -166,19 +157,19 @@ final class ALPNReporter: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
-            chosen.succeed(negotiated)
+            chosen.take()?.succeed(negotiated)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        chosen.fail(error)
+        chosen.take()?.fail(error)
         context.fireErrorCaught(error)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        chosen.fail(ChannelError.eof)
+        chosen.take()?.fail(ChannelError.eof)
         context.fireChannelInactive()
     }
 }

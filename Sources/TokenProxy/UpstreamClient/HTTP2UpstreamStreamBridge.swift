@@ -19,6 +19,9 @@ final class HTTP2UpstreamStreamBridge: ChannelDuplexHandler {
     typealias OutboundOut = HTTP2Frame.FramePayload
 
     private let scheme: String
+    /// Why the stream's connection failed, when it did: told to the request, instead of a bare
+    /// "closed", when the stream ends with its connection.
+    private let connectionFailure: () -> (any Error)?
     /// The request as the handler writes it, parsed back into its parts.
     private var request = ClientRequestParser(limits: .init(maxHeaderBytes: 1 << 20, maxURIBytes: 1 << 20))
     private var requestFraming: ClientRequestHead.BodyFraming = .none
@@ -30,8 +33,17 @@ final class HTTP2UpstreamStreamBridge: ChannelDuplexHandler {
         case ended
     }
 
-    init(scheme: String) {
+    init(scheme: String, connectionFailure: @escaping () -> (any Error)? = { nil }) {
         self.scheme = scheme
+        self.connectionFailure = connectionFailure
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .ended = response {} else if let failure = connectionFailure() {
+            response = .ended
+            context.fireErrorCaught(failure)
+        }
+        context.fireChannelInactive()
     }
 
     // MARK: Request bytes → frames

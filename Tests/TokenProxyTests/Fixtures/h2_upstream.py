@@ -7,12 +7,15 @@ streams it had open at once, and plays the parts the tests need:
   a request carrying "Bearer at-stale": 401 (or, for gRPC, Trailers-Only grpc-status 16)
   content-type application/grpc: one gRPC message back, then grpc-status 0 in trailers
 
+With H2_UPSTREAM_CERT and H2_UPSTREAM_KEY it takes TLS, offering H2_UPSTREAM_ALPN by ALPN.
 Prints "port N" once listening, then "stats CONNECTIONS MAX_OPEN_STREAMS" after every stream.
   h2_upstream.py [PORT]
 """
 
 import asyncio
 import json
+import os
+import ssl
 import sys
 
 import h2.config
@@ -99,8 +102,20 @@ async def serve(reader, writer):
     writer.close()
 
 
+def tls_context():
+    """TLS when H2_UPSTREAM_CERT and H2_UPSTREAM_KEY name PEM files; ALPN offers
+    H2_UPSTREAM_ALPN (comma-separated, "h2" by default)."""
+    certificate, key = os.environ.get("H2_UPSTREAM_CERT"), os.environ.get("H2_UPSTREAM_KEY")
+    if not certificate:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    context.set_alpn_protocols(os.environ.get("H2_UPSTREAM_ALPN", "h2").split(","))
+    return context
+
+
 async def main():
-    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0, ssl=tls_context())
     print("port %d" % server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()
