@@ -31,7 +31,7 @@ write_tokenproxy_config "$work/tokenproxy" "$tp" "$backend" "$work/token.port"
 
 nx=$(free_port)
 workers=$(nproc)
-nghttpx --frontend="127.0.0.1,$nx;no-tls" --backend="127.0.0.1,$backend" --workers="$workers" \
+nghttpx --conf=/dev/null --frontend="127.0.0.1,$nx;no-tls" --backend="127.0.0.1,$backend" --workers="$workers" \
   --add-request-header="Authorization: Bearer bench-token-0123456789abcdef" \
   --no-via --no-server-rewrite --backend-keep-alive-timeout=60s --accesslog-file=/dev/null \
   --errorlog-file="$work/nghttpx.log" --pid-file="$work/nghttpx.pid" & pids+=($!)
@@ -44,7 +44,7 @@ done
 declare -A rates p99
 run() { # name port clients -> appends req/s to rates[name/clients], sets p99[name/clients]
   local log="$work/h2load-$1-$3.log" out
-  out=$(h2load -D "$seconds" -c "$3" -m 100 -t 2 --log-file="$log" "http://127.0.0.1:$2/")
+  out=$(h2load -D "$seconds" -c "$3" -m 100 -t "$(( $3 < 2 ? $3 : 2 ))" --log-file="$log" "http://127.0.0.1:$2/")
   local rate; rate=$(awk '/^finished in/ {for (i=1;i<=NF;i++) if ($i ~ /req\/s,?$/) {print $(i-1); exit}}' <<<"$out")
   local failed; failed=$(awk '/^requests:/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^failed/) {print $i; exit}}' <<<"$out")
   [ "${failed:-0}" = 0 ] || echo "$1 at $3 connections: $failed requests failed" >&2
@@ -79,6 +79,8 @@ PY
 # A client that reads nothing on 100 streams of 1 GiB downloads: the proxy's resident size may
 # grow by at most 16 MiB (flow control stops the upstream reads, nothing piles up).
 truncate -s 1G "$work/backend/big"
+# nginx's workers run as another user: the folder and the file must be readable to them.
+chmod 755 "$work" "$work/backend"; chmod 644 "$work/backend/big"
 python3 - "$work/backend/nginx.conf" <<'PY'
 import sys
 path = sys.argv[1]
