@@ -11,7 +11,9 @@ import TokenProxyMocks
 /// HTTP/2 clients on the listen port (SPEC §5): real clients (`h2` from PyPI through
 /// `Fixtures/h2_probe.py`, grpcio, and curl) against the proxy and an HTTP/1.1 API. In the
 /// peers' own pass (``PeerPass``), one test at a time.
-@Suite("HTTP/2", .serialized, .enabled("in the peers' pass (TOKENPROXY_PEER_TESTS=1)", { PeerPass.isThisPass }))
+@Suite(
+    "HTTP/2", .serialized,
+    .enabled("in the peers' pass (TOKENPROXY_PEER_TESTS=1), with Python's h2 and grpcio and curl", { PeerPass.enabled("HTTP2Tests", missing: PeerPass.http2Missing) }))
 struct HTTP2Tests {
     // MARK: Real clients
 

@@ -307,23 +307,14 @@ enum BrowserTools {
         var missing: [String] = []
         if !FileManager.default.isExecutableFile(atPath: chromium) { missing.append("\(chromium) (Debian's chromium)") }
         if !FileManager.default.isExecutableFile(atPath: chromedriver) { missing.append("\(chromedriver) (Debian's chromium-driver)") }
-        if !succeeds(["/usr/bin/env", "python3", "-c", "import selenium"]) { missing.append("python3's selenium (pip install selenium)") }
+        if !PeerPass.succeeds(["/usr/bin/env", "python3", "-c", "import selenium"]) { missing.append("python3's selenium (pip install selenium)") }
         return missing.isEmpty ? nil : missing.joined(separator: ", ")
     }()
 
     /// Whether the suite runs: only in the peers' own pass (``PeerPass``), when everything is
     /// there, and always under CI (which installs them), where a missing piece fails the tests
     /// instead of skipping them.
-    static var enabled: Bool {
-        guard PeerPass.isThisPass else { return false }
-        guard let missing else { return true }
-        if ProcessInfo.processInfo.environment["CI"] != nil {
-            print("StatusPageTests: missing \(missing) under CI; the tests run and fail")
-            return true
-        }
-        print("StatusPageTests skipped: missing \(missing) (bash .ci/run installs them)")
-        return false
-    }
+    static var enabled: Bool { PeerPass.enabled("StatusPageTests", missing: missing) }
 
     /// The environment of the script: no proxy between Selenium and chromedriver or the pages.
     static let environment = [
@@ -395,25 +386,5 @@ enum BrowserTools {
     static func signal(_ path: String, _ contents: String) throws {
         try contents.write(toFile: path + ".tmp", atomically: false, encoding: .utf8)
         guard rename(path + ".tmp", path) == 0 else { throw POSIXError(.EIO) }
-    }
-
-    /// Whether `argv` runs and exits 0 (nothing on the standard streams), within a few seconds.
-    private static func succeeds(_ argv: [String]) -> Bool {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        for descriptor: Int32 in 0...2 { posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY, 0) }
-        SpawnActions.closeDescriptors(from: 3, in: &actions)
-        let arguments = argv.map { strdup($0) } + [nil]
-        defer { arguments.forEach { free($0) } }
-        var pid: pid_t = 0
-        guard posix_spawn(&pid, argv[0], &actions, nil, arguments, environ) == 0 else { return false }
-        var status: Int32 = 0
-        let deadline = Date().addingTimeInterval(20)
-        while waitpid(pid, &status, WNOHANG) == 0 {
-            if Date() > deadline { kill(pid, SIGKILL) }
-            usleep(10_000)
-        }
-        return (status & 0x7f) == 0 && (status >> 8) & 0xff == 0
     }
 }
