@@ -107,20 +107,7 @@ struct HTTP2ResponseFrames {
         var headers = HPACKHeaders()
         headers.reserveCapacity(12)
         headers.add(name: ":status", value: String(head.status))
-        head.forwardedBytes.withUnsafeReadableBytes { raw in
-            var lines = HeadLines(bytes: raw, end: raw.count)
-            _ = lines.next()
-            while let line = lines.next(), !line.isEmpty {
-                guard let colon = raw[line].firstIndex(of: UInt8(ascii: ":")) else { continue }
-                let name = String(decoding: raw[line.lowerBound..<colon].lazy.map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }, as: UTF8.self)
-                switch name {
-                case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer": continue
-                default: break
-                }
-                let value = HeadLines.trimmed(raw, (colon + 1)..<line.upperBound)
-                headers.add(name: name, value: String(decoding: raw[value], as: UTF8.self))
-            }
-        }
+        addFields(of: head.forwardedBytes, afterStatusLine: true, to: &headers)
         switch head.body {
         case .length, .none:
             if let length = head.contentLength { headers.add(name: "content-length", value: String(length)) }
@@ -133,15 +120,26 @@ struct HTTP2ResponseFrames {
     /// Trailer lines (`name: value` CRLF each, checked by the parser) as HPACK fields.
     static func fields(of lines: ByteBuffer) -> HPACKHeaders {
         var fields = HPACKHeaders()
-        lines.withUnsafeReadableBytes { raw in
+        addFields(of: lines, afterStatusLine: false, to: &fields)
+        return fields
+    }
+
+    /// The `name: value` lines of `bytes` (after its status line, for a head) as HPACK fields:
+    /// names lowercase, connection-specific fields left out (RFC 9113 §8.2.2).
+    private static func addFields(of bytes: ByteBuffer, afterStatusLine: Bool, to fields: inout HPACKHeaders) {
+        bytes.withUnsafeReadableBytes { raw in
             var lines = HeadLines(bytes: raw, end: raw.count)
+            if afterStatusLine { _ = lines.next() }
             while let line = lines.next(), !line.isEmpty {
                 guard let colon = raw[line].firstIndex(of: UInt8(ascii: ":")) else { continue }
                 let name = String(decoding: raw[line.lowerBound..<colon].lazy.map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }, as: UTF8.self)
+                switch name {
+                case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer": continue
+                default: break
+                }
                 fields.add(name: name, value: String(decoding: raw[HeadLines.trimmed(raw, (colon + 1)..<line.upperBound)], as: UTF8.self))
             }
         }
-        return fields
     }
 
     /// An answer of the proxy's own on a gRPC stream, as gRPC's Trailers-Only response.

@@ -121,9 +121,13 @@ final class HTTP2UpstreamStreamBridge: ChannelDuplexHandler {
                 response = headers.endStream ? .ended : .body(chunked: chunked)
                 context.fireChannelRead(wrapInboundOut(bytes))
             case .body(let chunked):
-                // Trailers: they end the response (RFC 9113 §8.1).
+                // Trailers: they end the response (RFC 9113 §8.1), in the last chunk (a body
+                // framed by its length has ended with its last byte).
                 response = .ended
-                context.fireChannelRead(wrapInboundOut(chunked ? Self.lastChunk(trailers: headers.headers) : ByteBuffer()))
+                switch HTTP2RequestHead.bodyEnd(trailers: headers.headers, chunked: chunked) {
+                case .success(let end): if let end { context.fireChannelRead(wrapInboundOut(end)) }
+                case .failure(let error): fail(context: context, "the upstream's HTTP/2 trailers are malformed: \(error.message)")
+                }
             case .ended:
                 break
             }
@@ -132,7 +136,7 @@ final class HTTP2UpstreamStreamBridge: ChannelDuplexHandler {
             if bytes.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(HTTP2RequestHead.bodyPart(bytes, chunked: chunked))) }
             if data.endStream {
                 response = .ended
-                if chunked { context.fireChannelRead(wrapInboundOut(ByteBuffer(staticString: "0\r\n\r\n"))) }
+                if case .success(let end?) = HTTP2RequestHead.bodyEnd(trailers: nil, chunked: chunked) { context.fireChannelRead(wrapInboundOut(end)) }
             }
         case .rstStream(let code):
             if case .ended = response { return }
@@ -177,13 +181,5 @@ final class HTTP2UpstreamStreamBridge: ChannelDuplexHandler {
         }
         bytes.writeStaticString("\r\n")
         return (bytes, chunked)
-    }
-
-    /// The last chunk of a chunked body, with the trailer fields.
-    static func lastChunk(trailers: HPACKHeaders) -> ByteBuffer {
-        var bytes = ByteBuffer(staticString: "0\r\n")
-        for (name, value, _) in trailers where name.utf8.first != UInt8(ascii: ":") { bytes.writeHeaderLine(name, value) }
-        bytes.writeStaticString("\r\n")
-        return bytes
     }
 }
