@@ -23,13 +23,14 @@ CONF
 }
 
 # nginx in front of both benches: a backend answering {"ok":true} (EXTRA: more lines inside its
-# server block) and a reverse proxy that attaches the bench token, as tokenproxy does.
-start_nginx_backend() { # dir port [extra]
+# server block; LISTEN: options of its listen line, `http2` for h2c) and a reverse proxy that
+# attaches the bench token, as tokenproxy does.
+start_nginx_backend() { # dir port [extra] [listen]
   mkdir -p "$1"
   { nginx_conf_start "$1" 1; cat <<CONF
   default_type application/json;
   server {
-    listen 127.0.0.1:$2 backlog=4096;
+    listen 127.0.0.1:$2 ${4:-} backlog=4096;
     location / { return 200 '{"ok":true}\n'; }
     ${3:-}
   }

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # HTTP/2 clients (issue 22): h2load through tokenproxy against the same load through nghttpx,
-# both taking h2c (prior knowledge) and attaching the bench token, both in front of the same
-# nginx backend over HTTP/1.1, in one run, alternating.
+# both taking h2c (prior knowledge) and attaching the bench token, in one run, alternating, in
+# two shapes: in front of nginx over HTTP/2 (h2c; tokenproxy's `upstream.protocol` "http2",
+# nghttpx's `proto=h2`), the shape issue 22 names, and in front of nginx over HTTP/1.1.
 #
 #   bench/h2.sh [SECONDS] [ROUNDS]
 #
 # Each round runs h2load at 1 connection × 100 streams and at 10 connections × 100 streams
-# against each proxy in turn (`-D SECONDS`, 2 threads). The table gives, per shape and proxy,
-# the median req/s over the rounds with its spread (min–max), tokenproxy's ratio to nghttpx
-# measured in the same rounds, and the p99 of the request times of the last round (h2load's
-# per-request log). nghttpx runs with as many workers as tokenproxy has event loops (2 here).
+# against each proxy in turn (`-D SECONDS`, 2 threads), and against the HTTP/2 floor
+# (bench/nio-floor `h2`: a swift-nio-http2 server on 2 event loops that answers every stream
+# itself, proxying nothing: what any server on swift-nio-http2's stream channels costs at least).
+# The table gives, per shape and proxy, the median req/s over the rounds with its spread
+# (min–max), the ratio to nghttpx of the same shape measured in the same rounds, and the p99 of
+# the request times of the last round (h2load's per-request log). nghttpx runs with as many
+# workers as tokenproxy has event loops (2 here).
 # Then a client that reads nothing on 100 streams of a 1 GiB download (bench/h2_slow_reader.py):
 # the proxy's resident size before and at its highest over 10 s, against issue 22's 16 MiB.
 # Needs: nginx (nginx-light), h2load (nghttp2-client), nghttpx (nghttp2-proxy), curl, python3.
@@ -20,23 +24,43 @@ for tool in nginx h2load nghttpx curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install nginx-light nghttp2-client nghttp2-proxy curl)" >&2; exit 2; }
 done
 source bench/common.sh
-backend=$(free_port)
+(cd bench/nio-floor && swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked >&2)
+floor=$(free_port)
+bench/nio-floor/.build/release/NIOFloor h2 "$floor" & pids+=($!)
+backend=$(free_port); backend_h2=$(free_port)
 start_nginx_backend "$work/backend" "$backend"
+# As many streams per upstream connection as the clients open, for both proxies.
+start_nginx_backend "$work/backend-h2" "$backend_h2" "http2_max_concurrent_streams 1000;" http2
 python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
 wait_file "$work/token.port"
 
-tp=$(free_port)
-write_tokenproxy_config "$work/tokenproxy" "$tp" "$backend" "$work/token.port"
-(cd "$work/tokenproxy" && exec "$binary" run --config config.json 2>"$work/tokenproxy/log") & tp_pid=$!; pids+=($tp_pid)
+start_tokenproxy() { # name backend-port protocol -> sets port_<name>, pid_<name>
+  local port; port=$(free_port)
+  write_tokenproxy_config "$work/$1" "$port" "$2" "$work/token.port"
+  python3 - "$work/$1/config.json" "$3" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["upstream"]["protocol"] = sys.argv[2]
+json.dump(config, open(sys.argv[1], "w"))
+PY
+  (cd "$work/$1" && exec "$binary" run --config config.json 2>"$work/$1/log") & pids+=($!)
+  printf -v "port_$1" '%s' "$port"; printf -v "pid_$1" '%s' "$!"
+}
+start_nghttpx() { # name backend -> sets port_<name>
+  local port; port=$(free_port)
+  nghttpx --conf=/dev/null --frontend="127.0.0.1,$port;no-tls" --backend="$2" --workers="$(nproc)" \
+    --add-request-header="Authorization: Bearer bench-token-0123456789abcdef" \
+    --no-via --no-server-rewrite --backend-keep-alive-timeout=60s --accesslog-file=/dev/null \
+    --errorlog-file="$work/$1.log" --pid-file="$work/$1.pid" & pids+=($!)
+  printf -v "port_$1" '%s' "$port"
+}
+start_tokenproxy tokenproxy "$backend" http1
+start_tokenproxy tokenproxy_h2 "$backend_h2" http2
+start_nghttpx nghttpx "127.0.0.1,$backend"
+start_nghttpx nghttpx_h2 "127.0.0.1,$backend_h2;;proto=h2"
+tp=$port_tokenproxy; tp_pid=$pid_tokenproxy
 
-nx=$(free_port)
-workers=$(nproc)
-nghttpx --conf=/dev/null --frontend="127.0.0.1,$nx;no-tls" --backend="127.0.0.1,$backend" --workers="$workers" \
-  --add-request-header="Authorization: Bearer bench-token-0123456789abcdef" \
-  --no-via --no-server-rewrite --backend-keep-alive-timeout=60s --accesslog-file=/dev/null \
-  --errorlog-file="$work/nghttpx.log" --pid-file="$work/nghttpx.pid" & pids+=($!)
-
-for port in "$tp" "$nx"; do
+for port in "$port_tokenproxy" "$port_tokenproxy_h2" "$port_nghttpx" "$port_nghttpx_h2" "$floor"; do
   for _ in $(seq 100); do curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" || { echo "nothing answers h2c on $port" >&2; exit 1; }
 done
@@ -53,8 +77,11 @@ run() { # name port clients -> appends req/s to rates[name/clients], sets p99[na
 }
 for round in $(seq "$rounds"); do
   for clients in 1 10; do
-    run tokenproxy "$tp" "$clients"
-    run nghttpx "$nx" "$clients"
+    run tokenproxy_h2 "$port_tokenproxy_h2" "$clients"
+    run nghttpx_h2 "$port_nghttpx_h2" "$clients"
+    run tokenproxy "$port_tokenproxy" "$clients"
+    run nghttpx "$port_nghttpx" "$clients"
+    run floor "$floor" "$clients"
   done
 done
 
@@ -66,14 +93,17 @@ $(for key in "${!rates[@]}"; do echo "  '$key': [float(x) for x in '${rates[$key
 p99 = {
 $(for key in "${!p99[@]}"; do echo "  '$key': '${p99[$key]}',"; done)
 }
-print("| shape | proxy | req/s median (min–max) | vs nghttpx (same rounds) | p99 ms (last round) |")
-print("|---|---|---|---|---|")
-for clients in (1, 10):
-    base = rates[f"nghttpx/{clients}"]
-    for name in ("tokenproxy", "nghttpx"):
-        values = rates[f"{name}/{clients}"]
-        ratio = statistics.median([a / b for a, b in zip(values, base)])
-        print(f"| {clients} conn × 100 streams | {name} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {ratio:.2f}× | {p99[f'{name}/{clients}']} |")
+print("| upstream | shape | proxy | req/s median (min–max) | vs nghttpx (same rounds) | p99 ms (last round) |")
+print("|---|---|---|---|---|---|")
+for upstream, suffix in (("HTTP/2", "_h2"), ("HTTP/1.1", "")):
+    for clients in (1, 10):
+        base = rates[f"nghttpx{suffix}/{clients}"]
+        names = [f"tokenproxy{suffix}", f"nghttpx{suffix}"] + (["floor"] if suffix == "_h2" else [])
+        for name in names:
+            values = rates[f"{name}/{clients}"]
+            ratio = statistics.median([a / b for a, b in zip(values, base)])
+            label = "NIO floor (answers itself)" if name == "floor" else name.replace("_h2", "")
+            print(f"| {upstream if name != 'floor' else 'none'} | {clients} conn × 100 streams | {label} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {ratio:.2f}× | {p99[f'{name}/{clients}']} |")
 PY
 
 # A client that reads nothing on 100 streams of 1 GiB downloads: the proxy's resident size may

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOEmbedded
 import NIOHPACK
 import NIOHTTP2
 import Testing
@@ -142,4 +143,52 @@ struct HTTP2TableTests {
         }
     }
 
+    /// Stream flushes outside the connection's read wait for the loop's tick and leave as one;
+    /// inside a read they pass (swift-nio-http2 flushes once at its end); a close sends what is
+    /// held first.
+    @Test func flushesOutsideAReadLeaveOncePerTick() throws {
+        let channel = EmbeddedChannel(handler: FlushCoalescer())
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        var flushes = 0
+        let counter = FlushCounter { flushes += 1 }
+        try channel.pipeline.syncOperations.addHandler(counter, position: .first)
+
+        for part in ["a", "b", "c"] { channel.writeAndFlush(ByteBuffer(string: part), promise: nil) }
+        #expect(flushes == 0, "held until the tick's tasks run")
+        channel.embeddedEventLoop.run()
+        #expect(flushes == 1)
+        var sent = ""
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { sent += String(buffer: buffer) }
+        #expect(sent == "abc")
+
+        // swift-nio-http2 answering inside the connection's read (a PING, say).
+        try channel.pipeline.syncOperations.addHandler(AnswerInRead())
+        try channel.writeInbound(ByteBuffer(string: "frames"))
+        #expect(flushes == 2, "inside a read a flush passes")
+
+        channel.writeAndFlush(ByteBuffer(string: "goaway"), promise: nil)
+        channel.close(mode: .output, promise: nil)
+        #expect(flushes == 3, "a close sends what is held first")
+    }
+}
+
+/// Counts the flushes that reach the socket.
+private final class FlushCounter: ChannelOutboundHandler {
+    typealias OutboundIn = IOData
+    let flushed: () -> Void
+    init(_ flushed: @escaping () -> Void) { self.flushed = flushed }
+    func flush(context: ChannelHandlerContext) {
+        flushed()
+        context.flush()
+    }
+}
+
+/// Answers each read at once, with a flush, as swift-nio-http2 does a PING.
+private final class AnswerInRead: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.writeAndFlush(data, promise: nil)
+    }
 }

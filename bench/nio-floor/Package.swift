@@ -7,11 +7,17 @@ import PackageDescription
 
 let package = Package(
     name: "nio-floor",
-    dependencies: [.package(url: "https://github.com/apple/swift-nio", from: "2.101.2")],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
+    ],
     targets: [
         .executableTarget(
             name: "NIOFloor",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2"),
+            ],
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
         )
     ]

@@ -42,7 +42,8 @@ enum HTTP2ClientConnection {
                 try stream.pipeline.syncOperations.addHandlers([HTTP2StreamBridge(refused: { refused($0, context: context) }), makeRequestHandler()])
             }
         }
-        try pipeline.addHandlers([rewriter, http2, management, connectionGuard])
+        // The answers that one upstream read burst completes leave in one write.
+        try pipeline.addHandlers([FlushCoalescer(), rewriter, http2, management, connectionGuard])
     }
 
     /// A stream whose head broke HTTP/2's own rules: counted and logged as any answer of the

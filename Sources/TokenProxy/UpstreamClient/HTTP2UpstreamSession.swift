@@ -50,6 +50,8 @@ final class HTTP2UpstreamSession {
         connection.targetWindowSize = 1 << 20
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = HTTP2ClientConnection.streamWindow
+        // The requests of one client read burst leave in one write.
+        try operations.addHandler(FlushCoalescer())
         let multiplexer = try operations.configureHTTP2Pipeline(
             mode: .client, connectionConfiguration: connection, streamConfiguration: stream, streamDelegate: nil
         ) { pushed in pushed.close() }

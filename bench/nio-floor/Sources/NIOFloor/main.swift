@@ -1,4 +1,6 @@
 import NIOCore
+import NIOHPACK
+import NIOHTTP2
 import NIOPosix
 
 /// Copies what one side reads to the other side, flushing once per read burst.
@@ -45,12 +47,82 @@ final class RelayHandler: ChannelInboundHandler {
     }
 }
 
+/// Answers every HTTP/2 stream itself: `200` with `{"ok":true}`, as the bench backend does. The
+/// floor of any HTTP/2 server on swift-nio-http2's stream channels, before it proxies anything.
+final class StreamAnswer: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .headers(let headers) = unwrapInboundIn(data), headers.endStream else { return }
+        context.write(wrapOutboundOut(.headers(.init(headers: answerHeaders))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(answerBody), endStream: true))), promise: nil)
+    }
+}
+
+/// The same answer on the connection's frames, with no stream channel at all: the floor of
+/// swift-nio-http2's framing, HPACK and stream state alone.
+final class FrameAnswer: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+    private var wrote = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard case .headers(let headers) = frame.payload, headers.endStream else { return }
+        context.write(wrapOutboundOut(HTTP2Frame(streamID: frame.streamID, payload: .headers(.init(headers: answerHeaders)))), promise: nil)
+        context.write(
+            wrapOutboundOut(HTTP2Frame(streamID: frame.streamID, payload: .data(.init(data: .byteBuffer(answerBody), endStream: true)))),
+            promise: nil)
+        wrote = true
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if wrote {
+            wrote = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+}
+
+let answerHeaders: HPACKHeaders = [":status": "200", "content-type": "application/json", "content-length": "12"]
+let answerBody = ByteBuffer(string: "{\"ok\":true}\n")
+
 let arguments = CommandLine.arguments
+let group = MultiThreadedEventLoopGroup.singleton
+
+/// `h2 PORT` and `h2-frames PORT`: HTTP/2 (prior knowledge) answered by the floor itself.
+if arguments.count == 3, arguments[1] == "h2" || arguments[1] == "h2-frames", let listenPort = Int(arguments[2]) {
+    let streams = arguments[1] == "h2"
+    let server = try await ServerBootstrap(group: group)
+        .serverChannelOption(.backlog, value: 1024)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelInitializer { client in
+            client.eventLoop.makeCompletedFuture {
+                var connection = NIOHTTP2Handler.ConnectionConfiguration()
+                connection.initialSettings = [HTTP2Setting(parameter: .maxConcurrentStreams, value: 100)]
+                if streams {
+                    try client.pipeline.syncOperations.addHandler(
+                        NIOHTTP2Handler(mode: .server, eventLoop: client.eventLoop, connectionConfiguration: connection, streamConfiguration: .init()) {
+                            stream in stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(StreamAnswer()) }
+                        })
+                } else {
+                    try client.pipeline.syncOperations.addHandlers([NIOHTTP2Handler(mode: .server, connectionConfiguration: connection), FrameAnswer()])
+                }
+            }
+        }
+        .bind(host: "127.0.0.1", port: listenPort)
+        .get()
+    try await server.closeFuture.get()
+    exit(0)
+}
+
 guard arguments.count == 3, let listenPort = Int(arguments[1]), let upstreamPort = Int(arguments[2]) else {
-    print("usage: NIOFloor LISTEN_PORT UPSTREAM_PORT")
+    print("usage: NIOFloor LISTEN_PORT UPSTREAM_PORT | NIOFloor h2|h2-frames LISTEN_PORT")
     exit(2)
 }
-let group = MultiThreadedEventLoopGroup.singleton
 let server = try await ServerBootstrap(group: group)
     .serverChannelOption(.backlog, value: 1024)
     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
