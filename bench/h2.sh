@@ -7,11 +7,13 @@
 #   bench/h2.sh [SECONDS] [ROUNDS]
 #
 # Each round runs h2load at 1 connection × 100 streams and at 10 connections × 100 streams
-# against each proxy in turn (`-D SECONDS`, 2 threads), and against the HTTP/2 floor
+# against each proxy in turn (`-D SECONDS`, 2 threads): tokenproxy, nghttpx, and nginx as an h2c
+# front (proxy_pass to HTTP/1.1, grpc_pass to HTTP/2, 2 workers); and against the HTTP/2 floor
 # (bench/nio-floor `h2`: a swift-nio-http2 server on 2 event loops that answers every stream
 # itself, proxying nothing: what any server on swift-nio-http2's stream channels costs at least).
 # The table gives, per shape and proxy, the median req/s over the rounds with its spread
-# (min–max), the ratio to nghttpx of the same shape measured in the same rounds, and the p99 of
+# (min–max), the ratios to nghttpx and to nginx of the same shape measured in the same rounds
+# (the median of the rounds' ratios), and the p99 of
 # the request times of the last round (h2load's per-request log). nghttpx runs with as many
 # workers as tokenproxy has event loops (2 here).
 # Then a client that reads nothing on 100 streams of a 1 GiB download (bench/h2_slow_reader.py):
@@ -54,13 +56,32 @@ start_nghttpx() { # name backend -> sets port_<name>
     --errorlog-file="$work/$1.log" --pid-file="$work/$1.pid" & pids+=($!)
   printf -v "port_$1" '%s' "$port"
 }
+# nginx as the same HTTP/2 front (2 workers): proxy_pass to the HTTP/1.1 backend (256 keep-alive
+# connections), grpc_pass (its HTTP/2 upstream module) to the HTTP/2 one.
+start_nginx_h2() { # name backend-location-lines -> sets port_<name>
+  local port; port=$(free_port)
+  mkdir -p "$work/$1"
+  { nginx_conf_start "$work/$1" 2; cat <<CONF
+  upstream backend { server 127.0.0.1:$backend; keepalive 256; }
+  server {
+    listen 127.0.0.1:$port http2 backlog=4096;
+    location / { $2 }
+  }
+}
+CONF
+  } > "$work/$1/nginx.conf"
+  nginx -c "$work/$1/nginx.conf" -p "$work/$1" & pids+=($!)
+  printf -v "port_$1" '%s' "$port"
+}
+start_nginx_h2 nginx 'proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Authorization "Bearer bench-token-0123456789abcdef";'
+start_nginx_h2 nginx_h2 "grpc_pass grpc://127.0.0.1:$backend_h2; grpc_set_header Authorization \"Bearer bench-token-0123456789abcdef\";"
 start_tokenproxy tokenproxy "$backend" http1
 start_tokenproxy tokenproxy_h2 "$backend_h2" http2
 start_nghttpx nghttpx "127.0.0.1,$backend"
 start_nghttpx nghttpx_h2 "127.0.0.1,$backend_h2;;proto=h2"
 tp=$port_tokenproxy; tp_pid=$pid_tokenproxy
 
-for port in "$port_tokenproxy" "$port_tokenproxy_h2" "$port_nghttpx" "$port_nghttpx_h2" "$floor"; do
+for port in "$port_tokenproxy" "$port_tokenproxy_h2" "$port_nghttpx" "$port_nghttpx_h2" "$port_nginx" "$port_nginx_h2" "$floor"; do
   for _ in $(seq 100); do curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$port/" || { echo "nothing answers h2c on $port" >&2; exit 1; }
 done
@@ -81,6 +102,8 @@ for round in $(seq "$rounds"); do
     run nghttpx_h2 "$port_nghttpx_h2" "$clients"
     run tokenproxy "$port_tokenproxy" "$clients"
     run nghttpx "$port_nghttpx" "$clients"
+    run nginx_h2 "$port_nginx_h2" "$clients"
+    run nginx "$port_nginx" "$clients"
     run floor "$floor" "$clients"
   done
 done
@@ -93,17 +116,17 @@ $(for key in "${!rates[@]}"; do echo "  '$key': [float(x) for x in '${rates[$key
 p99 = {
 $(for key in "${!p99[@]}"; do echo "  '$key': '${p99[$key]}',"; done)
 }
-print("| upstream | shape | proxy | req/s median (min–max) | vs nghttpx (same rounds) | p99 ms (last round) |")
-print("|---|---|---|---|---|---|")
+print("| upstream | shape | proxy | req/s median (min–max) | vs nghttpx | vs nginx | p99 ms (last round) |")
+print("|---|---|---|---|---|---|---|")
 for upstream, suffix in (("HTTP/2", "_h2"), ("HTTP/1.1", "")):
     for clients in (1, 10):
-        base = rates[f"nghttpx{suffix}/{clients}"]
-        names = [f"tokenproxy{suffix}", f"nghttpx{suffix}"] + (["floor"] if suffix == "_h2" else [])
+        def ratio(name, peer):
+            return statistics.median([a / b for a, b in zip(rates[f"{name}/{clients}"], rates[f"{peer}{suffix}/{clients}"])])
+        names = [f"tokenproxy{suffix}", f"nghttpx{suffix}", f"nginx{suffix}"] + (["floor"] if suffix == "_h2" else [])
         for name in names:
             values = rates[f"{name}/{clients}"]
-            ratio = statistics.median([a / b for a, b in zip(values, base)])
             label = "NIO floor (answers itself)" if name == "floor" else name.replace("_h2", "")
-            print(f"| {upstream if name != 'floor' else 'none'} | {clients} conn × 100 streams | {label} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {ratio:.2f}× | {p99[f'{name}/{clients}']} |")
+            print(f"| {upstream if name != 'floor' else 'none'} | {clients} conn × 100 streams | {label} | {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f}) | {ratio(name, 'nghttpx'):.2f}× | {ratio(name, 'nginx'):.2f}× | {p99[f'{name}/{clients}']} |")
 PY
 
 # A client that reads nothing on 100 streams of 1 GiB downloads: the proxy's resident size may
