@@ -8,8 +8,8 @@ import NIOCore
 /// upstream answers in one read burst → 100 client-stream flushes), and each flush reached the
 /// socket as a system call of its own: a third of the proxy's time under `h2load -m 100`
 /// (`bench/h2.sh`, docs/BENCHMARKS.md). Held here, they go out in one, once the tick's I/O is
-/// handled. Inside the connection's own read swift-nio-http2 already flushes once, at the read's
-/// end, so flushes pass straight through then.
+/// handled. Inside the connection's own read (up to and with its read-complete, where
+/// swift-nio-http2 flushes once what the read produced) flushes pass straight through.
 ///
 /// Placed between the socket (or TLS) and swift-nio-http2's handler. A close flushes what is
 /// held first, so that a `GOAWAY` written just before it still goes.
@@ -28,8 +28,9 @@ final class FlushCoalescer: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        reading = false
+        // swift-nio-http2 flushes what the read produced here: that flush is the read's own.
         context.fireChannelReadComplete()
+        reading = false
     }
 
     func flush(context: ChannelHandlerContext) {
