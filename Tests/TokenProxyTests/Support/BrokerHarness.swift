@@ -12,14 +12,18 @@ final class BrokerHarness: @unchecked Sendable {
     let configuration: Configuration
     let logs = LogCapture()
 
-    init(behavior: MockTokenIssuer.Behavior = .init(), fixture change: (inout ConfigFixture) -> Void = { _ in }) async throws {
+    /// `clock`: the broker's time, when a test must not depend on how fast the machine runs it.
+    init(
+        behavior: MockTokenIssuer.Behavior = .init(), fixture change: (inout ConfigFixture) -> Void = { _ in },
+        clock: @escaping @Sendable () -> Date = { Date() }
+    ) async throws {
         directory = try TemporaryDirectory()
         issuer = try await MockTokenIssuer.start(behavior: behavior)
         var fixture = ConfigFixture(endpoint: issuer.url)
         change(&fixture)
         configuration = try fixture.configuration(in: directory)
         endpoint = TokenEndpointClient(configuration: configuration.token)
-        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger)
+        broker = TokenBroker(configuration: configuration.token, endpoint: endpoint, logger: logs.logger, clock: clock)
     }
 
     var store: TokenStore { TokenStore(path: configuration.token.store) }
