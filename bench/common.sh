@@ -73,3 +73,20 @@ write_tokenproxy_config() { # dir port backend-port token-port-file
   "admin": null, "log": { "level": "warning" } }
 CONF
 }
+
+# Merges JSON into a tokenproxy config written above, object into object (other keys stay):
+#   merge_tokenproxy_config DIR/config.json '{"upstream": {"protocol": "http2"}}'
+merge_tokenproxy_config() { # config-file json
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+def merge(into, extra):
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+config = json.load(open(sys.argv[1]))
+merge(config, json.loads(sys.argv[2]))
+json.dump(config, open(sys.argv[1], "w"))
+PY
+}

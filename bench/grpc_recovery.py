@@ -2,10 +2,8 @@
 """What a gRPC 401 recovery costs (issue 22): a unary call whose first attempt the upstream
 answers with a Trailers-Only UNAUTHENTICATED (grpc-status 16) is refreshed and replayed by the
 proxy; its latency beyond a plain call through the proxy is compared with one token-endpoint
-round trip plus one upstream round trip (a call straight to the upstream), the limit being their
-sum + 1 ms. The upstream round trip is the refused attempt's own (a call straight to the upstream
-that it refuses, which costs the upstream more than a call it answers), the one the recovery
-adds. Runs a grpcio upstream itself (`upstream` mode) or measures (`measure` mode).
+round trip plus one upstream round trip, the limit being their sum + 1 ms. The upstream round
+trip is the one the recovery adds: a call straight to the upstream that it refuses. Runs a grpcio upstream itself (`upstream` mode) or measures (`measure` mode).
 
   grpc_recovery.py upstream PORT_FILE
       a grpcio server on 127.0.0.1 whose `echo.Echo/Say` refuses a call that carries

@@ -15,16 +15,9 @@ python3 bench/token_endpoint.py "$work/token.port" 3600 & pids+=($!)
 wait_file "$work/upstream.port"; wait_file "$work/token.port"
 tp=$(free_port)
 write_tokenproxy_config "$work/tokenproxy" "$tp" "$(cat "$work/upstream.port")" "$work/token.port"
-# The upstream speaks HTTP/2 (gRPC) in plain text: prior knowledge.
-python3 - "$work/tokenproxy/config.json" <<'PY'
-import json, sys
-path = sys.argv[1]
-config = json.load(open(path))
-config["upstream"]["protocol"] = "http2"
-# Every measured call is a 401 recovery, one after another: no throttle between their refreshes.
-config["token"]["minRefreshInterval"] = "0ms"
-json.dump(config, open(path, "w"))
-PY
+# The upstream speaks HTTP/2 (gRPC) in plain text: prior knowledge. Every measured call is a 401
+# recovery, one after another: no throttle between their refreshes.
+merge_tokenproxy_config "$work/tokenproxy/config.json" '{"upstream": {"protocol": "http2"}, "token": {"minRefreshInterval": "0ms"}}'
 (cd "$work/tokenproxy" && exec "$binary" run --config config.json 2>"$work/tokenproxy/log") & pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$tp") 2>/dev/null && break; sleep 0.1; done
 python3 bench/grpc_recovery.py measure "$tp" "$(cat "$work/upstream.port")" "$(cat "$work/token.port")" "$rounds"

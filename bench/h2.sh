@@ -13,9 +13,8 @@
 # itself, proxying nothing: what any server on swift-nio-http2's stream channels costs at least).
 # The table gives, per shape and proxy, the median req/s over the rounds with its spread
 # (min–max), the ratios to nghttpx and to nginx of the same shape measured in the same rounds
-# (the median of the rounds' ratios), and the p99 of
-# the request times of the last round (h2load's per-request log). nghttpx runs with as many
-# workers as tokenproxy has event loops (2 here).
+# (the median of the rounds' ratios), and the p99 of the request times of the last round
+# (h2load's per-request log). nghttpx runs with as many workers as tokenproxy has event loops.
 # Then a client that reads nothing on 100 streams of a 1 GiB download (bench/h2_slow_reader.py):
 # the proxy's resident size before and at its highest over 10 s, against issue 22's 16 MiB.
 # Needs: nginx (nginx-light), h2load (nghttp2-client), nghttpx (nghttp2-proxy), curl, python3.
@@ -39,12 +38,7 @@ wait_file "$work/token.port"
 start_tokenproxy() { # name backend-port protocol -> sets port_<name>, pid_<name>
   local port; port=$(free_port)
   write_tokenproxy_config "$work/$1" "$port" "$2" "$work/token.port"
-  python3 - "$work/$1/config.json" "$3" <<'PY'
-import json, sys
-config = json.load(open(sys.argv[1]))
-config["upstream"]["protocol"] = sys.argv[2]
-json.dump(config, open(sys.argv[1], "w"))
-PY
+  merge_tokenproxy_config "$work/$1/config.json" "{\"upstream\": {\"protocol\": \"$3\"}}"
   (cd "$work/$1" && exec "$binary" run --config config.json 2>"$work/$1/log") & pids+=($!)
   printf -v "port_$1" '%s' "$port"; printf -v "pid_$1" '%s' "$!"
 }
