@@ -183,7 +183,9 @@ struct TokenBrokerTests {
         let harness = try await BrokerHarness(behavior: behavior) { $0.grant = "client_credentials" }
         let jwt = try await harness.broker.token(for: .usable)
         let jwtLifetime = try #require(jwt.lifetime)
-        #expect(abs(jwtLifetime.timeInterval - 120) < 1.5)
+        // From the JWT's exp (whole seconds, stamped at issue) to the receipt on the broker's
+        // clock: a loaded CI run once took 1.68 s; the point is 120 s, not the default 1800 s.
+        #expect(abs(jwtLifetime.timeInterval - 120) < 5)
 
         harness.issuer.update { $0.issueJWTs = false }
         let opaque = try await harness.broker.token(for: .forced)
